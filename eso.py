@@ -1,0 +1,548 @@
+"""
+Esoteric Language Models (Eso-LMs), in one file.
+
+Sahoo, Yang, Akhauri, Liu, Singh, Cheng, Liu, Xing, Thickstun, Vahdat,
+"Esoteric Language Models", arXiv 2506.01928 (ICML 2026).
+
+One causal transformer that is an autoregressive LM (alpha_0 = 0), a masked diffusion LM
+(alpha_0 = 1) or anything between. Generation runs a diffusion phase that unmasks about
+alpha_0 * L random positions, several per step, then a sequential phase that fills the
+rest one at a time, left to right. Tokens are laid out in the order they are decoded
+("clean before masked") and keep their original positions through rotary embeddings, so
+attention can be causal in decode order. A clean token then never attends to anything
+decoded after it, its keys and values never change, and one KV cache serves both phases.
+
+Read top to bottom:
+  1. config                          EsoConfig
+  2. transformer with a KV cache     rotary, Attention, Block, KVCache, EsoLM.hidden
+  3. noise schedule and orders       alpha, sample_t, diffusion_order, sequential_order
+  4. the attention patterns          causal_mask, sequential_mask     (variants A and B)
+  5. the hybrid NELBO                EsoLM.diffusion_loss + EsoLM.sequential_loss = EsoLM.loss
+  6. sampling                        unmask_schedule, sampling order, sample_tokens,
+                                     EsoLM.generate (kv_cache=False is the slow reference)
+  7. likelihood                      EsoLM.likelihood (importance-weighted any-order bound)
+`python eso.py` prints the attention patterns of a small example.
+"""
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EPS = 1e-3  # alpha_t = alpha_0 * (1 - (1 - EPS) t): the reference code's schedule (alpha_1 = EPS * alpha_0)
+T_EPS = 1e-3  # training draws t from [T_EPS, 1]
+
+
+# -----------------------------------------------------------------------------
+# 1. Config
+
+
+@dataclass
+class EsoConfig:
+    block_size: int = 256  # L, the sequence length
+    vocab_size: int = 256  # the tokenizer's vocabulary; the model adds one id for [MASK]
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    alpha_0: float = 0.5  # expected fraction of tokens made by the diffusion phase
+    variant: str = "B"  # "B": causal everywhere, KV cache in both phases; "A": clean tokens attend bidirectionally
+    loss_type: str = "elbo"  # "elbo" or "low_var" (diffusion weight 1 in training; the paper's choice at alpha_0 = 1)
+    batch_split: Optional[float] = None  # kappa, fraction of a batch for the diffusion term; None = the paper's
+
+    def __post_init__(self):
+        if not 0.0 <= self.alpha_0 <= 1.0:
+            raise ValueError(f"alpha_0 must lie in [0, 1], got {self.alpha_0}")
+        if self.variant not in ("A", "B"):
+            raise ValueError(f"variant must be 'A' or 'B', got {self.variant!r}")
+        if self.loss_type not in ("elbo", "low_var"):
+            raise ValueError(f"loss_type must be 'elbo' or 'low_var', got {self.loss_type!r}")
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"n_embd ({self.n_embd}) must split into n_head ({self.n_head}) heads of even size")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.batch_split is None:  # the paper: kappa = 1 at alpha_0 = 1, 0 at alpha_0 = 0, else 0.5
+            self.batch_split = 1.0 if self.alpha_0 == 1 else 0.0 if self.alpha_0 == 0 else 0.5
+        k, a = self.batch_split, self.alpha_0
+        if (a == 1 and k != 1) or (a == 0 and k != 0) or (0 < a < 1 and not 0 < k < 1):
+            raise ValueError(f"batch_split {k} does not fit alpha_0 {a}: use 1 at alpha_0 = 1, 0 at alpha_0 = 0, "
+                             "and a value strictly between 0 and 1 otherwise (the paper uses 0.5)")
+
+    @property
+    def mask_id(self):
+        return self.vocab_size
+
+
+def autocast(device_type):
+    """bf16 autocast on CUDA, full float32 elsewhere."""
+    if device_type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# -----------------------------------------------------------------------------
+# 2. The transformer: pre-norm GPT blocks, rotary at original positions, a KV cache
+
+
+def rotary_tables(block_size, head_dim, base=10000.0):
+    """cos and signed sin (L, hd) for the non-interleaved ("rotate half") rotary embedding."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(block_size).float(), inv_freq)  # (L, hd/2)
+    return torch.cat([angles.cos()] * 2, -1), torch.cat([-angles.sin(), angles.sin()], -1)
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate pairs (x_i, x_{i + hd/2}) by each token's angle; in float32 (as the paper).
+
+    x: (..., T, hd); cos, sin: (B, 1, T, hd), gathered at each token's *original* position.
+    """
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return (x.float() * cos + torch.cat([x2, x1], dim=-1) * sin).type_as(x)
+
+
+class KVCache:
+    """One key and one value per decoded token per layer, in decode order, as an AR cache.
+
+    Buffers are allocated once per generate call, at the first write. A forward writes its
+    chunk's keys/values at [length, length + T) and attends over [0, length + T); `commit(n)`
+    then keeps the first n of them (the chunk's clean tokens). Entries past `length` (this
+    step's mask tokens) are overwritten by the next forward.
+    """
+
+    def __init__(self, n_layer, max_len):
+        self.kv = [None] * n_layer
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer, k, v):  # k, v: (B, nh, T, hd)
+        if self.kv[layer] is None:
+            B, nh, _, hd = k.shape
+            self.kv[layer] = (k.new_empty(B, nh, self.max_len, hd), v.new_empty(B, nh, self.max_len, hd))
+        K, V = self.kv[layer]
+        end = self.length + k.size(2)
+        K[:, :, self.length:end] = k
+        V[:, :, self.length:end] = v
+        return K[:, :, :end], V[:, :, :end]
+
+    def commit(self, n):
+        self.length += n
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.dropout = config.dropout
+
+    def forward(self, x, cos, sin, attn_mask, cache=None, layer=0):
+        B, T, C = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hd)
+        q, k = apply_rotary(qkv[:2], cos, sin)  # rotary on q and k (not v), before k enters the cache
+        v = qkv[2]
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, length + T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return F.dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=False)
+        self.attn = Attention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(config.n_embd, 4 * config.n_embd, bias=False), nn.GELU(approximate="tanh"),
+                                 nn.Linear(4 * config.n_embd, config.n_embd, bias=False), nn.Dropout(config.dropout))
+
+    def forward(self, x, cos, sin, attn_mask, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), cos, sin, attn_mask, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class EsoLM(nn.Module):
+    def __init__(self, config: EsoConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size + 1, config.n_embd)  # + [MASK] (id vocab_size)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=False)
+        # The head has no [MASK] output: the paper's "zero masking" holds by construction.
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def mask_id(self):
+        return self.config.mask_id
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden(self, idx, pos, attn_mask=None, cache=None):
+        """Final hidden states (B, T, C) of tokens idx (B, T) at original positions pos (B, T).
+
+        attn_mask: None is causal over idx (SDPA's causal kernel); otherwise a bool mask,
+        True = may attend, broadcastable to (B, nh, T, cache.length + T).
+        """
+        cos = self.rope_cos[pos].unsqueeze(1)  # (B, 1, T, hd)
+        sin = self.rope_sin[pos].unsqueeze(1)
+        x = self.drop(self.wte(idx))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, attn_mask, cache, layer)
+        return self.ln_f(x)
+
+    # 5. The hybrid NELBO (paper eq. 7) ----------------------------------------
+
+    def forward(self, x, loss_type=None, generator=None):
+        """The training loss; DDP wraps this. See `loss`."""
+        return self.loss(x, loss_type, generator)
+
+    def loss(self, x, loss_type=None, generator=None):
+        """Per-token hybrid NELBO (nats) of clean tokens x (B, L), and its two parts.
+
+        The first round(kappa * B) rows estimate the diffusion term, the rest the sequential
+        term; each part is a sum over masked tokens divided by all tokens of its rows, and
+        the loss is their sum: an unbiased estimate of the per-token NELBO. Pass
+        loss_type="elbo" for validation whatever the training loss type.
+        """
+        B = x.size(0)
+        kappa = self.config.batch_split
+        n_diff = round(kappa * B)
+        if 0 < kappa < 1:
+            if B < 2:
+                raise ValueError(f"a batch of {B} row cannot be split between the two terms (batch_split {kappa})")
+            n_diff = min(max(n_diff, 1), B - 1)
+        zero = x.new_zeros((), dtype=torch.float32)
+        diffusion = self.diffusion_loss(x[:n_diff], loss_type, generator) if n_diff > 0 else zero
+        sequential = self.sequential_loss(x[n_diff:], generator) if n_diff < B else zero
+        return diffusion + sequential, {"diffusion": diffusion.detach(), "sequential": sequential.detach()}
+
+    def diffusion_loss(self, x, loss_type=None, generator=None):
+        """The MDM term: E_t E_{z_t} [ -alpha'_t / (1 - alpha_t) * sum over masked of -log p ] / L."""
+        B, L = x.shape
+        a0 = self.config.alpha_0
+        t = sample_t(B, x.device, generator)
+        alpha_t = alpha(t, a0)  # (B,)
+        masked = torch.rand(B, L, device=x.device, generator=generator) < (1 - alpha_t)[:, None]
+        order = diffusion_order(masked, torch.rand(B, L, device=x.device, generator=generator))
+        return self.diffusion_nll(x, t, masked, order, loss_type)
+
+    def diffusion_nll(self, x, t, masked, order, loss_type=None):
+        """The diffusion term for given draws: t (B,), masked (B, L) bool, order (B, L) clean first."""
+        B, L = x.shape
+        loss_type = loss_type or self.config.loss_type
+        z = torch.where(masked, self.mask_id, x)
+        z_sorted, x_sorted, m_sorted = (a.gather(1, order) for a in (z, x, masked))  # (B, L) in decode order
+        n_clean = (~masked).sum(1)
+        mask = causal_mask(L, prefix=n_clean) if self.config.variant == "A" else None  # B: plain causal
+        logits = self.lm_head(self.hidden(z_sorted, order, mask))
+        nll = F.cross_entropy(logits.float().flatten(0, 1), x_sorted.flatten(), reduction="none").view(B, L)
+        if loss_type == "elbo":  # -alpha'_t / (1 - alpha_t), with alpha'_t = -alpha_0 (1 - EPS)
+            weight = self.config.alpha_0 * (1 - EPS) / (1 - alpha(t, self.config.alpha_0))
+        else:  # low_var: plain masked cross-entropy (training only)
+            weight = torch.ones_like(t)
+        return (nll * m_sorted * weight[:, None]).sum() / (B * L)
+
+    def sequential_loss(self, x, generator=None):
+        """The AR term: E_{z_0} [ sum over masked l of -log p(x_l | clean of z_0, x_<l) ] / L."""
+        B, L = x.shape
+        masked = torch.rand(B, L, device=x.device, generator=generator) < 1 - self.config.alpha_0
+        u = torch.rand(B, L, device=x.device, generator=generator)
+        if self.config.variant == "A":  # A's clean block is bidirectional: its order does not matter
+            u = torch.arange(L, device=x.device).expand(B, L) / L
+        order = sequential_order(masked, u)
+        return self.sequential_nll(x, masked, order)
+
+    def sequential_nll(self, x, masked, order):
+        """The AR term for given draws: masked (B, L) bool, order (B, L) clean first, masked ascending.
+
+        Input is the 2L sequence [z_0 sorted ; x sorted]: no shift by one, each mask slot of
+        the z half predicts its own token from itself and the x slots before it.
+        """
+        B, L = x.shape
+        return -(self._sequential_logprobs(x, masked, order) * masked.gather(1, order)).sum() / (B * L)
+
+    def _sequential_logprobs(self, x, masked, order):
+        """log p(x at each sorted slot) (B, L) from one forward of [z_0 sorted ; x sorted]."""
+        L = x.size(1)
+        z = torch.where(masked, self.mask_id, x)
+        z_sorted, x_sorted = z.gather(1, order), x.gather(1, order)  # (B, L) in decode order
+        n_clean = (~masked).sum(1)
+        mask = sequential_mask(L, n_clean if self.config.variant == "A" else 0, x.device)
+        h = self.hidden(torch.cat([z_sorted, x_sorted], 1), torch.cat([order, order], 1), mask)[:, :L]  # z half
+        logp = F.log_softmax(self.lm_head(h).float(), dim=-1)
+        return logp.gather(-1, x_sorted.unsqueeze(-1)).squeeze(-1)
+
+    # 6. Sampling ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, num_samples, steps, *, alpha_0=None, temperature=1.0, top_p=1.0, canvas=None,
+                 order="random", kv_cache=True, generator=None, callback=None):
+        """Sample (num_samples, L) tokens. Returns (tokens, nfe): tokens never hold the mask id;
+        nfe is the number of transformer forwards spent.
+
+        steps: T of the diffusion schedule (any value >= 1; T >= L gives one token per step).
+        alpha_0: sampling-time alpha_0 (None = the model's). canvas: (num_samples or 1, L) with
+        known tokens kept exactly and the mask id elsewhere (a prompt, or an infilling
+        template); every row must have the same number of masks. order: "random" or "block".
+        kv_cache=False is the slow reference: the whole permuted sequence through the
+        transformer at every step; both paths return identical tokens for the same generator.
+        callback(tokens, nfe): called after every step with the canvas (B, L) in position order.
+        """
+        cfg, device = self.config, self.wte.weight.device
+        L = cfg.block_size
+        alpha_0 = cfg.alpha_0 if alpha_0 is None else alpha_0
+        check_sampling_args(steps, alpha_0, temperature, top_p, order)
+        canvas = self._check_canvas(num_samples, canvas, device)
+        # The plan, drawn identically for both paths: step sizes, then the order.
+        known = canvas != self.mask_id  # (B, L)
+        n_known = int(known[0].sum())
+        sizes = unmask_schedule(L - n_known, steps, alpha_0, generator, device)  # diffusion steps
+        n_mdm, n_diffusion_steps = sum(sizes), len(sizes)
+        sizes += [1] * (L - n_known - n_mdm)  # the sequential phase: one token per step
+        sigma = sampling_order(known, n_mdm, n_diffusion_steps, order, generator)  # (B, L)
+        canvas = canvas.gather(1, sigma)  # (B, L): canvas[b, i] = the token at position sigma[b, i]
+        n_clean0 = n_known + n_mdm  # clean count of z_0: variant A's bidirectional block
+        is_a = cfg.variant == "A"
+        cache = KVCache(cfg.n_layer, L) if kv_cache else None
+        done, nfe = n_known, 0  # canvas[:, :done] is decoded
+        with autocast(device.type):
+            for k in sizes:
+                if kv_cache:
+                    # Feed [tokens decoded since the last commit ; this step's k masks]. Variant B
+                    # commits the fed clean tokens to the cache at once (one step late). Variant A's
+                    # clean block is bidirectional, so it is recomputed while it grows and cached
+                    # when complete, at the first sequential step (paper App. D.3).
+                    start = cache.length
+                    prefix = done - start if is_a and done <= n_clean0 else 0
+                    mask = causal_mask(done + k - start, n_cached=start, prefix=prefix, device=device)
+                    h = self.hidden(canvas[:, start:done + k], sigma[:, start:done + k], mask, cache)[:, -k:]
+                    if not is_a or done >= n_clean0:
+                        cache.commit(done - start)
+                else:  # the reference: all L slots, clean then masked in decode order, every step
+                    mask = causal_mask(L, prefix=min(done, n_clean0) if is_a else 0, device=device)
+                    h = self.hidden(canvas, sigma, mask)[:, done:done + k]
+                canvas[:, done:done + k] = sample_tokens(self.lm_head(h), temperature, top_p, generator)
+                done, nfe = done + k, nfe + 1
+                if callback is not None:
+                    callback(unpermute(canvas, sigma), nfe)
+        return unpermute(canvas, sigma), nfe
+
+    def _check_canvas(self, num_samples, canvas, device):
+        L, mask_id = self.config.block_size, self.mask_id
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        if canvas is None:
+            return torch.full((num_samples, L), mask_id, dtype=torch.long, device=device)
+        canvas = torch.as_tensor(canvas, device=device)
+        if canvas.dim() == 1:
+            canvas = canvas[None]
+        if canvas.dtype != torch.long or canvas.size(1) != L or canvas.size(0) not in (1, num_samples):
+            raise ValueError(f"canvas must be a LongTensor of shape ({num_samples} or 1, {L}), got "
+                             f"{tuple(canvas.shape)} {canvas.dtype}")
+        if canvas.min() < 0 or canvas.max() > mask_id:
+            raise ValueError(f"canvas tokens must lie in [0, {mask_id}] ({mask_id} = [MASK])")
+        n_masks = (canvas == mask_id).sum(1)
+        if (n_masks != n_masks[0]).any():
+            raise ValueError("every canvas row must hold the same number of masks (the step schedule is shared)")
+        return canvas.expand(num_samples, L).clone()
+
+    # 7. Likelihood ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def likelihood(self, x, num_orders, generator=None):
+        """Importance-weighted any-order bound on the NLL of x (B, L), in nats per token (paper Thm 3.1).
+
+        One order covers a whole one-token-per-step trajectory, and one forward of
+        [all masks ; x sorted by the order] with the sequential mask gives its L conditionals.
+        With K orders: -log p(x) <= -[log(1/K) + logsumexp_k sum_l log p_k], which tightens as
+        K grows. Orders: a Bernoulli(alpha_0) subset first, in random order, the rest ascending.
+        """
+        if self.config.variant != "B":
+            raise ValueError("the one-forward any-order bound needs variant B: under variant A the "
+                             "clean tokens' representations change as tokens arrive")
+        if num_orders < 1:
+            raise ValueError(f"num_orders must be at least 1, got {num_orders}")
+        B, L = x.shape
+        all_masked = torch.ones_like(x, dtype=torch.bool)
+        log_p = []
+        with autocast(x.device.type):
+            for _ in range(num_orders):
+                late = torch.rand(B, L, device=x.device, generator=generator) >= self.config.alpha_0
+                order = sequential_order(late, torch.rand(B, L, device=x.device, generator=generator))
+                log_p.append(self._sequential_logprobs(x, all_masked, order).sum(1))  # (B,)
+        log_px = torch.logsumexp(torch.stack(log_p), 0) - math.log(num_orders)  # (B,)
+        return -log_px.mean() / L
+
+
+# -----------------------------------------------------------------------------
+# 3. Noise schedule and orders
+
+
+def alpha(t, alpha_0):
+    """alpha_t = alpha_0 (1 - (1 - EPS) t): the probability that a token is clean at time t."""
+    return alpha_0 * (1 - (1 - EPS) * t)
+
+
+def sample_t(n, device, generator=None):
+    """n low-discrepancy ("antithetic") times in [T_EPS, 1]: t_i = ((u + i) / n) mod 1."""
+    u = torch.rand(1, device=device, generator=generator)
+    t = ((u + torch.arange(n, device=device)) / n) % 1
+    return (1 - T_EPS) * t + T_EPS
+
+
+def diffusion_order(masked, u):
+    """order[b, i] = the position decoded i-th in row b: clean first, then masked, each sorted by u.
+
+    masked: (B, L) bool; u: (B, L) in [0, 1), random keys.
+    """
+    return torch.argsort(masked * 2.0 + u, dim=1)
+
+
+def sequential_order(masked, u):
+    """Clean first, sorted by u (random keys); then masked positions left to right."""
+    L = masked.size(1)
+    ascending = torch.arange(L, device=masked.device) / L
+    return diffusion_order(masked, torch.where(masked, ascending, u))
+
+
+def unpermute(sorted_tokens, order):
+    """Inverse of gather(1, order): back to position order."""
+    return torch.empty_like(sorted_tokens).scatter_(1, order, sorted_tokens)
+
+
+# -----------------------------------------------------------------------------
+# 4. The attention patterns (paper Figs. 6-9; after sorting by the order, True = may attend)
+
+
+def prefix_lm(n, prefix, device=None):
+    """(B or 1, 1, n, n): slot q sees slots k <= q, and the first `prefix` slots see each other.
+
+    prefix: int or (B,) tensor. prefix = 0 (or 1) is plain causal attention.
+    """
+    prefix = torch.as_tensor(prefix, device=device).view(-1, 1, 1, 1)  # (B or 1, 1, 1, 1)
+    q = torch.arange(n, device=prefix.device).view(-1, 1)  # query slot
+    k = torch.arange(n, device=prefix.device).view(1, -1)  # key slot
+    return (k <= q) | ((q < prefix) & (k < prefix))
+
+
+def causal_mask(n_new, n_cached=0, prefix=0, device=None):
+    """(B or 1, 1, n_new, n_cached + n_new): every query sees the n_cached cached tokens; inside
+    the new chunk attention is causal in decode order, except for a bidirectional block over
+    its first `prefix` slots (variant A's clean tokens; 0 for variant B).
+
+    Returns None for plain causal attention (no cache, prefix <= 1), so that SDPA can use its
+    causal kernel. Variant B's diffusion-phase mask is exactly that (paper Fig. 7).
+    """
+    if n_cached == 0 and isinstance(prefix, int) and prefix <= 1:
+        return None
+    inner = prefix_lm(n_new, prefix, device)
+    seen = torch.ones(*inner.shape[:3], n_cached, dtype=torch.bool, device=inner.device)
+    return torch.cat([seen, inner], dim=-1)
+
+
+def sequential_mask(L, prefix=0, device=None):
+    """(B or 1, 1, 2L, 2L) mask over [z_0 sorted ; x sorted] (paper eq. 26-32, Fig. 9).
+
+    z slot i -> itself and x slots j < i (the clean tokens and the true tokens to its left);
+    x slot i -> x slots j <= i (causal; variant A: plus its bidirectional clean block);
+    nothing attends to the z half but itself. Outputs of the z half are the predictions.
+    """
+    x_to_x = prefix_lm(L, prefix, device)  # (B or 1, 1, L, L)
+    i = torch.arange(L, device=x_to_x.device)
+    z_rows = torch.cat([i[:, None] == i[None, :], i[:, None] > i[None, :]], dim=1)  # (L, 2L)
+    z_rows = z_rows.expand(x_to_x.size(0), 1, L, 2 * L)
+    x_rows = torch.cat([torch.zeros_like(x_to_x), x_to_x], dim=-1)
+    return torch.cat([z_rows, x_rows], dim=-2)
+
+
+# -----------------------------------------------------------------------------
+# 6. Sampling: the schedule, the order, one token draw
+
+
+def check_sampling_args(steps, alpha_0, temperature, top_p, order):
+    if isinstance(steps, bool) or not (int(steps) == steps and steps >= 1):
+        raise ValueError(f"steps must be an integer of at least 1, got {steps!r}")
+    if not 0.0 <= alpha_0 <= 1.0:
+        raise ValueError(f"alpha_0 must lie in [0, 1], got {alpha_0}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be above 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    if order not in ("random", "block"):
+        raise ValueError(f"order must be 'random' or 'block', got {order!r}")
+
+
+def unmask_schedule(n_masked, steps, alpha_0, generator=None, device="cpu"):
+    """Sizes of the non-empty diffusion steps, in time order (paper Alg. 2).
+
+    Step i of T runs t from t_i to s_i = t_i - 1/T over linspace(1, 1/T, T) and unmasks
+    n ~ Binomial(remaining, (alpha_s - alpha_t) / (1 - alpha_t)). These probabilities
+    telescope: a mask is unmasked at all with probability (alpha_0 - alpha_1) / (1 - alpha_1),
+    and then at a step drawn in proportion to alpha_s - alpha_t, which is the same for every
+    step as alpha is linear in t. So the counts come from one vectorised draw, however large
+    T is (the paper's speed protocol uses T = 1e6). Masks not drawn go to the sequential phase.
+    """
+    p_mdm = (alpha_0 - alpha(1.0, alpha_0)) / (1 - alpha(1.0, alpha_0))  # 1 exactly at alpha_0 = 1
+    in_mdm = torch.rand(n_masked, device=device, generator=generator) < p_mdm
+    step = torch.randint(steps, (n_masked,), device=device, generator=generator)
+    return step[in_mdm].unique(return_counts=True)[1].tolist()
+
+
+def sampling_order(known, n_mdm, n_steps, order, generator=None):
+    """order[b, i] = the position decoded i-th in row b (B, L).
+
+    Known tokens come first, left to right (fed once, as the first chunk's clean tokens).
+    Then the n_mdm diffusion positions: "random" shuffles the masks per row; "block" (the
+    paper's "subcontext" order) deals the masks, left to right, into S = n_steps streams of
+    evenly spaced positions (rank r goes to stream r mod S) and lays the streams out one
+    after the other, in random order and shuffled inside, so each step decodes positions far
+    apart. This works for any L, alpha_0 and steps. The remaining masks follow left to right.
+    """
+    B, L = known.shape
+    pos = torch.arange(L, device=known.device)
+    base = torch.argsort(torch.where(known, pos - L, pos), dim=1)  # known ascending, then masks ascending
+    n_known = int(known[0].sum())
+    N = L - n_known
+    u = torch.rand(B, N, device=known.device, generator=generator)
+    if order == "block":
+        S = max(n_steps, 1)
+        stream_rank = torch.rand(B, S, device=known.device, generator=generator).argsort(1)  # (B, S)
+        u = stream_rank.gather(1, (torch.arange(N, device=known.device) % S).expand(B, N)) + u
+    masks = base[:, n_known:].gather(1, u.argsort(1))  # (B, N) masked positions in draw order
+    sequential = masks[:, n_mdm:].sort(1).values  # left to right
+    return torch.cat([base[:, :n_known], masks[:, :n_mdm], sequential], dim=1)
+
+
+def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
+    """Nucleus filtering and Gumbel-max in float64 (low precision Gumbel noise skews samples)."""
+    logits = logits.double() / temperature  # (B, k, V)
+    if top_p < 1.0:
+        sorted_logits, idx = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs
+        sorted_logits[mass_before >= top_p] = -math.inf  # the top token has mass_before 0: always kept
+        logits = torch.full_like(logits, -math.inf).scatter(-1, idx, sorted_logits)
+    u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    return (logits - torch.log(-torch.log(u))).argmax(-1)
