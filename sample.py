@@ -110,6 +110,8 @@ def main(argv):
         print(f"--- step {nfe} ---\n" + render(tokens[0], enc, model.mask_id).replace("\n", "\u21b5"), flush=True)
 
     generator = torch.Generator(device=dev).manual_seed(c["seed"])
+    if c["show_steps"]:
+        show(canvas if canvas is not None else torch.full((1, config.block_size), model.mask_id), 0)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()

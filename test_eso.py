@@ -398,3 +398,338 @@ def test_tiny_model_learns_structure_and_its_cached_samples_show_it():
     tokens, nfe = model.generate(128, 1000, generator=gen(1))  # about one token per step
     successor = ((tokens[:, 1:] - tokens[:, :-1]) % V == 1).float().mean()
     assert successor > 0.75, successor
+
+
+# ============================================================================= the pipeline
+# data/prepare.py, train.py and sample.py, mostly as a user runs them (subprocesses).
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+import prepare  # noqa: E402  data/prepare.py
+import train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=2",
+        "--log_interval=1", "--warmup_iters=2", "--lr_schedule=constant"]
+
+
+def py(*args, timeout=240, **kw):
+    """Run one of the scripts like a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def corpus_text(n_topics=40):
+    import pydoc_data.topics as topics
+    return "\n\n".join(topics.topics[k] for k in sorted(topics.topics)[:n_topics])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A small byte-level dataset in data/<unique name>, removed afterwards."""
+    src = tmp_path_factory.mktemp("text") / "corpus.txt"
+    src.write_text(corpus_text())
+    name = f"pytest-{os.getpid()}"
+    out, meta = prepare.prepare(inputs=[str(src)], name=name)
+    yield name
+    for f in out.iterdir():
+        f.unlink()
+    out.rmdir()
+
+
+def log_of(out_dir):
+    return [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def train_losses(out_dir):
+    return {r["iter"]: r["loss"] for r in log_of(out_dir) if "loss" in r}
+
+
+def test_prepare_writes_tokens_that_decode_back_to_the_text(tmp_path):
+    src = tmp_path / "a.txt"
+    paragraphs = [f"Paragraph {i}: the quick brown fox jumps over the lazy dog, {'é' * (i % 3)} {i * i}."
+                  for i in range(400)]
+    src.write_text("\n\n".join(paragraphs))
+    name = f"pytest-decode-{os.getpid()}"
+    try:
+        out, meta = prepare.prepare(inputs=[str(src)], name=name, val_fraction=0.1)
+        enc = prepare.get_tokenizer("bytes")
+        train_ids = np.fromfile(out / "train.bin", dtype=np.uint16)
+        val_ids = np.fromfile(out / "val.bin", dtype=np.uint16)
+        assert meta["train_tokens"] == len(train_ids) and meta["val_tokens"] == len(val_ids)
+        assert meta["documents"] == 400 and meta["vocab_size"] == 256 and meta["tokenizer"] == "bytes"
+        val_docs = enc.decode(val_ids.tolist()).split("\n\n")[:-1]
+        assert val_docs == paragraphs[9::10]  # every 10th paragraph, deterministically
+        assert enc.decode(train_ids.tolist()).split("\n\n")[:-1] == [p for i, p in enumerate(paragraphs) if i % 10 != 9]
+        with pytest.raises(prepare.PrepareError, match="--overwrite"):
+            prepare.prepare(inputs=[str(src)], name=name)
+        before = (out / "train.bin").read_bytes()
+        src.write_text("tiny")
+        with pytest.raises(prepare.PrepareError, match="too short"):
+            prepare.prepare(inputs=[str(src)], name=name, overwrite=True)
+        assert (out / "train.bin").read_bytes() == before and (out / "meta.json").exists()  # nothing lost
+        assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    finally:
+        for f in (ROOT / "data" / name).glob("*"):
+            f.unlink()
+        (ROOT / "data" / name).rmdir()
+
+
+@pytest.mark.parametrize("case, msg", [
+    ("missing", "no such file"), ("empty", "is empty"), ("latin1", "not UTF-8"), ("folder", "is a folder"),
+    ("short", "too short"), ("name", "must be letters"), ("noname", "needs --name"),
+])
+def test_prepare_rejects_bad_input_with_one_line(tmp_path, case, msg):
+    f = tmp_path / "in.txt"
+    f.write_bytes({"empty": b"  \n", "latin1": "caf\xe9 ol\xe9".encode("latin1"), "short": b"hello\n\nworld"}.get(case, b"x"))
+    target = {"missing": tmp_path / "nope.txt", "folder": tmp_path}.get(case, f)
+    name = {"name": "../escape", "noname": None}.get(case, f"pytest-bad-{case}")
+    args = ["data/prepare.py", "--input", str(target)] + (["--name", name] if name else [])
+    r = py(*args)
+    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (ROOT / "data" / f"pytest-bad-{case}").exists()  # nothing half-written
+
+
+def test_prepare_gpt2_offline_says_how_to_fix_it(monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(prepare.PrepareError, match="TIKTOKEN_CACHE_DIR") as e:
+        prepare.get_tokenizer("gpt2")
+    assert "--tokenizer bytes" in str(e.value)
+
+
+def test_cli_errors_are_one_line_and_help_lists_defaults():
+    for args, msg in [(["--max_iter=3"], "did you mean --max_iters"), (["--max_iters=1.5"], "integer"),
+                      (["--learning_rate=fast"], "a number"), (["--alpha_0=1.5"], "alpha_0"),
+                      (["--variant=C"], "one of"), (["--compile=maybe"], "True or False"),
+                      (["--batch_size=0"], "--batch_size"), (["--dataset=never-prepared"], "never prepared"),
+                      (["stray"], "unexpected argument")]:
+        r = py("train.py", *args)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    config, given = train.parse_config(["--learning_rate=1", "--compile=False", "--batch_split", "0.25"],
+                                       train.DEFAULTS, "train.py", "", train.TYPES, train.CHOICES)
+    assert config["learning_rate"] == 1.0 and config["compile"] is False and config["batch_split"] == 0.25
+    assert given == {"learning_rate", "compile", "batch_split"}
+    r = py("train.py", "--help")
+    assert r.returncode == 0 and "--alpha_0=0.25" in r.stdout and "--eval_only=False" in r.stdout
+    r = py("sample.py", "--help")
+    assert r.returncode == 0 and "--top_p=0.9" in r.stdout
+
+
+def test_train_sample_pipeline(dataset, tmp_path):
+    out = tmp_path / "run"
+    r = py("train.py", f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=6", "--eval_interval=3", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "step 6: val NELBO" in r.stdout and "parameters" in r.stdout
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)  # tensors and plain values only
+    assert ckpt["iter_num"] == 6 and ckpt["tokenizer"] == "bytes" and ckpt["config"]["block_size"] == 32
+    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
+    vals = [rec["val"]["nelbo"] for rec in log_of(out) if "val" in rec]
+    assert len(vals) == 2 and all(math.isfinite(v) for v in vals)
+    r = py("sample.py", f"--out_dir={out}", "--num_samples=2", "--steps=8")
+    assert r.returncode == 0, r.stderr
+    assert "NFE" in r.stdout and "tokens/s" in r.stdout and r.stdout.count("-" * 60) == 2
+    r = py("sample.py", f"--out_dir={out}", "--num_samples=1", "--steps=8", "--prompt=The for statement")
+    assert r.returncode == 0 and r.stdout.startswith("The for statement"), r.stdout
+    r = py("sample.py", f"--out_dir={out}", "--num_samples=1", "--steps=4", "--infill=Hello {{5}} world{{3}}!",
+           "--show_steps=True")
+    assert r.returncode == 0, r.stderr
+    sample = r.stdout.split("--- step")[-1].split("\n", 1)[1]
+    assert sample.startswith("Hello ") and sample.split("\n")[0].count(" world") >= 1
+    assert "--- step 0 ---\nHello _____ world___!___________\n" in r.stdout  # the canvas before any step
+    for args, msg in [(["--prompt=" + "x" * 40], "longer than the model's context"), (["--top_p=0"], "top_p"),
+                      (["--temperature=0"], "temperature"), (["--steps=0"], "steps"), (["--infill=no spans"], "span"),
+                      (["--prompt=FILE:/nonexistent.txt"], "cannot read")]:
+        r = py("sample.py", f"--out_dir={out}", *args)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    r = py("train.py", f"--out_dir={out}", "--eval_only=True", "--num_orders=4", f"--dataset={dataset}")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["step"] == 6 and res["nelbo"] == pytest.approx(vals[-1]) and math.isfinite(res["iw_bound"])
+
+
+def test_ddp_two_gloo_processes_match_one_process(dataset, tmp_path):
+    """torchrun, 2 CPU processes with gloo: each takes half of the accumulation steps, and the
+    averaged gradients make the run converge like a single process does."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+                "--device=cpu", f"--dataset={dataset}", f"--out_dir={tmp_path / 'ddp'}"]
+    r = subprocess.run(torchrun + ["--max_iters=4", "--eval_interval=2", "--gradient_accumulation_steps=2", *TINY],
+                       cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 processes" in r.stdout
+    ckpt = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)
+    assert ckpt["iter_num"] == 4 and len(ckpt["rng"]) == 2  # each process's random streams, for resume
+    assert not torch.equal(ckpt["rng"][0]["data"], ckpt["rng"][1]["data"])  # different data per process
+    r = subprocess.run(torchrun + ["--init_from=resume", "--max_iters=6"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)["iter_num"] == 6
+
+
+# ============================================================================= robustness
+
+
+def wait_for(pred, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_and_resume_continues_the_same_curve(dataset, tmp_path, sig):
+    args = [f"--dataset={dataset}", "--max_iters=14", "--eval_interval=100", *TINY]
+    ref = tmp_path / "ref"
+    assert py("train.py", f"--out_dir={ref}", *args).returncode == 0
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "train.py", f"--out_dir={out}", *args], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: (out / "log.jsonl").exists() and len((out / "log.jsonl").read_text().splitlines()) >= 3)
+    p.send_signal(sig)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 128 + sig, stderr
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    stopped = ckpt["iter_num"]
+    assert 3 <= stopped < 14 and f"at step {stopped}: saved" in stdout
+    r = py("train.py", f"--out_dir={out}", "--init_from=resume", f"--dataset={dataset}")
+    assert r.returncode == 0, r.stderr
+    assert f"resuming at step {stopped}" in r.stdout
+    a, b = train_losses(ref), train_losses(out)
+    assert sorted(b) == list(range(1, 15))
+    assert [b[i] for i in range(1, 15)] == [a[i] for i in range(1, 15)]  # the same curve, exactly
+
+
+def test_kill_9_leaves_the_previous_checkpoint_loadable(dataset, tmp_path):
+    out = tmp_path / "run"
+    for delay in (0.0, 0.13, 0.31):
+        p = subprocess.Popen([sys.executable, "train.py", f"--out_dir={out}", f"--dataset={dataset}",
+                              "--max_iters=100000", "--eval_interval=1", *TINY], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(lambda: (out / "ckpt.pt").exists())
+        time.sleep(delay)
+        p.kill()
+        p.wait()
+        ckpt, config = train.load_checkpoint(out / "ckpt.pt")
+        train.model_from_checkpoint(ckpt, config)
+    r = py("train.py", f"--out_dir={out}", "--init_from=resume", f"--dataset={dataset}", "--max_iters=3",
+           "--eval_interval=100")
+    assert r.returncode == 0, r.stderr
+
+
+def test_interrupted_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    train.save_checkpoint(path, {"version": 1})
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(train.UserError, match="previous checkpoint is intact"):
+        train.save_checkpoint(path, {"version": 2})
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = [f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=20", "--eval_interval=4", *TINY]
+    calls = {"n": 0}
+    real_loss = eso.EsoLM.loss
+
+    def poisoned(self, x, loss_type=None, generator=None):
+        loss, parts = real_loss(self, x, loss_type, generator)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 7:  # the 7th training step (step 6) goes bad
+                loss = loss * float("nan")
+        return loss, parts
+
+    monkeypatch.setattr(eso.EsoLM, "loss", poisoned)
+    with pytest.raises(SystemExit) as e:
+        train.run(args)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and err.startswith("train.py: error: loss is nan at step 6") and "\n" not in err
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 4  # the last good one
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoints_that_would_run_code_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil" / "ckpt.pt"
+    path.parent.mkdir()
+    torch.save({"model": Exploit(marker), "config": {}, "tokenizer": "bytes", "iter_num": 0}, path)
+    with pytest.raises(train.UserError, match="arbitrary code"):
+        train.load_checkpoint(path)
+    r = py("sample.py", f"--out_dir={path.parent}")
+    assert r.returncode == 2 and "arbitrary code" in r.stderr
+    assert not marker.exists()  # the code did not run...
+    torch.load(path, weights_only=False)  # ...and it would have, with a plain unpickler
+    assert marker.exists()
+
+
+def test_bad_checkpoints_get_one_clear_line(dataset, tmp_path):
+    out = tmp_path / "good"
+    assert py("train.py", f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=2", "--eval_interval=2",
+              *TINY).returncode == 0
+    good = (out / "ckpt.pt").read_bytes()
+    cases = {
+        "truncated": good[: len(good) // 2],
+        "random": os.urandom(4096),
+        "not_ours": None,
+        "bad_config": None,
+        "bad_weights": None,
+    }
+    for case, blob in cases.items():
+        d = tmp_path / case
+        d.mkdir()
+        if blob is not None:
+            (d / "ckpt.pt").write_bytes(blob)
+        else:
+            ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+            if case == "not_ours":
+                ckpt = {"weights": ckpt["model"]}
+            elif case == "bad_config":
+                ckpt["config"]["alpha_0"] = 7.0
+            else:
+                ckpt["config"]["n_embd"] = 64
+                ckpt["config"]["n_head"] = 2
+            torch.save(ckpt, d / "ckpt.pt")
+        r = py("sample.py", f"--out_dir={d}")
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (case, r.stderr)
+        assert {"truncated": "truncated or corrupt", "random": "truncated or corrupt", "not_ours": "not an Eso-LM",
+                "bad_config": "incompatible model config", "bad_weights": "do not fit"}[case] in r.stderr, r.stderr
+    r = py("train.py", f"--out_dir={out}", "--init_from=resume", "--n_layer=3", f"--dataset={dataset}")
+    assert r.returncode == 2 and "conflicts with the checkpoint" in r.stderr
+
+
+def test_unwritable_output_and_short_corpus_fail_before_training(dataset, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    r = py("train.py", f"--dataset={dataset}", f"--out_dir={blocker / 'out'}", "--max_iters=1", *TINY)
+    assert r.returncode == 2 and "cannot write to --out_dir" in r.stderr
+    r = py("train.py", f"--dataset={dataset}", f"--out_dir={tmp_path / 'o'}", *TINY, "--block_size=100000")
+    assert r.returncode == 2 and "fewer than one training sequence" in r.stderr
+    assert not (tmp_path / "o" / "ckpt.pt").exists()

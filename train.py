@@ -216,11 +216,13 @@ def load_checkpoint(path, device="cpu"):
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+        text = str(e)
+        if re.search(r"unsupported global", text, re.I):  # the file names a callable to run while unpickling
             raise UserError(f"refusing {path}: it needs arbitrary code to unpickle, which a checkpoint of ours never "
-                            "does (only load files you trust with other tools)") from None
-        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {msg[:200]}") from None
+                            "does (only load files you trust, with other tools)") from None
+        why = re.search(r"WeightsUnpickler error: (.+)", text.replace("\n\n", " "))
+        why = why[1] if why else (text.strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {why[:160].strip()}") from None
     need = {"model", "config", "tokenizer", "iter_num"}
     if not isinstance(ckpt, dict) or not need <= set(ckpt):
         raise UserError(f"{path} is not an Eso-LM checkpoint (it lacks {', '.join(sorted(need - set(ckpt or {})))}"
@@ -368,10 +370,6 @@ def main(argv):
     device = torch.device(dev_name)
     master = rank == 0
     say = print if master else (lambda *a, **k: None)
-    if c["gradient_accumulation_steps"] % world:
-        raise UserError(f"--gradient_accumulation_steps ({c['gradient_accumulation_steps']}) must be a multiple "
-                        f"of the number of processes ({world})")
-    accum = c["gradient_accumulation_steps"] // world
     # precision
     if c["dtype"] == "auto":
         c["dtype"] = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device.type == "cuda" else "float32"
@@ -397,6 +395,10 @@ def main(argv):
         per_run = ("init_from", "eval_only", "num_orders", "out_dir", "device", "dtype", "compile")
         c |= {k: v for k, v in saved.items() if k in DEFAULTS and k not in given and k not in per_run}
         c |= {k: getattr(config, k) for k in MODEL_KEYS}
+    if c["gradient_accumulation_steps"] % world:
+        raise UserError(f"--gradient_accumulation_steps ({c['gradient_accumulation_steps']}) must be a multiple "
+                        f"of the number of processes ({world})")
+    accum = c["gradient_accumulation_steps"] // world
     train_data, val_data, meta = load_data(c["dataset"], c["block_size"], rank)
     if ckpt is None:
         try:
@@ -425,9 +427,9 @@ def main(argv):
             f"variant {config.variant}) on data/{c['dataset']} val, {c['eval_iters']} x {c['batch_size']} "
             f"sequences of {config.block_size} tokens:")
         say(f"  NELBO {res['nelbo']:.4f} nats/token (diffusion {res['diffusion']:.4f} + sequential "
-            f"{res['sequential']:.4f}), perplexity {res['ppl']:.3f}")
+            f"{res['sequential']:.4f}), perplexity {res['ppl']:.4g}")
         if c["num_orders"]:
-            say(f"  IW bound (K={c['num_orders']}) {res['iw_bound']:.4f} nats/token, perplexity {res['iw_ppl']:.3f}")
+            say(f"  IW bound (K={c['num_orders']}) {res['iw_bound']:.4f} nats/token, perplexity {res['iw_ppl']:.4g}")
         say(json.dumps({"checkpoint": str(ckpt_path), "step": ckpt["iter_num"], "alpha_0": config.alpha_0,
                         "variant": config.variant, **res}))
         return 0
@@ -486,78 +488,90 @@ def main(argv):
         f"tokens ({meta['tokenizer']}); {device}, {c['dtype']}" + (", compiled" if c["compile"] else "")
         + (f", {world} processes" if ddp else "") + (f"; resuming at step {iter_num}" if iter_num else ""))
 
-    # signals: finish the current iteration, save, exit
+    def train_loop():
+        nonlocal iter_num, best_val
+        from tqdm import tqdm
+        bar = tqdm(total=c["max_iters"], initial=iter_num, disable=not (master and sys.stderr.isatty()),
+                   dynamic_ncols=True, unit="it")  # without a terminal: plain log lines instead
+        t_last, it_last, resumed_at = time.time(), iter_num, iter_num
+        model.train()
+        while True:
+            if iter_num % c["eval_interval"] == 0 and iter_num != resumed_at or iter_num == c["max_iters"]:
+                res = evaluate(ema_model or raw_model, val_data, c, device, autocast, rank, world)
+                best_val = min(best_val, res["nelbo"])
+                if master:
+                    bar.write(f"step {iter_num}: val NELBO {res['nelbo']:.4f} (diffusion {res['diffusion']:.4f} + "
+                              f"sequential {res['sequential']:.4f}), perplexity {res['ppl']:.4g}")
+                log({"iter": iter_num, "val": res})
+                checkpoint()
+                t_last, it_last = time.time(), iter_num  # tokens/s counts training time only
+            if iter_num >= c["max_iters"]:
+                break
+            lr = get_lr(iter_num, c)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum, parts_sum = 0.0, torch.zeros(2, device=device)
+            for micro in range(accum):
+                x = get_batch(train_data, c["batch_size"], c["block_size"], data_gen, device)
+                sync = nullcontext() if not ddp or micro == accum - 1 else model.no_sync()
+                with sync:
+                    with autocast:
+                        loss, parts = model(x)
+                    scaler.scale(loss / accum).backward()
+                loss_sum = loss_sum + loss.detach() / accum
+                parts_sum += torch.stack([parts["diffusion"], parts["sequential"]]).float() / accum
+            flags = torch.tensor([float(not torch.isfinite(loss_sum)), float(bool(caught))], device=device)
+            if ddp:
+                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            if flags[0]:
+                bar.close()
+                raise Diverged(f"loss is {loss_sum.item()} at step {iter_num}: stopping; the last good checkpoint "
+                               f"({ckpt_path}) is kept. Try a lower --learning_rate or --grad_clip=1")
+            if c["grad_clip"]:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), c["grad_clip"])
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if ema_model is not None:  # EMA with the paper's warmup: decay min(ema, (1 + n) / (10 + n))
+                decay = min(c["ema"], (1 + iter_num) / (10 + iter_num))
+                with torch.no_grad():
+                    for p_ema, p in zip(ema_model.parameters(), raw_model.parameters()):
+                        p_ema.lerp_(p, 1 - decay)
+            iter_num += 1
+            bar.update(1)
+            if iter_num % c["log_interval"] == 0 or flags[1]:
+                now = time.time()
+                tok_s = tokens_per_iter * (iter_num - it_last) / max(now - t_last, 1e-9)
+                t_last, it_last = now, iter_num
+                d, s = parts_sum.tolist()
+                bar.set_postfix(loss=f"{loss_sum.item():.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+                if bar.disable:
+                    say(f"iter {iter_num}: loss {loss_sum.item():.4f} (diffusion {d:.4f} + sequential {s:.4f}), "
+                        f"lr {lr:.2e}, {tok_s:,.0f} tokens/s", flush=True)
+                log({"iter": iter_num, "loss": loss_sum.item(), "diffusion": d, "sequential": s, "lr": lr, "tok_s": tok_s})
+            if flags[1]:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                checkpoint()
+                bar.close()
+                name = signal.Signals(caught[0]).name if caught else "a signal"
+                say(f"caught {name} at step {iter_num}: saved {ckpt_path}; continue with --init_from=resume")
+                return 128 + (caught[0] if caught else signal.SIGTERM)
+        bar.close()
+        say(f"done: {iter_num} iterations, best val NELBO {best_val:.4f} (perplexity {math.exp(min(best_val, 700)):.4g}); "
+            f"checkpoint in {ckpt_path}. Sample with: python sample.py --out_dir={out}")
+        return 0
+
+    # signals: finish the current iteration, save, exit (handlers restored on the way out)
     caught = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: caught.append(signum))
-    from tqdm import tqdm
-    bar = tqdm(total=c["max_iters"], initial=iter_num, disable=not master, dynamic_ncols=True, unit="it")
-    t_last, it_last, resumed_at = time.time(), iter_num, iter_num
-    model.train()
-    while True:
-        if iter_num % c["eval_interval"] == 0 and iter_num != resumed_at or iter_num == c["max_iters"]:
-            res = evaluate(ema_model or raw_model, val_data, c, device, autocast, rank, world)
-            best_val = min(best_val, res["nelbo"])
-            if master:
-                bar.write(f"step {iter_num}: val NELBO {res['nelbo']:.4f} (diffusion {res['diffusion']:.4f} + "
-                          f"sequential {res['sequential']:.4f}), perplexity {res['ppl']:.2f}")
-            log({"iter": iter_num, "val": res})
-            checkpoint()
-            t_last, it_last = time.time(), iter_num  # tokens/s counts training time only
-        if iter_num >= c["max_iters"]:
-            break
-        lr = get_lr(iter_num, c)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum, parts_sum = 0.0, torch.zeros(2, device=device)
-        for micro in range(accum):
-            x = get_batch(train_data, c["batch_size"], c["block_size"], data_gen, device)
-            sync = nullcontext() if not ddp or micro == accum - 1 else model.no_sync()
-            with sync:
-                with autocast:
-                    loss, parts = model(x)
-                scaler.scale(loss / accum).backward()
-            loss_sum = loss_sum + loss.detach() / accum
-            parts_sum += torch.stack([parts["diffusion"], parts["sequential"]]).float() / accum
-        flags = torch.tensor([float(not torch.isfinite(loss_sum)), float(bool(caught))], device=device)
-        if ddp:
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        if flags[0]:
-            bar.close()
-            raise Diverged(f"loss is {loss_sum.item()} at step {iter_num}: stopping; the last good checkpoint "
-                           f"({ckpt_path}) is kept. Try a lower --learning_rate or --grad_clip=1")
-        if c["grad_clip"]:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), c["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        if ema_model is not None:  # EMA with the paper's warmup: decay min(ema, (1 + n) / (10 + n))
-            decay = min(c["ema"], (1 + iter_num) / (10 + iter_num))
-            with torch.no_grad():
-                for p_ema, p in zip(ema_model.parameters(), raw_model.parameters()):
-                    p_ema.lerp_(p, 1 - decay)
-        iter_num += 1
-        bar.update(1)
-        if iter_num % c["log_interval"] == 0 or flags[1]:
-            now = time.time()
-            tok_s = tokens_per_iter * (iter_num - it_last) / max(now - t_last, 1e-9)
-            t_last, it_last = now, iter_num
-            d, s = parts_sum.tolist()
-            bar.set_postfix(loss=f"{loss_sum.item():.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-            log({"iter": iter_num, "loss": loss_sum.item(), "diffusion": d, "sequential": s, "lr": lr, "tok_s": tok_s})
-        if flags[1]:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            checkpoint()
-            bar.close()
-            name = signal.Signals(caught[0]).name if caught else "a signal"
-            say(f"caught {name} at step {iter_num}: saved {ckpt_path}; continue with --init_from=resume")
-            return 128 + (caught[0] if caught else signal.SIGTERM)
-    bar.close()
-    say(f"done: {iter_num} iterations, best val NELBO {best_val:.4f} (perplexity {math.exp(min(best_val, 700)):.2f}); "
-        f"checkpoint in {ckpt_path}. Sample with: python sample.py --out_dir={out}")
-    return 0
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return train_loop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run(argv=None):
