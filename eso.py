@@ -546,3 +546,40 @@ def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
         logits = torch.full_like(logits, -math.inf).scatter(-1, idx, sorted_logits)
     u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
     return (logits - torch.log(-torch.log(u))).argmax(-1)
+
+
+# -----------------------------------------------------------------------------
+# `python eso.py`: the attention patterns of the paper's worked example (Figs. 6-9)
+
+
+def show_masks():
+    """Print the diffusion and sequential masks of variants A and B for x = ABCDEF, z = A_C__F.
+
+    Rows are queries and columns keys, both in decode order, labelled token+position
+    (M = [MASK]); '█' = may attend. Built by the functions above, not drawn by hand.
+    """
+    x, masked = list("ABCDEF"), torch.tensor([[0, 1, 0, 1, 1, 0]], dtype=torch.bool)
+    u = torch.tensor([[0.2, 0.9, 0.1, 0.3, 0.5, 0.4]])  # random keys giving the paper's orders
+    n_clean = int((~masked).sum())
+
+    def grid(title, labels, mask):
+        print(f"\n{title}\n      " + " ".join(f"{s:>3}" for s in labels))
+        for label, row in zip(labels, mask.tolist()):
+            print(f"  {label:>3} " + " ".join("  █" if a else "  ·" for a in row))
+
+    def label(order, half="z"):
+        return [("M" if masked[0, p] and half == "z" else x[p]) + str(p + 1) for p in order.tolist()]
+
+    for variant in ("B", "A"):
+        prefix = n_clean if variant == "A" else 0
+        order = diffusion_order(masked, u)[0]
+        grid(f"Eso-LM ({variant}), diffusion phase: z sorted by sigma = {tuple(order.add(1).tolist())}",
+             label(order), prefix_lm(6, prefix)[0, 0])
+        keys = torch.arange(6.0)[None] / 6 if variant == "A" else u  # A: clean tokens in position order
+        order = sequential_order(masked, keys)[0]
+        grid(f"Eso-LM ({variant}), sequential phase (training): [z ; x] sorted by sigma = "
+             f"{tuple(order.add(1).tolist())}", label(order) + label(order, "x"), sequential_mask(6, prefix)[0, 0])
+
+
+if __name__ == "__main__":
+    show_masks()

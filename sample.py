@@ -12,6 +12,8 @@ other position (the {{N}} spans, and whatever follows the text up to the model's
 generated. Prints the samples, then NFE (transformer forwards), seconds and tokens/s.
 """
 
+import json
+import math
 import re
 import sys
 import time
@@ -26,15 +28,17 @@ from train import UserError, load_checkpoint, model_from_checkpoint, parse_confi
 _BEFORE = set(globals())
 out_dir = "out"  # folder of ckpt.pt (written by train.py)
 num_samples = 3
-steps = 256  # T of the diffusion schedule; NFE = non-empty diffusion steps + sequential tokens
+steps = 128  # T of the diffusion schedule; NFE = non-empty diffusion steps + sequential tokens
 alpha_0 = None  # sampling-time alpha_0 (None: the model's own)
-top_p = 0.9  # nucleus sampling (1 = off)
+top_p = 0.8  # nucleus sampling (1 = off)
 temperature = 1.0
 order = "random"  # random, or block (evenly spaced streams per diffusion step)
 kv_cache = True  # False: the slow reference, a full forward per step (same tokens)
 prompt = ""  # known text at the start; FILE:path reads it from a file
 infill = ""  # a template: text with {{N}} where N tokens are to be generated
 show_steps = False  # print the first sample's canvas after every step
+judge = ""  # out_dir of an alpha_0 = 0 model: its NLL of the samples (generative perplexity) and their entropy
+quiet = False  # print only the summary line (and the JSON line with --judge)
 seed = 1337
 device = "auto"  # auto, cpu, cuda, cuda:N or mps
 DEFAULTS = {k: v for k, v in globals().items() if k not in _BEFORE and k != "_BEFORE"}
@@ -121,13 +125,42 @@ def main(argv):
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    for row in tokens:
-        print(enc.decode(row.tolist()))
-        print("-" * 60)
+    if not c["quiet"]:
+        for row in tokens:
+            print(enc.decode(row.tolist()))
+            print("-" * 60)
     new = c["num_samples"] * int((canvas == model.mask_id).sum() if canvas is not None else config.block_size)
-    print(f"{c['num_samples']} samples x {config.block_size} tokens, alpha_0={config.alpha_0 if c['alpha_0'] is None else c['alpha_0']}, "
-          f"T={c['steps']}: NFE {nfe}, {seconds:.2f} s, {new / seconds:,.0f} tokens/s ({dev})")
+    a0 = config.alpha_0 if c["alpha_0"] is None else c["alpha_0"]
+    print(f"{c['num_samples']} samples x {config.block_size} tokens, alpha_0={a0}, T={c['steps']}: NFE {nfe}, "
+          f"{seconds:.2f} s, {new / seconds:,.0f} tokens/s ({dev})")
+    if c["judge"]:
+        nll, entropy = judge_samples(c["judge"], tokens, ckpt["tokenizer"], dev)
+        print(f"judge NLL {nll:.4f} nats/token (generative perplexity {math.exp(nll):.3f}), "
+              f"mean unigram entropy {entropy:.3f} nats")
+        print(json.dumps({"alpha_0_train": config.alpha_0, "alpha_0": a0, "steps": c["steps"], "order": c["order"],
+                          "top_p": c["top_p"], "nfe": nfe, "judge_nll": nll, "gen_ppl": math.exp(nll),
+                          "entropy": entropy, "num_samples": c["num_samples"], "seconds": seconds}))
     return 0
+
+
+@torch.no_grad()
+def judge_samples(judge_dir, tokens, tokenizer, dev):
+    """The judge's NLL per token of the samples (an alpha_0 = 0 model: its loss is exact AR
+    cross-entropy), and the mean over samples of each sample's unigram entropy (paper App. C)."""
+    ckpt, config = load_checkpoint(Path(judge_dir) / "ckpt.pt", dev)
+    if config.alpha_0 != 0 or ckpt["tokenizer"] != tokenizer or config.block_size < tokens.size(1):
+        raise UserError(f"--judge needs an alpha_0 = 0 model with the {tokenizer} tokenizer and block_size >= "
+                        f"{tokens.size(1)}; {judge_dir} has alpha_0={config.alpha_0}, {ckpt['tokenizer']}, "
+                        f"block_size {config.block_size}")
+    judge = model_from_checkpoint(ckpt, config, "ema" if ckpt.get("ema") else "model").to(dev).eval()
+    nll = sum(judge.likelihood(tokens[i:i + 64], 1).item() * len(tokens[i:i + 64])
+              for i in range(0, len(tokens), 64)) / len(tokens)
+    entropy = 0.0
+    for row in tokens:
+        p = torch.bincount(row).float()
+        p = p[p > 0] / row.numel()
+        entropy += float(-(p * p.log()).sum()) / len(tokens)
+    return nll, entropy
 
 
 if __name__ == "__main__":

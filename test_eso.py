@@ -1,13 +1,25 @@
 """Tests for eso.py. Offline, CPU, tiny models; run with `pytest test_eso.py`."""
 
 import itertools
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import eso
+import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+import prepare  # noqa: E402  (data/prepare.py)
 
 
 def tiny(alpha_0=0.5, variant="B", L=24, V=11, big=True, seed=0, **kw):
@@ -24,6 +36,16 @@ def tiny(alpha_0=0.5, variant="B", L=24, V=11, big=True, seed=0, **kw):
 
 def gen(seed):
     return torch.Generator().manual_seed(seed)
+
+
+ROOT = Path(__file__).resolve().parent
+TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=2",
+        "--log_interval=1", "--warmup_iters=2", "--lr_schedule=constant"]
+
+
+def py(*args, timeout=240, **kw):
+    """Run one of the scripts like a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
 
 
 # ----------------------------------------------------------------------------- config
@@ -356,6 +378,15 @@ def test_iw_bound_with_enough_orders_is_the_exact_any_order_likelihood():
     assert single > exact + 0.01
 
 
+def test_python_eso_py_prints_the_attention_patterns():
+    r = py("eso.py")
+    assert r.returncode == 0 and r.stdout.count("Eso-LM (") == 4
+    lines = r.stdout.splitlines()
+    i = lines.index("Eso-LM (B), diffusion phase: z sorted by sigma = (3, 1, 6, 4, 5, 2)")
+    assert lines[i + 1].split() == ["C3", "A1", "F6", "M4", "M5", "M2"]
+    assert lines[i + 6].split() == ["M5", "█", "█", "█", "█", "█", "·"]  # causal in decode order
+
+
 def test_likelihood_rejects_variant_a():
     with pytest.raises(ValueError, match="variant B"):
         tiny(1.0, "A").likelihood(torch.zeros(1, 24, dtype=torch.long), 2)
@@ -402,30 +433,6 @@ def test_tiny_model_learns_structure_and_its_cached_samples_show_it():
 
 # ============================================================================= the pipeline
 # data/prepare.py, train.py and sample.py, mostly as a user runs them (subprocesses).
-
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-import prepare  # noqa: E402  data/prepare.py
-import train  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent
-TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=2",
-        "--log_interval=1", "--warmup_iters=2", "--lr_schedule=constant"]
-
-
-def py(*args, timeout=240, **kw):
-    """Run one of the scripts like a user would; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
-
 
 def corpus_text(n_topics=40):
     import pydoc_data.topics as topics
@@ -523,9 +530,9 @@ def test_cli_errors_are_one_line_and_help_lists_defaults():
     assert config["learning_rate"] == 1.0 and config["compile"] is False and config["batch_split"] == 0.25
     assert given == {"learning_rate", "compile", "batch_split"}
     r = py("train.py", "--help")
-    assert r.returncode == 0 and "--alpha_0=0.25" in r.stdout and "--eval_only=False" in r.stdout
+    assert r.returncode == 0 and "--alpha_0=0.125" in r.stdout and "--eval_only=False" in r.stdout
     r = py("sample.py", "--help")
-    assert r.returncode == 0 and "--top_p=0.9" in r.stdout
+    assert r.returncode == 0 and "--top_p=0.8" in r.stdout
 
 
 def test_train_sample_pipeline(dataset, tmp_path):
@@ -558,6 +565,15 @@ def test_train_sample_pipeline(dataset, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["step"] == 6 and res["nelbo"] == pytest.approx(vals[-1]) and math.isfinite(res["iw_bound"])
+    judge = tmp_path / "judge"  # an alpha_0 = 0 model scores samples (generative perplexity)
+    assert py("train.py", f"--dataset={dataset}", f"--out_dir={judge}", "--alpha_0=0", "--max_iters=2",
+              "--eval_interval=2", *TINY).returncode == 0
+    r = py("sample.py", f"--out_dir={out}", "--num_samples=4", "--steps=8", f"--judge={judge}", "--quiet=True")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert math.isfinite(res["judge_nll"]) and 0 < res["entropy"] <= math.log(32) and res["num_samples"] == 4
+    r = py("sample.py", f"--out_dir={out}", f"--judge={out}")
+    assert r.returncode == 2 and "needs an alpha_0 = 0 model" in r.stderr
 
 
 def test_ddp_two_gloo_processes_match_one_process(dataset, tmp_path):

@@ -36,7 +36,7 @@ _BEFORE = set(globals())
 out_dir = "out"  # checkpoint folder (sample.py reads it)
 dataset = "python_docs"  # data/NAME prepared by data/prepare.py (python_docs is prepared on first use)
 init_from = "scratch"  # scratch or resume (from out_dir/ckpt.pt)
-eval_interval = 250  # iterations between validation runs and checkpoints
+eval_interval = 200  # iterations between validation runs and checkpoints
 eval_iters = 20  # validation batches (the same fixed sequences and noise every time)
 log_interval = 10  # iterations between log lines in out_dir/log.jsonl
 eval_only = False  # evaluate out_dir/ckpt.pt on the validation set, then exit
@@ -47,18 +47,18 @@ batch_size = 32  # sequences per micro-batch per process
 block_size = 128  # L, the sequence length
 n_layer = 4
 n_head = 4
-n_embd = 256
+n_embd = 128
 dropout = 0.0
-alpha_0 = 0.25  # expected fraction of tokens made by the diffusion phase (0 = AR, 1 = MDM)
+alpha_0 = 0.125  # expected fraction of tokens made by the diffusion phase (0 = AR, 1 = MDM)
 variant = "B"  # B (KV cache in both phases) or A (bidirectional clean tokens; the paper's ablation)
 loss_type = "elbo"  # elbo or low_var (diffusion weight 1 in training; the paper's choice at alpha_0 = 1)
 batch_split = None  # kappa: share of each batch for the diffusion term (None: 1, 0 or 0.5 by alpha_0)
 # optimizer
-max_iters = 2000
-learning_rate = 2e-3
+max_iters = 1400
+learning_rate = 3e-3
 warmup_iters = 100
 lr_schedule = "cosine"  # constant or cosine (to min_lr at max_iters), after a linear warmup
-min_lr = 2e-4
+min_lr = 3e-4
 weight_decay = 0.0
 beta1 = 0.9
 beta2 = 0.99
