@@ -81,9 +81,9 @@ class EsoConfig:
 
 
 def autocast(device_type):
-    """bf16 autocast on CUDA, full float32 elsewhere."""
+    """bf16 autocast on CUDA (fp16 where bf16 is missing), full float32 elsewhere."""
     if device_type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     return nullcontext()
 
 

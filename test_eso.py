@@ -162,9 +162,9 @@ def test_alpha0_zero_loss_is_left_to_right_ar_cross_entropy():
     torch.testing.assert_close(model.likelihood(x, 3), nll / 20, rtol=1e-5, atol=1e-6)  # one order only
 
 
-@pytest.mark.parametrize("loss_type", ["elbo", "low_var"])
-def test_alpha0_one_loss_is_mdlm_nelbo(loss_type):
-    model = tiny(1.0, L=10, big=False, loss_type=loss_type)
+@pytest.mark.parametrize("loss_type, variant", [("elbo", "B"), ("low_var", "B"), ("elbo", "A")])
+def test_alpha0_one_loss_is_mdlm_nelbo(loss_type, variant):
+    model = tiny(1.0, variant, L=10, big=False, loss_type=loss_type)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     x = torch.randint(0, 11, (3, 10), generator=gen(0))
@@ -179,7 +179,10 @@ def test_alpha0_one_loss_is_mdlm_nelbo(loss_type):
     # Independent MDLM NELBO: no sorting; the paper's mask in position space (eq. 24),
     # A[i, j] = sigma^-1(i) >= sigma^-1(j), and the continuous-time weight -alpha'_t / (1 - alpha_t).
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(10).expand(3, -1))  # sigma^-1
-    attn = (rank[:, :, None] >= rank[:, None, :])[:, None]  # (B, 1, L, L)
+    attn = rank[:, :, None] >= rank[:, None, :]  # (B, L, L)
+    if variant == "A":  # clean tokens also see each other both ways (eq. 35-37)
+        attn = attn | (~masked[:, :, None] & ~masked[:, None, :])
+    attn = attn[:, None]  # (B, 1, L, L)
     z = torch.where(masked, model.mask_id, x)
     logits = model.lm_head(model.hidden(z, torch.arange(10).expand(3, -1), attn))
     ce = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, L)
@@ -503,6 +506,19 @@ def test_prepare_rejects_bad_input_with_one_line(tmp_path, case, msg):
     r = py(*args)
     assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (ROOT / "data" / f"pytest-bad-{case}").exists()  # nothing half-written
+
+
+def test_prepare_never_writes_through_a_symlink(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text(corpus_text())
+    link = ROOT / "data" / f"pytest-link-{os.getpid()}"
+    link.symlink_to(tmp_path, target_is_directory=True)
+    try:
+        with pytest.raises(prepare.PrepareError, match="symbolic link"):
+            prepare.prepare(inputs=[str(src)], name=link.name)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    finally:
+        link.unlink()
 
 
 def test_prepare_gpt2_offline_says_how_to_fix_it(monkeypatch):

@@ -502,6 +502,7 @@ def main(argv):
                 if master:
                     bar.write(f"step {iter_num}: val NELBO {res['nelbo']:.4f} (diffusion {res['diffusion']:.4f} + "
                               f"sequential {res['sequential']:.4f}), perplexity {res['ppl']:.4g}")
+                    sys.stdout.flush()
                 log({"iter": iter_num, "val": res})
                 checkpoint()
                 t_last, it_last = time.time(), iter_num  # tokens/s counts training time only
