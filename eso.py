@@ -13,15 +13,14 @@ attention can be causal in decode order. A clean token then never attends to any
 decoded after it, its keys and values never change, and one KV cache serves both phases.
 
 Read top to bottom:
-  1. config                          EsoConfig
-  2. transformer with a KV cache     rotary, Attention, Block, KVCache, EsoLM.hidden
-  3. noise schedule and orders       alpha, sample_t, diffusion_order, sequential_order
-  4. the attention patterns          causal_mask, sequential_mask     (variants A and B)
-  5. the hybrid NELBO                EsoLM.diffusion_loss + EsoLM.sequential_loss = EsoLM.loss
-  6. sampling                        unmask_schedule, sampling order, sample_tokens,
-                                     EsoLM.generate (kv_cache=False is the slow reference)
-  7. likelihood                      EsoLM.likelihood (importance-weighted any-order bound)
-`python eso.py` prints the attention patterns of a small example.
+  1. config                       EsoConfig
+  2. transformer parts            rotary embedding, KVCache, Attention, Block
+  3. noise schedule and orders    alpha, sample_t, diffusion_order, sequential_order
+  4. attention patterns           prefix_lm, causal_mask, sequential_mask (variants A and B)
+  5. sampling pieces              unmask_schedule, sampling_order, sample_tokens
+  6. the model, EsoLM             hidden (the transformer); loss = diffusion_loss + sequential_loss;
+                                  generate (kv_cache=False is the slow reference); likelihood
+  7. `python eso.py` prints the attention patterns of the paper's worked example.
 """
 
 import math
@@ -169,233 +168,6 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class EsoLM(nn.Module):
-    def __init__(self, config: EsoConfig):
-        super().__init__()
-        self.config = config
-        self.wte = nn.Embedding(config.vocab_size + 1, config.n_embd)  # + [MASK] (id vocab_size)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=False)
-        # The head has no [MASK] output: the paper's "zero masking" holds by construction.
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
-            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    @property
-    def mask_id(self):
-        return self.config.mask_id
-
-    def num_params(self):
-        return sum(p.numel() for p in self.parameters())
-
-    def hidden(self, idx, pos, attn_mask=None, cache=None):
-        """Final hidden states (B, T, C) of tokens idx (B, T) at original positions pos (B, T).
-
-        attn_mask: None is causal over idx (SDPA's causal kernel); otherwise a bool mask,
-        True = may attend, broadcastable to (B, nh, T, cache.length + T).
-        """
-        cos = self.rope_cos[pos].unsqueeze(1)  # (B, 1, T, hd)
-        sin = self.rope_sin[pos].unsqueeze(1)
-        x = self.drop(self.wte(idx))
-        for layer, block in enumerate(self.blocks):
-            x = block(x, cos, sin, attn_mask, cache, layer)
-        return self.ln_f(x)
-
-    # 5. The hybrid NELBO (paper eq. 7) ----------------------------------------
-
-    def forward(self, x, loss_type=None, generator=None):
-        """The training loss; DDP wraps this. See `loss`."""
-        return self.loss(x, loss_type, generator)
-
-    def loss(self, x, loss_type=None, generator=None):
-        """Per-token hybrid NELBO (nats) of clean tokens x (B, L), and its two parts.
-
-        The first round(kappa * B) rows estimate the diffusion term, the rest the sequential
-        term; each part is a sum over masked tokens divided by all tokens of its rows, and
-        the loss is their sum: an unbiased estimate of the per-token NELBO. Pass
-        loss_type="elbo" for validation whatever the training loss type.
-        """
-        B = x.size(0)
-        kappa = self.config.batch_split
-        n_diff = round(kappa * B)
-        if 0 < kappa < 1:
-            if B < 2:
-                raise ValueError(f"a batch of {B} row cannot be split between the two terms (batch_split {kappa})")
-            n_diff = min(max(n_diff, 1), B - 1)
-        zero = x.new_zeros((), dtype=torch.float32)
-        diffusion = self.diffusion_loss(x[:n_diff], loss_type, generator) if n_diff > 0 else zero
-        sequential = self.sequential_loss(x[n_diff:], generator) if n_diff < B else zero
-        return diffusion + sequential, {"diffusion": diffusion.detach(), "sequential": sequential.detach()}
-
-    def diffusion_loss(self, x, loss_type=None, generator=None):
-        """The MDM term: E_t E_{z_t} [ -alpha'_t / (1 - alpha_t) * sum over masked of -log p ] / L."""
-        B, L = x.shape
-        a0 = self.config.alpha_0
-        t = sample_t(B, x.device, generator)
-        alpha_t = alpha(t, a0)  # (B,)
-        masked = torch.rand(B, L, device=x.device, generator=generator) < (1 - alpha_t)[:, None]
-        order = diffusion_order(masked, torch.rand(B, L, device=x.device, generator=generator))
-        return self.diffusion_nll(x, t, masked, order, loss_type)
-
-    def diffusion_nll(self, x, t, masked, order, loss_type=None):
-        """The diffusion term for given draws: t (B,), masked (B, L) bool, order (B, L) clean first."""
-        B, L = x.shape
-        loss_type = loss_type or self.config.loss_type
-        z = torch.where(masked, self.mask_id, x)
-        z_sorted, x_sorted, m_sorted = (a.gather(1, order) for a in (z, x, masked))  # (B, L) in decode order
-        n_clean = (~masked).sum(1)
-        mask = causal_mask(L, prefix=n_clean) if self.config.variant == "A" else None  # B: plain causal
-        logits = self.lm_head(self.hidden(z_sorted, order, mask))
-        nll = F.cross_entropy(logits.float().flatten(0, 1), x_sorted.flatten(), reduction="none").view(B, L)
-        if loss_type == "elbo":  # -alpha'_t / (1 - alpha_t), with alpha'_t = -alpha_0 (1 - EPS)
-            weight = self.config.alpha_0 * (1 - EPS) / (1 - alpha(t, self.config.alpha_0))
-        else:  # low_var: plain masked cross-entropy (training only)
-            weight = torch.ones_like(t)
-        return (nll * m_sorted * weight[:, None]).sum() / (B * L)
-
-    def sequential_loss(self, x, generator=None):
-        """The AR term: E_{z_0} [ sum over masked l of -log p(x_l | clean of z_0, x_<l) ] / L."""
-        B, L = x.shape
-        masked = torch.rand(B, L, device=x.device, generator=generator) < 1 - self.config.alpha_0
-        u = torch.rand(B, L, device=x.device, generator=generator)
-        if self.config.variant == "A":  # A's clean block is bidirectional: its order does not matter
-            u = torch.arange(L, device=x.device).expand(B, L) / L
-        order = sequential_order(masked, u)
-        return self.sequential_nll(x, masked, order)
-
-    def sequential_nll(self, x, masked, order):
-        """The AR term for given draws: masked (B, L) bool, order (B, L) clean first, masked ascending.
-
-        Input is the 2L sequence [z_0 sorted ; x sorted]: no shift by one, each mask slot of
-        the z half predicts its own token from itself and the x slots before it.
-        """
-        B, L = x.shape
-        return -(self._sequential_logprobs(x, masked, order) * masked.gather(1, order)).sum() / (B * L)
-
-    def _sequential_logprobs(self, x, masked, order):
-        """log p(x at each sorted slot) (B, L) from one forward of [z_0 sorted ; x sorted]."""
-        L = x.size(1)
-        z = torch.where(masked, self.mask_id, x)
-        z_sorted, x_sorted = z.gather(1, order), x.gather(1, order)  # (B, L) in decode order
-        n_clean = (~masked).sum(1)
-        mask = sequential_mask(L, n_clean if self.config.variant == "A" else 0, x.device)
-        h = self.hidden(torch.cat([z_sorted, x_sorted], 1), torch.cat([order, order], 1), mask)[:, :L]  # z half
-        logp = F.log_softmax(self.lm_head(h).float(), dim=-1)
-        return logp.gather(-1, x_sorted.unsqueeze(-1)).squeeze(-1)
-
-    # 6. Sampling ----------------------------------------------------------------
-
-    @torch.no_grad()
-    def generate(self, num_samples, steps, *, alpha_0=None, temperature=1.0, top_p=1.0, canvas=None,
-                 order="random", kv_cache=True, generator=None, callback=None):
-        """Sample (num_samples, L) tokens. Returns (tokens, nfe): tokens never hold the mask id;
-        nfe is the number of transformer forwards spent.
-
-        steps: T of the diffusion schedule (any value >= 1; T >= L gives one token per step).
-        alpha_0: sampling-time alpha_0 (None = the model's). canvas: (num_samples or 1, L) with
-        known tokens kept exactly and the mask id elsewhere (a prompt, or an infilling
-        template); every row must have the same number of masks. order: "random" or "block".
-        kv_cache=False is the slow reference: the whole permuted sequence through the
-        transformer at every step; both paths return identical tokens for the same generator.
-        callback(tokens, nfe): called after every step with the canvas (B, L) in position order.
-        """
-        cfg, device = self.config, self.wte.weight.device
-        L = cfg.block_size
-        alpha_0 = cfg.alpha_0 if alpha_0 is None else alpha_0
-        check_sampling_args(steps, alpha_0, temperature, top_p, order)
-        canvas = self._check_canvas(num_samples, canvas, device)
-        # The plan, drawn identically for both paths: step sizes, then the order.
-        known = canvas != self.mask_id  # (B, L)
-        n_known = int(known[0].sum())
-        sizes = unmask_schedule(L - n_known, steps, alpha_0, generator, device)  # diffusion steps
-        n_mdm, n_diffusion_steps = sum(sizes), len(sizes)
-        sizes += [1] * (L - n_known - n_mdm)  # the sequential phase: one token per step
-        sigma = sampling_order(known, n_mdm, n_diffusion_steps, order, generator)  # (B, L)
-        canvas = canvas.gather(1, sigma)  # (B, L): canvas[b, i] = the token at position sigma[b, i]
-        n_clean0 = n_known + n_mdm  # clean count of z_0: variant A's bidirectional block
-        is_a = cfg.variant == "A"
-        cache = KVCache(cfg.n_layer, L) if kv_cache else None
-        done, nfe = n_known, 0  # canvas[:, :done] is decoded
-        with autocast(device.type):
-            for k in sizes:
-                if kv_cache:
-                    # Feed [tokens decoded since the last commit ; this step's k masks]. Variant B
-                    # commits the fed clean tokens to the cache at once (one step late). Variant A's
-                    # clean block is bidirectional, so it is recomputed while it grows and cached
-                    # when complete, at the first sequential step (paper App. D.3).
-                    start = cache.length
-                    prefix = done - start if is_a and done <= n_clean0 else 0
-                    mask = causal_mask(done + k - start, n_cached=start, prefix=prefix, device=device)
-                    h = self.hidden(canvas[:, start:done + k], sigma[:, start:done + k], mask, cache)[:, -k:]
-                    if not is_a or done >= n_clean0:
-                        cache.commit(done - start)
-                else:  # the reference: all L slots, clean then masked in decode order, every step
-                    mask = causal_mask(L, prefix=min(done, n_clean0) if is_a else 0, device=device)
-                    h = self.hidden(canvas, sigma, mask)[:, done:done + k]
-                canvas[:, done:done + k] = sample_tokens(self.lm_head(h), temperature, top_p, generator)
-                done, nfe = done + k, nfe + 1
-                if callback is not None:
-                    callback(unpermute(canvas, sigma), nfe)
-        return unpermute(canvas, sigma), nfe
-
-    def _check_canvas(self, num_samples, canvas, device):
-        L, mask_id = self.config.block_size, self.mask_id
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-        if canvas is None:
-            return torch.full((num_samples, L), mask_id, dtype=torch.long, device=device)
-        canvas = torch.as_tensor(canvas, device=device)
-        if canvas.dim() == 1:
-            canvas = canvas[None]
-        if canvas.dtype != torch.long or canvas.size(1) != L or canvas.size(0) not in (1, num_samples):
-            raise ValueError(f"canvas must be a LongTensor of shape ({num_samples} or 1, {L}), got "
-                             f"{tuple(canvas.shape)} {canvas.dtype}")
-        if canvas.min() < 0 or canvas.max() > mask_id:
-            raise ValueError(f"canvas tokens must lie in [0, {mask_id}] ({mask_id} = [MASK])")
-        n_masks = (canvas == mask_id).sum(1)
-        if (n_masks != n_masks[0]).any():
-            raise ValueError("every canvas row must hold the same number of masks (the step schedule is shared)")
-        return canvas.expand(num_samples, L).clone()
-
-    # 7. Likelihood ----------------------------------------------------------------
-
-    @torch.no_grad()
-    def likelihood(self, x, num_orders, generator=None):
-        """Importance-weighted any-order bound on the NLL of x (B, L), in nats per token (paper Thm 3.1).
-
-        One order covers a whole one-token-per-step trajectory, and one forward of
-        [all masks ; x sorted by the order] with the sequential mask gives its L conditionals.
-        With K orders: -log p(x) <= -[log(1/K) + logsumexp_k sum_l log p_k], which tightens as
-        K grows. Orders: a Bernoulli(alpha_0) subset first, in random order, the rest ascending.
-        """
-        if self.config.variant != "B":
-            raise ValueError("the one-forward any-order bound needs variant B: under variant A the "
-                             "clean tokens' representations change as tokens arrive")
-        if num_orders < 1:
-            raise ValueError(f"num_orders must be at least 1, got {num_orders}")
-        B, L = x.shape
-        all_masked = torch.ones_like(x, dtype=torch.bool)
-        log_p = []
-        with autocast(x.device.type):
-            for _ in range(num_orders):
-                late = torch.rand(B, L, device=x.device, generator=generator) >= self.config.alpha_0
-                order = sequential_order(late, torch.rand(B, L, device=x.device, generator=generator))
-                log_p.append(self._sequential_logprobs(x, all_masked, order).sum(1))  # (B,)
-        log_px = torch.logsumexp(torch.stack(log_p), 0) - math.log(num_orders)  # (B,)
-        return -log_px.mean() / L
-
-
 # -----------------------------------------------------------------------------
 # 3. Noise schedule and orders
 
@@ -478,7 +250,7 @@ def sequential_mask(L, prefix=0, device=None):
 
 
 # -----------------------------------------------------------------------------
-# 6. Sampling: the schedule, the order, one token draw
+# 5. Sampling pieces: the step sizes, the order, one token draw
 
 
 def check_sampling_args(steps, alpha_0, temperature, top_p, order):
@@ -549,7 +321,238 @@ def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
 
 
 # -----------------------------------------------------------------------------
-# `python eso.py`: the attention patterns of the paper's worked example (Figs. 6-9)
+# 6. The model: the transformer, the hybrid NELBO, the samplers, the likelihood
+
+
+class EsoLM(nn.Module):
+    def __init__(self, config: EsoConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size + 1, config.n_embd)  # + [MASK] (id vocab_size)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=False)
+        # The head has no [MASK] output: the paper's "zero masking" holds by construction.
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def mask_id(self):
+        return self.config.mask_id
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden(self, idx, pos, attn_mask=None, cache=None):
+        """Final hidden states (B, T, C) of tokens idx (B, T) at original positions pos (B, T).
+
+        attn_mask: None is causal over idx (SDPA's causal kernel); otherwise a bool mask,
+        True = may attend, broadcastable to (B, nh, T, cache.length + T).
+        """
+        cos = self.rope_cos[pos].unsqueeze(1)  # (B, 1, T, hd)
+        sin = self.rope_sin[pos].unsqueeze(1)
+        x = self.drop(self.wte(idx))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, attn_mask, cache, layer)
+        return self.ln_f(x)
+
+    # The hybrid NELBO (paper eq. 7) ---------------------------------------------
+
+    def forward(self, x, loss_type=None, generator=None):
+        """The training loss; DDP wraps this. See `loss`."""
+        return self.loss(x, loss_type, generator)
+
+    def loss(self, x, loss_type=None, generator=None):
+        """Per-token hybrid NELBO (nats) of clean tokens x (B, L), and its two parts.
+
+        The first round(kappa * B) rows estimate the diffusion term, the rest the sequential
+        term; each part is a sum over masked tokens divided by all tokens of its rows, and
+        the loss is their sum: an unbiased estimate of the per-token NELBO. Pass
+        loss_type="elbo" for validation whatever the training loss type.
+        """
+        B = x.size(0)
+        kappa = self.config.batch_split
+        n_diff = round(kappa * B)
+        if 0 < kappa < 1:
+            if B < 2:
+                raise ValueError(f"a batch of {B} row cannot be split between the two terms (batch_split {kappa})")
+            n_diff = min(max(n_diff, 1), B - 1)
+        zero = x.new_zeros((), dtype=torch.float32)
+        diffusion = self.diffusion_loss(x[:n_diff], loss_type, generator) if n_diff > 0 else zero
+        sequential = self.sequential_loss(x[n_diff:], generator) if n_diff < B else zero
+        return diffusion + sequential, {"diffusion": diffusion.detach(), "sequential": sequential.detach()}
+
+    def diffusion_loss(self, x, loss_type=None, generator=None):
+        """The MDM term: E_t E_{z_t} [ -alpha'_t / (1 - alpha_t) * sum over masked of -log p ] / L."""
+        B, L = x.shape
+        a0 = self.config.alpha_0
+        t = sample_t(B, x.device, generator)
+        alpha_t = alpha(t, a0)  # (B,)
+        masked = torch.rand(B, L, device=x.device, generator=generator) < (1 - alpha_t)[:, None]
+        order = diffusion_order(masked, torch.rand(B, L, device=x.device, generator=generator))
+        return self.diffusion_nll(x, t, masked, order, loss_type)
+
+    def diffusion_nll(self, x, t, masked, order, loss_type=None):
+        """The diffusion term for given draws: t (B,), masked (B, L) bool, order (B, L) clean first."""
+        B, L = x.shape
+        loss_type = loss_type or self.config.loss_type
+        z = torch.where(masked, self.mask_id, x)
+        z_sorted, x_sorted, m_sorted = (a.gather(1, order) for a in (z, x, masked))  # (B, L) in decode order
+        n_clean = (~masked).sum(1)
+        mask = causal_mask(L, prefix=n_clean) if self.config.variant == "A" else None  # B: plain causal
+        logits = self.lm_head(self.hidden(z_sorted, order, mask))
+        nll = F.cross_entropy(logits.float().flatten(0, 1), x_sorted.flatten(), reduction="none").view(B, L)
+        if loss_type == "elbo":  # -alpha'_t / (1 - alpha_t), with alpha'_t = -alpha_0 (1 - EPS)
+            weight = self.config.alpha_0 * (1 - EPS) / (1 - alpha(t, self.config.alpha_0))
+        else:  # low_var: plain masked cross-entropy (training only)
+            weight = torch.ones_like(t)
+        return (nll * m_sorted * weight[:, None]).sum() / (B * L)
+
+    def sequential_loss(self, x, generator=None):
+        """The AR term: E_{z_0} [ sum over masked l of -log p(x_l | clean of z_0, x_<l) ] / L."""
+        B, L = x.shape
+        masked = torch.rand(B, L, device=x.device, generator=generator) < 1 - self.config.alpha_0
+        u = torch.rand(B, L, device=x.device, generator=generator)
+        if self.config.variant == "A":  # A's clean block is bidirectional: its order does not matter
+            u = torch.arange(L, device=x.device).expand(B, L) / L
+        order = sequential_order(masked, u)
+        return self.sequential_nll(x, masked, order)
+
+    def sequential_nll(self, x, masked, order):
+        """The AR term for given draws: masked (B, L) bool, order (B, L) clean first, masked ascending.
+
+        Input is the 2L sequence [z_0 sorted ; x sorted]: no shift by one, each mask slot of
+        the z half predicts its own token from itself and the x slots before it.
+        """
+        B, L = x.shape
+        return -(self._sequential_logprobs(x, masked, order) * masked.gather(1, order)).sum() / (B * L)
+
+    def _sequential_logprobs(self, x, masked, order):
+        """log p(x at each sorted slot) (B, L) from one forward of [z_0 sorted ; x sorted]."""
+        L = x.size(1)
+        z = torch.where(masked, self.mask_id, x)
+        z_sorted, x_sorted = z.gather(1, order), x.gather(1, order)  # (B, L) in decode order
+        n_clean = (~masked).sum(1)
+        mask = sequential_mask(L, n_clean if self.config.variant == "A" else 0, x.device)
+        h = self.hidden(torch.cat([z_sorted, x_sorted], 1), torch.cat([order, order], 1), mask)[:, :L]  # z half
+        logp = F.log_softmax(self.lm_head(h).float(), dim=-1)
+        return logp.gather(-1, x_sorted.unsqueeze(-1)).squeeze(-1)
+
+    # Sampling (paper Alg. 3) ------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, num_samples, steps, *, alpha_0=None, temperature=1.0, top_p=1.0, canvas=None,
+                 order="random", kv_cache=True, generator=None, callback=None):
+        """Sample (num_samples, L) tokens. Returns (tokens, nfe): tokens never hold the mask id;
+        nfe is the number of transformer forwards spent.
+
+        steps: T of the diffusion schedule (any value >= 1; T >= L gives one token per step).
+        alpha_0: sampling-time alpha_0 (None = the model's). canvas: (num_samples or 1, L) with
+        known tokens kept exactly and the mask id elsewhere (a prompt, or an infilling
+        template); every row must have the same number of masks. order: "random" or "block".
+        kv_cache=False is the slow reference: the whole permuted sequence through the
+        transformer at every step; both paths return identical tokens for the same generator.
+        callback(tokens, nfe): called after every step with the canvas (B, L) in position order.
+        """
+        cfg, device = self.config, self.wte.weight.device
+        L = cfg.block_size
+        alpha_0 = cfg.alpha_0 if alpha_0 is None else alpha_0
+        check_sampling_args(steps, alpha_0, temperature, top_p, order)
+        canvas = self._check_canvas(num_samples, canvas, device)
+        # The plan, drawn identically for both paths: step sizes, then the order.
+        known = canvas != self.mask_id  # (B, L)
+        n_known = int(known[0].sum())
+        sizes = unmask_schedule(L - n_known, steps, alpha_0, generator, device)  # diffusion steps
+        n_mdm, n_diffusion_steps = sum(sizes), len(sizes)
+        sizes += [1] * (L - n_known - n_mdm)  # the sequential phase: one token per step
+        sigma = sampling_order(known, n_mdm, n_diffusion_steps, order, generator)  # (B, L)
+        canvas = canvas.gather(1, sigma)  # (B, L): canvas[b, i] = the token at position sigma[b, i]
+        n_clean0 = n_known + n_mdm  # clean count of z_0: variant A's bidirectional block
+        is_a = cfg.variant == "A"
+        cache = KVCache(cfg.n_layer, L) if kv_cache else None
+        done, nfe = n_known, 0  # canvas[:, :done] is decoded
+        with autocast(device.type):
+            for k in sizes:
+                if kv_cache:
+                    # Feed [tokens decoded since the last commit ; this step's k masks]. Variant B
+                    # commits the fed clean tokens to the cache at once (one step late). Variant A's
+                    # clean block is bidirectional, so it is recomputed while it grows and cached
+                    # when complete, at the first sequential step (paper App. D.3).
+                    start = cache.length
+                    prefix = done - start if is_a and done <= n_clean0 else 0
+                    mask = causal_mask(done + k - start, n_cached=start, prefix=prefix, device=device)
+                    h = self.hidden(canvas[:, start:done + k], sigma[:, start:done + k], mask, cache)[:, -k:]
+                    if not is_a or done >= n_clean0:
+                        cache.commit(done - start)
+                else:  # the reference: all L slots, clean then masked in decode order, every step
+                    mask = causal_mask(L, prefix=min(done, n_clean0) if is_a else 0, device=device)
+                    h = self.hidden(canvas, sigma, mask)[:, done:done + k]
+                canvas[:, done:done + k] = sample_tokens(self.lm_head(h), temperature, top_p, generator)
+                done, nfe = done + k, nfe + 1
+                if callback is not None:
+                    callback(unpermute(canvas, sigma), nfe)
+        return unpermute(canvas, sigma), nfe
+
+    def _check_canvas(self, num_samples, canvas, device):
+        L, mask_id = self.config.block_size, self.mask_id
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        if canvas is None:
+            return torch.full((num_samples, L), mask_id, dtype=torch.long, device=device)
+        canvas = torch.as_tensor(canvas, device=device)
+        if canvas.dim() == 1:
+            canvas = canvas[None]
+        if canvas.dtype != torch.long or canvas.size(1) != L or canvas.size(0) not in (1, num_samples):
+            raise ValueError(f"canvas must be a LongTensor of shape ({num_samples} or 1, {L}), got "
+                             f"{tuple(canvas.shape)} {canvas.dtype}")
+        if canvas.min() < 0 or canvas.max() > mask_id:
+            raise ValueError(f"canvas tokens must lie in [0, {mask_id}] ({mask_id} = [MASK])")
+        n_masks = (canvas == mask_id).sum(1)
+        if (n_masks != n_masks[0]).any():
+            raise ValueError("every canvas row must hold the same number of masks (the step schedule is shared)")
+        return canvas.expand(num_samples, L).clone()
+
+    # Likelihood (paper Thm 3.1) --------------------------------------------------
+
+    @torch.no_grad()
+    def likelihood(self, x, num_orders, generator=None):
+        """Importance-weighted any-order bound on the NLL of x (B, L), in nats per token (paper Thm 3.1).
+
+        One order covers a whole one-token-per-step trajectory, and one forward of
+        [all masks ; x sorted by the order] with the sequential mask gives its L conditionals.
+        With K orders: -log p(x) <= -[log(1/K) + logsumexp_k sum_l log p_k], which tightens as
+        K grows. Orders: a Bernoulli(alpha_0) subset first, in random order, the rest ascending.
+        """
+        if self.config.variant != "B":
+            raise ValueError("the one-forward any-order bound needs variant B: under variant A the "
+                             "clean tokens' representations change as tokens arrive")
+        if num_orders < 1:
+            raise ValueError(f"num_orders must be at least 1, got {num_orders}")
+        B, L = x.shape
+        all_masked = torch.ones_like(x, dtype=torch.bool)
+        log_p = []
+        with autocast(x.device.type):
+            for _ in range(num_orders):
+                late = torch.rand(B, L, device=x.device, generator=generator) >= self.config.alpha_0
+                order = sequential_order(late, torch.rand(B, L, device=x.device, generator=generator))
+                log_p.append(self._sequential_logprobs(x, all_masked, order).sum(1))  # (B,)
+        log_px = torch.logsumexp(torch.stack(log_p), 0) - math.log(num_orders)  # (B,)
+        return -log_px.mean() / L
+
+
+# -----------------------------------------------------------------------------
+# 7. `python eso.py`: the attention patterns of the paper's worked example (Figs. 6-9)
 
 
 def show_masks():
