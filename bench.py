@@ -22,7 +22,6 @@ import json
 import platform
 import resource
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -30,7 +29,7 @@ from multiprocessing import get_context
 import torch
 
 import eso
-from train import UserError, parse_config, pick_device
+from train import UserError, cli, parse_config, pick_device
 
 _BEFORE = set(globals())
 lengths = ""  # comma-separated L values ("" = 1024,2048 on CPU; 1024,2048,8192 on GPU)
@@ -215,8 +214,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as e:
-        print(f"bench.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli(main, "bench.py")

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import eso
-from train import UserError, load_checkpoint, model_from_checkpoint, parse_config, pick_device
+from train import UserError, cli, load_checkpoint, model_from_checkpoint, parse_config, pick_device
 
 # -----------------------------------------------------------------------------
 _BEFORE = set(globals())
@@ -164,10 +164,4 @@ def judge_samples(judge_dir, tokens, tokenizer, dev):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as e:
-        print(f"sample.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except BrokenPipeError:  # e.g. piped into head
-        sys.stderr.close()
+    cli(main, "sample.py")

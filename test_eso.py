@@ -694,7 +694,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, mo
 
     monkeypatch.setattr(eso.EsoLM, "loss", poisoned)
     with pytest.raises(SystemExit) as e:
-        train.run(args)
+        train.cli(train.main, "train.py", args)
     err = capsys.readouterr().err.strip()
     assert e.value.code == 1 and err.startswith("train.py: error: loss is nan at step 6") and "\n" not in err
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 4  # the last good one

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import eso
 
@@ -490,7 +491,6 @@ def main(argv):
 
     def train_loop():
         nonlocal iter_num, best_val
-        from tqdm import tqdm
         bar = tqdm(total=c["max_iters"], initial=iter_num, disable=not (master and sys.stderr.isatty()),
                    dynamic_ncols=True, unit="it")  # without a terminal: plain log lines instead
         t_last, it_last, resumed_at = time.time(), iter_num, iter_num
@@ -575,17 +575,21 @@ def main(argv):
             signal.signal(sig, handler)
 
 
-def run(argv=None):
+def cli(main, prog, argv=None):
+    """Run main(argv) as a script: a user error is one line and exit status 2, a diverged run 1."""
     try:
         code = main(sys.argv[1:] if argv is None else argv)
     except UserError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         code = 2
-    except KeyboardInterrupt:
-        print("train.py: interrupted before training started; nothing was saved", file=sys.stderr)
-        code = 130
     except Diverged as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was saved", file=sys.stderr)
+        code = 130
+    except BrokenPipeError:  # output piped into head, say
+        sys.stderr.close()
         code = 1
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -594,4 +598,4 @@ def run(argv=None):
 
 
 if __name__ == "__main__":
-    run()
+    cli(main, "train.py")
