@@ -55,7 +55,7 @@ variant = "B"  # B (KV cache in both phases) or A (bidirectional clean tokens; t
 loss_type = "elbo"  # elbo or low_var (diffusion weight 1 in training; the paper's choice at alpha_0 = 1)
 batch_split = None  # kappa: share of each batch for the diffusion term (None: 1, 0 or 0.5 by alpha_0)
 # optimizer
-max_iters = 1400
+max_iters = 1200
 learning_rate = 3e-3
 warmup_iters = 100
 lr_schedule = "cosine"  # constant or cosine (to min_lr at max_iters), after a linear warmup
