@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import eso
-from train import UserError, cli, load_checkpoint, model_from_checkpoint, parse_config, pick_device
+from train import UserError, cli, load_checkpoint, load_data, model_from_checkpoint, parse_config, pick_device
 
 # -----------------------------------------------------------------------------
 _BEFORE = set(globals())
@@ -38,6 +38,7 @@ prompt = ""  # known text at the start; FILE:path reads it from a file
 infill = ""  # a template: text with {{N}} where N tokens are to be generated
 show_steps = False  # print the first sample's canvas after every step
 judge = ""  # out_dir of an alpha_0 = 0 model: its NLL of the samples (generative perplexity) and their entropy
+words = False  # also print the share of the samples' words found in the training corpus
 quiet = False  # print only the summary line (and the JSON line with --judge)
 seed = 1337
 device = "auto"  # auto, cpu, cuda, cuda:N or mps
@@ -133,6 +134,11 @@ def main(argv):
     a0 = config.alpha_0 if c["alpha_0"] is None else c["alpha_0"]
     print(f"{c['num_samples']} samples x {config.block_size} tokens, alpha_0={a0}, T={c['steps']}: NFE {nfe}, "
           f"{seconds:.2f} s, {new / seconds:,.0f} tokens/s ({dev})")
+    if c["words"]:
+        dataset = ckpt.get("train_config", {}).get("dataset", "python_docs")
+        found, total = corpus_words(tokens, enc, load_data(dataset, 0)[0])
+        print(f"corpus words: {found} of the {total} words of three or more letters in the samples "
+              f"({found / max(total, 1):.1%}) occur in data/{dataset}/train.bin")
     if c["judge"]:
         nll, entropy = judge_samples(c["judge"], tokens, ckpt["tokenizer"], dev)
         print(f"judge NLL {nll:.4f} nats/token (generative perplexity {math.exp(nll):.3f}), "
@@ -141,6 +147,15 @@ def main(argv):
                           "top_p": c["top_p"], "nfe": nfe, "judge_nll": nll, "gen_ppl": math.exp(nll),
                           "entropy": entropy, "num_samples": c["num_samples"], "seconds": seconds}))
     return 0
+
+
+def corpus_words(tokens, enc, train, max_tokens=10_000_000):
+    """(found, total): how many of the samples' words of three or more letters, compared in
+    lower case, are words of the training text (its first max_tokens tokens)."""
+    word = re.compile(r"[a-z]{3,}")
+    vocab = set(word.findall(enc.decode(train[:max_tokens].tolist()).lower()))
+    sample_words = [w for row in tokens for w in word.findall(enc.decode(row.tolist()).lower())]
+    return sum(w in vocab for w in sample_words), len(sample_words)
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import eso
+import sample
 import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
@@ -551,6 +553,13 @@ def test_cli_errors_are_one_line_and_help_lists_defaults():
     assert r.returncode == 0 and "--top_p=0.8" in r.stdout
 
 
+def test_corpus_words_counts_words_of_three_or_more_letters():
+    enc = sample.get_tokenizer("bytes")
+    train_text = np.frombuffer(b"The while statement repeats.", dtype=np.uint8).astype(np.uint16)
+    tokens = torch.tensor([list(b"the WHILE loop"), list(b"xy repeats,   ")])  # "xy" is too short to count
+    assert sample.corpus_words(tokens, enc, train_text) == (3, 4)
+
+
 def test_train_sample_pipeline(dataset, tmp_path):
     out = tmp_path / "run"
     r = py("train.py", f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=6", "--eval_interval=3", *TINY)
@@ -561,8 +570,9 @@ def test_train_sample_pipeline(dataset, tmp_path):
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
     vals = [rec["val"]["nelbo"] for rec in log_of(out) if "val" in rec]
     assert len(vals) == 2 and all(math.isfinite(v) for v in vals)
-    r = py("sample.py", f"--out_dir={out}", "--num_samples=2", "--steps=8")
+    r = py("sample.py", f"--out_dir={out}", "--num_samples=2", "--steps=8", "--words=True")
     assert r.returncode == 0, r.stderr
+    assert re.search(rf"corpus words: \d+ of the \d+ words .* occur in data/{dataset}/train.bin", r.stdout)
     assert "NFE" in r.stdout and "tokens/s" in r.stdout and r.stdout.count("-" * 60) == 2
     r = py("sample.py", f"--out_dir={out}", "--num_samples=1", "--steps=8", "--prompt=The for statement")
     assert r.returncode == 0 and r.stdout.startswith("The for statement"), r.stdout
