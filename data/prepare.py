@@ -37,7 +37,7 @@ OWT_URL = "https://huggingface.co/datasets/Skylion007/openwebtext/resolve/main/s
 
 
 class PrepareError(Exception):
-    """A user error: printed as one line, exit status 1."""
+    """A user error: printed as one line, exit status 2."""
 
 
 # -----------------------------------------------------------------------------
