@@ -20,12 +20,15 @@ Read top to bottom:
   5. sampling pieces              unmask_schedule, sampling_order, sample_tokens
   6. the model, EsoLM             hidden (the transformer); loss = diffusion_loss + sequential_loss;
                                   generate (kv_cache=False is the slow reference); likelihood
-  7. `python eso.py` prints the attention patterns of the paper's worked example.
+  7. running a trained model       precision (the one policy), load_checkpoint
+  8. `python eso.py` prints the attention patterns of the paper's worked example.
 """
 
 import math
+import numbers
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -77,13 +80,6 @@ class EsoConfig:
     @property
     def mask_id(self):
         return self.vocab_size
-
-
-def autocast(device_type):
-    """bf16 autocast on CUDA (fp16 where bf16 is missing), full float32 elsewhere."""
-    if device_type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return nullcontext()
 
 
 # -----------------------------------------------------------------------------
@@ -253,9 +249,20 @@ def sequential_mask(L, prefix=0, device=None):
 # 5. Sampling pieces: the step sizes, the order, one token draw
 
 
+def whole(name, value, minimum=1):
+    """value as an int if it is a whole number >= minimum (2.0 counts as 2), else a ValueError."""
+    try:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == int(value) >= minimum
+    except (ValueError, OverflowError):  # nan, inf
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_sampling_args(steps, alpha_0, temperature, top_p, order):
-    if isinstance(steps, bool) or not (int(steps) == steps and steps >= 1):
-        raise ValueError(f"steps must be an integer of at least 1, got {steps!r}")
+    """The sampling arguments, checked: returns steps as an int; anything else is a ValueError."""
+    steps = whole("steps", steps)
     if not 0.0 <= alpha_0 <= 1.0:
         raise ValueError(f"alpha_0 must lie in [0, 1], got {alpha_0}")
     if not temperature > 0:
@@ -264,6 +271,7 @@ def check_sampling_args(steps, alpha_0, temperature, top_p, order):
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     if order not in ("random", "block"):
         raise ValueError(f"order must be 'random' or 'block', got {order!r}")
+    return steps
 
 
 def unmask_schedule(n_masked, steps, alpha_0, generator=None, device="cpu"):
@@ -307,17 +315,33 @@ def sampling_order(known, n_mdm, n_steps, order, generator=None):
     return torch.cat([base[:, :n_known], masks[:, :n_mdm], sequential], dim=1)
 
 
+def has_float64(device):
+    """Apple's MPS has no float64; CPUs and CUDA do."""
+    return torch.device(device).type != "mps"
+
+
 def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
-    """Nucleus filtering and Gumbel-max in float64 (low precision Gumbel noise skews samples)."""
-    logits = logits.double() / temperature  # (B, k, V)
+    """One token per row of logits (..., V) from softmax(logits / temperature), cut to the top-p nucleus.
+
+    Gumbel-max in float64, as the paper: float32 Gumbel noise is capped near 16.6 (its uniforms
+    have 24 bits), which starves the tail of a large vocabulary. Without float64 (MPS), the
+    inverse CDF in float32 keeps the tail's mass: each token is drawn with its probability to
+    within 2^-24.
+    """
+    wide = has_float64(logits.device)
+    logits = logits.to(torch.float64 if wide else torch.float32) / temperature  # (..., V)
     if top_p < 1.0:
         sorted_logits, idx = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
         mass_before = probs.cumsum(-1) - probs
         sorted_logits[mass_before >= top_p] = -math.inf  # the top token has mass_before 0: always kept
         logits = torch.full_like(logits, -math.inf).scatter(-1, idx, sorted_logits)
-    u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
-    return (logits - torch.log(-torch.log(u))).argmax(-1)
+    if wide:
+        u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+        return (logits - torch.log(-torch.log(u))).argmax(-1)
+    cdf = logits.softmax(-1).cumsum(-1)  # (..., V)
+    u = 1 - torch.rand(*logits.shape[:-1], 1, device=logits.device, generator=generator)  # in (0, 1]
+    return (cdf < u * cdf[..., -1:]).sum(-1).clamp(max=logits.size(-1) - 1)  # the first token with cdf >= u
 
 
 # -----------------------------------------------------------------------------
@@ -468,7 +492,7 @@ class EsoLM(nn.Module):
         cfg, device = self.config, self.wte.weight.device
         L = cfg.block_size
         alpha_0 = cfg.alpha_0 if alpha_0 is None else alpha_0
-        check_sampling_args(steps, alpha_0, temperature, top_p, order)
+        steps = check_sampling_args(steps, alpha_0, temperature, top_p, order)
         canvas = self._check_canvas(num_samples, canvas, device)
         # The plan, drawn identically for both paths: step sizes, then the order.
         known = canvas != self.mask_id  # (B, L)
@@ -482,32 +506,30 @@ class EsoLM(nn.Module):
         is_a = cfg.variant == "A"
         cache = KVCache(cfg.n_layer, L) if kv_cache else None
         done, nfe = n_known, 0  # canvas[:, :done] is decoded
-        with autocast(device.type):
-            for k in sizes:
-                if kv_cache:
-                    # Feed [tokens decoded since the last commit ; this step's k masks]. Variant B
-                    # commits the fed clean tokens to the cache at once (one step late). Variant A's
-                    # clean block is bidirectional, so it is recomputed while it grows and cached
-                    # when complete, at the first sequential step (paper App. D.3).
-                    start = cache.length
-                    prefix = done - start if is_a and done <= n_clean0 else 0
-                    mask = causal_mask(done + k - start, n_cached=start, prefix=prefix, device=device)
-                    h = self.hidden(canvas[:, start:done + k], sigma[:, start:done + k], mask, cache)[:, -k:]
-                    if not is_a or done >= n_clean0:
-                        cache.commit(done - start)
-                else:  # the reference: all L slots, clean then masked in decode order, every step
-                    mask = causal_mask(L, prefix=min(done, n_clean0) if is_a else 0, device=device)
-                    h = self.hidden(canvas, sigma, mask)[:, done:done + k]
-                canvas[:, done:done + k] = sample_tokens(self.lm_head(h), temperature, top_p, generator)
-                done, nfe = done + k, nfe + 1
-                if callback is not None:
-                    callback(unpermute(canvas, sigma), nfe)
+        for k in sizes:
+            if kv_cache:
+                # Feed [tokens decoded since the last commit ; this step's k masks]. Variant B
+                # commits the fed clean tokens to the cache at once (one step late). Variant A's
+                # clean block is bidirectional, so it is recomputed while it grows and cached
+                # when complete, at the first sequential step (paper App. D.3).
+                start = cache.length
+                prefix = done - start if is_a and done <= n_clean0 else 0
+                mask = causal_mask(done + k - start, n_cached=start, prefix=prefix, device=device)
+                h = self.hidden(canvas[:, start:done + k], sigma[:, start:done + k], mask, cache)[:, -k:]
+                if not is_a or done >= n_clean0:
+                    cache.commit(done - start)
+            else:  # the reference: all L slots, clean then masked in decode order, every step
+                mask = causal_mask(L, prefix=min(done, n_clean0) if is_a else 0, device=device)
+                h = self.hidden(canvas, sigma, mask)[:, done:done + k]
+            canvas[:, done:done + k] = sample_tokens(self.lm_head(h), temperature, top_p, generator)
+            done, nfe = done + k, nfe + 1
+            if callback is not None:
+                callback(unpermute(canvas, sigma), nfe)
         return unpermute(canvas, sigma), nfe
 
     def _check_canvas(self, num_samples, canvas, device):
         L, mask_id = self.config.block_size, self.mask_id
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        num_samples = whole("num_samples", num_samples)
         if canvas is None:
             return torch.full((num_samples, L), mask_id, dtype=torch.long, device=device)
         canvas = torch.as_tensor(canvas, device=device)
@@ -537,22 +559,83 @@ class EsoLM(nn.Module):
         if self.config.variant != "B":
             raise ValueError("the one-forward any-order bound needs variant B: under variant A the "
                              "clean tokens' representations change as tokens arrive")
-        if num_orders < 1:
-            raise ValueError(f"num_orders must be at least 1, got {num_orders}")
+        num_orders = whole("num_orders", num_orders)
         B, L = x.shape
         all_masked = torch.ones_like(x, dtype=torch.bool)
         log_p = []
-        with autocast(x.device.type):
-            for _ in range(num_orders):
-                late = torch.rand(B, L, device=x.device, generator=generator) >= self.config.alpha_0
-                order = sequential_order(late, torch.rand(B, L, device=x.device, generator=generator))
-                log_p.append(self._sequential_logprobs(x, all_masked, order).sum(1))  # (B,)
+        for _ in range(num_orders):
+            late = torch.rand(B, L, device=x.device, generator=generator) >= self.config.alpha_0
+            order = sequential_order(late, torch.rand(B, L, device=x.device, generator=generator))
+            log_p.append(self._sequential_logprobs(x, all_masked, order).float().sum(1))  # (B,)
         log_px = torch.logsumexp(torch.stack(log_p), 0) - math.log(num_orders)  # (B,)
         return -log_px.mean() / L
 
 
 # -----------------------------------------------------------------------------
-# 7. `python eso.py`: the attention patterns of the paper's worked example (Figs. 6-9)
+# 7. Running a trained model: one precision policy, safe checkpoint loading
+
+
+def precision(device, dtype="auto"):
+    """(dtype name, autocast context): the one precision policy, for training, evaluation and sampling.
+
+    auto = bfloat16 autocast on CUDA (float16 where bf16 is missing), float32 elsewhere. bfloat16
+    also runs on CPUs; float16 needs CUDA (and a gradient scaler, which train.py adds).
+    """
+    device = torch.device(device)
+    if dtype == "auto":
+        cuda = device.type == "cuda"
+        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    if dtype == "float32":
+        return dtype, nullcontext()
+    if device.type != "cuda" and not (device.type == "cpu" and dtype == "bfloat16"):
+        raise ValueError(f"dtype {dtype} does not run on {device.type}: use float32")
+    return dtype, torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message names the file and why, in one line."""
+
+
+def load_checkpoint(path, device="cpu", ema=True):
+    """(model, checkpoint dict) of a file written by train.py, on `device`, in eval mode.
+
+    The model holds the EMA weights when the checkpoint has them (they are the ones to
+    evaluate and sample with); ema=False gives the raw weights. weights_only=True: only
+    tensors and plain values load, so a file that would run code while unpickling is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint" if path.is_dir() else
+                              f"no checkpoint at {path}: train one with `python train.py` (or point --out_dir elsewhere)")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        text = " ".join(str(e).split())
+        if "unsupported global" in text.lower():  # the file names a callable to run while unpickling
+            raise CheckpointError(f"refusing {path}: it needs arbitrary code to unpickle, which a checkpoint of "
+                                  "ours never does (only load files you trust, with other tools)") from None
+        why = text.split("WeightsUnpickler error: ")[-1] or type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {why[:160]}") from None
+    need = {"model", "config", "tokenizer", "iter_num"}
+    if not isinstance(ckpt, dict) or not need <= set(ckpt):
+        missing = ", ".join(sorted(need - set(ckpt))) if isinstance(ckpt, dict) else "a dict"
+        raise CheckpointError(f"{path} is not an Eso-LM checkpoint (it lacks {missing})")
+    try:
+        model = EsoLM(EsoConfig(**ckpt["config"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} holds an incompatible model config: {e}") from None
+    try:
+        model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") else ckpt["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: the weights do not fit its config ({first[:160]})") from None
+    return model.to(device).eval(), ckpt
+
+
+# -----------------------------------------------------------------------------
+# 8. `python eso.py`: the attention patterns of the paper's worked example (Figs. 6-9)
 
 
 def show_masks():
