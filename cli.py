@@ -1,0 +1,130 @@
+"""
+The command line that train.py, sample.py, evaluate.py and bench.py share (the role of
+nanoGPT's configurator.py, with argparse from the standard library).
+
+Each script keeps its defaults in one block, name=(default, note[, kind]), and gets:
+  --key=value (or --key value) for every default, checked against its type or choices;
+  --help, which lists every default with its note;
+  one-line refusals of unknown or mistyped options (with "did you mean"), exit status 2.
+"""
+
+import argparse
+import difflib
+import sys
+
+import torch
+
+import eso
+from data.prepare import PrepareError
+
+
+class UserError(Exception):
+    """A mistake of the user's: one line on stderr, exit status 2."""
+    status = 2
+
+
+class Diverged(UserError):
+    """A loss that went NaN or infinite: one line on stderr, exit status 1."""
+    status = 1
+
+
+def _converter(key, default, kind):
+    """text -> value for --key; kind is a type (for None defaults) or a tuple of choices."""
+    kind = kind if kind is not None else type(default)
+
+    def convert(text):
+        if isinstance(kind, tuple):
+            if text not in kind:
+                raise argparse.ArgumentTypeError(f"must be one of {', '.join(map(repr, kind))}, not {text!r}")
+            return text
+        if text.lower() == "none" and default is None:
+            return None
+        if kind is bool:
+            if text.lower() in ("true", "1", "yes", "on"):
+                return True
+            if text.lower() in ("false", "0", "no", "off"):
+                return False
+            raise argparse.ArgumentTypeError(f"takes True or False, not {text!r}")
+        try:
+            return int(text, 10) if kind is int else kind(text)
+        except ValueError:
+            what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+            raise argparse.ArgumentTypeError(f"takes {what}, not {text!r}") from None
+
+    return convert
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # "argument --max_iters: takes an integer, not '1.5'": one line, our exit status
+        raise UserError(message.replace("argument ", "", 1))
+
+
+def parse(defaults, argv, doc):
+    """The values of `defaults` ({name: (default, note[, kind])}) after the flags in argv.
+
+    Returns (config dict, set of the names the user gave).
+    """
+    if any(a in ("-h", "--help") for a in argv):
+        print(doc.strip() + "\n\noptions (default):")
+        for key, (default, note, *_) in defaults.items():
+            print(f"  --{key}={default!r}".ljust(34) + f" {note}")
+        sys.exit(0)
+    parser = _Parser(add_help=False, allow_abbrev=False)
+    for key, (default, _, *kind) in defaults.items():
+        is_bool = (kind[0] if kind else type(default)) is bool
+        parser.add_argument(f"--{key}", default=default, type=_converter(key, default, kind[0] if kind else None),
+                            nargs="?" if is_bool else None, const=True if is_bool else None)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        key = extra[0].split("=")[0]
+        if not key.startswith("--"):
+            raise UserError(f"unexpected argument {extra[0]!r}: options look like --key=value (see --help)")
+        close = difflib.get_close_matches(key[2:], defaults, n=1)
+        raise UserError(f"unknown option {key}" + (f" (did you mean --{close[0]}?)" if close else " (see --help)"))
+    config = vars(args)
+    given = {a[2:].split("=")[0] for a in argv if a.startswith("--")} & set(config)
+    return config, given
+
+
+def device(name):
+    """A torch.device from auto (CUDA, then MPS, then CPU), cpu, mps, cuda or cuda:N."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device must be auto, cpu, mps, cuda or cuda:N, not {name!r}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device must be auto, cpu, mps, cuda or cuda:N, not {name!r}")
+    available = {"cpu": 1, "cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}
+    if (dev.index or 0) >= available[dev.type]:
+        raise UserError(f"--device={name} but there is no such {dev.type.upper()} device here: use --device=cpu")
+    return dev
+
+
+def precision(dev, dtype):
+    """eso.precision, with a refusal as a user error."""
+    try:
+        return eso.precision(dev, dtype)
+    except ValueError as e:
+        raise UserError(f"--{e}") from None
+
+
+def run(main, prog, argv=None):
+    """Run main(argv) as a script (argv: sys.argv[1:]): a user error is one line on stderr and
+    exit status 2 (1 for a diverged run), Ctrl-C outside training 130."""
+    try:
+        code = main(sys.argv[1:] if argv is None else argv)
+    except (UserError, eso.CheckpointError, PrepareError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        code = getattr(e, "status", 2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was saved", file=sys.stderr)
+        code = 130
+    except BrokenPipeError:  # output piped into head, say
+        sys.stderr.close()
+        code = 1
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    sys.exit(code)
