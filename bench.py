@@ -29,23 +29,23 @@ from multiprocessing import get_context
 import torch
 
 import eso
-from train import UserError, cli, parse_config, pick_device
+import cli
 
-_BEFORE = set(globals())
-lengths = ""  # comma-separated L values ("" = 1024,2048 on CPU; 1024,2048,8192 on GPU)
-n_layer = 6
-n_head = 6
-n_embd = 384
-vocab_size = 256  # the byte-level default
-repeats = 5  # timed runs per case (the median is reported)
-uncached_repeats = 3  # the uncached reference costs L full forwards per run
-parallel = "64,16,4"  # also time T = L/k steps for these k, at alpha_0 = 1
-train_alphas = "0,0.5,1"  # training throughput at these alpha_0
-train_batch = 4  # sequences per training step (of the first length)
-peak_flops = 0.0  # the device's peak FLOP/s for MFU (0 = skip), e.g. 989e12 for an H100's bf16
-device = "auto"
-seed = 0
-DEFAULTS = {k: v for k, v in globals().items() if k not in _BEFORE and k != "_BEFORE"}
+CONFIG = dict(
+    lengths=("", "comma-separated L values (empty: 1024,2048 on CPU; 1024,2048,8192 on GPU)"),
+    n_layer=(6, "transformer blocks"),
+    n_head=(6, "attention heads"),
+    n_embd=(384, "width"),
+    vocab_size=(256, "vocabulary (256: the byte-level default)"),
+    repeats=(5, "timed runs per case (the median is reported)"),
+    uncached_repeats=(3, "the uncached reference costs L full forwards per run"),
+    parallel=("64,16,4", "also time T = L/k steps for these k, at alpha_0 = 1"),
+    train_alphas=("0,0.5,1", "training throughput at these alpha_0"),
+    train_batch=(4, "sequences per training step (of the first length)"),
+    peak_flops=(0.0, "the device's peak FLOP/s for MFU (0 = skip), e.g. 989e12 for an H100's bf16"),
+    device=("auto", "auto, cpu, cuda, cuda:N or mps"),
+    seed=(0, "seed of the random weights and of the samplers"),
+)
 
 
 def model_for(L, c, dev, alpha_0=1.0):
@@ -74,7 +74,7 @@ def plain_ar_decode(model, L, generator):
     dev = model.wte.weight.device
     tok = torch.zeros(1, 1, dtype=torch.long, device=dev)
     out = []
-    with eso.autocast(dev.type):
+    with eso.precision(dev)[1]:
         for i in range(L):
             mask = eso.causal_mask(1, n_cached=i, device=dev)
             h = model.hidden(tok, torch.full((1, 1), i, device=dev), mask, cache)
@@ -91,7 +91,7 @@ def sync(dev):
 
 def run_sampling(case, c):
     """One case in a fresh process: warm up, then time `repeats` runs."""
-    dev = torch.device(pick_device(c["device"]))
+    dev = cli.device(c["device"])
     L, method, steps = case["L"], case["method"], case["steps"]
     model = model_for(L, c, dev).eval()
     eso.KVCache = CountingCache  # count what the sampler's cache allocates
@@ -102,7 +102,9 @@ def run_sampling(case, c):
         if method == "ar":
             return plain_ar_decode(model, L if canvas is None else 8, g)
         alpha_0 = 0.0 if method == "eso_alpha0" else 1.0
-        return model.generate(1, steps, alpha_0=alpha_0, canvas=canvas, kv_cache=method != "eso_uncached", generator=g)
+        with eso.precision(dev)[1]:
+            return model.generate(1, steps, alpha_0=alpha_0, canvas=canvas, kv_cache=method != "eso_uncached",
+                                  generator=g)
 
     warm = torch.full((1, L), model.mask_id, device=dev)
     warm[0, :L - 8] = 0
@@ -137,7 +139,7 @@ def train_flops(cfg, batch):
 
 
 def run_training(case, c):
-    dev = torch.device(pick_device(c["device"]))
+    dev = cli.device(c["device"])
     L, B = case["L"], c["train_batch"]
     model = model_for(L, c, dev, case["alpha_0"]).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -146,7 +148,7 @@ def run_training(case, c):
     for i in range(case["repeats"] + 1):  # the first step warms up
         sync(dev)
         t0 = time.perf_counter()
-        with eso.autocast(dev.type):
+        with eso.precision(dev)[1]:
             loss, _ = model(x)
         loss.backward()
         opt.step()
@@ -165,16 +167,16 @@ def in_fresh_process(fn, case, c):
 
 
 def main(argv):
-    c, _ = parse_config(argv, DEFAULTS, "bench.py", __doc__, script=__file__)
-    dev = torch.device(pick_device(c["device"]))
+    c, _ = cli.parse(CONFIG, argv, __doc__)
+    dev = cli.device(c["device"])
     try:
         Ls = [int(x) for x in (c["lengths"] or ("1024,2048,8192" if dev.type == "cuda" else "1024,2048")).split(",")]
         ks = [int(x) for x in c["parallel"].split(",") if x]
         alphas = [float(x) for x in c["train_alphas"].split(",") if x]
     except ValueError:
-        raise UserError("--lengths, --parallel and --train_alphas take comma-separated numbers") from None
+        raise cli.UserError("--lengths, --parallel and --train_alphas take comma-separated numbers") from None
     if min(Ls) < 16 or c["repeats"] < 1 or c["uncached_repeats"] < 1 or c["train_batch"] < 2:
-        raise UserError("lengths must be at least 16, repeats at least 1 and --train_batch at least 2")
+        raise cli.UserError("lengths must be at least 16, repeats at least 1 and --train_batch at least 2")
     cases = []
     for L in Ls:
         cases += [dict(L=L, method=m, steps=10 ** 6, repeats=c["repeats"]) for m in ("eso_cached", "ar", "eso_alpha0")]
@@ -214,4 +216,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli(main, "bench.py")
+    cli.run(main, "bench.py")
