@@ -1,10 +1,10 @@
-"""Tests for eso.py. Offline, CPU, tiny models; run with `pytest test_eso.py`."""
+"""Tests for eso.py and the scripts around it. Offline, CPU, tiny models; run with `pytest test_eso.py`."""
 
 import itertools
 import json
 import math
 import os
-import re
+import runpy
 import signal
 import subprocess
 import sys
@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
+import cli
 import eso
+import evaluate
 import sample
 import train
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-import prepare  # noqa: E402  (data/prepare.py)
+from data import prepare
 
 
 def tiny(alpha_0=0.5, variant="B", L=24, V=11, big=True, seed=0, **kw):
@@ -46,8 +47,20 @@ TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_
 
 
 def py(*args, timeout=240, **kw):
-    """Run one of the scripts like a user would; returns the CompletedProcess."""
+    """Run a command like a user would, in a fresh process; returns the CompletedProcess."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture
+def run(capsys):
+    """run(module, *args) -> (exit status, stdout, stderr): a script's main() in this process,
+    through cli.run as `python module.py args` would (a subprocess only costs start-up time)."""
+    def call(module, *args):
+        with pytest.raises(SystemExit) as e:
+            cli.run(module.main, f"{module.__name__}.py", [str(a) for a in args])
+        out, err = capsys.readouterr()
+        return e.value.code, out, err
+    return call
 
 
 # ----------------------------------------------------------------------------- config
@@ -335,7 +348,9 @@ def test_generate_is_reproducible_and_respects_sampling_alpha():
 
 
 @pytest.mark.parametrize("kw, msg", [
-    (dict(steps=0), "steps"), (dict(alpha_0=-0.1), "alpha_0"), (dict(temperature=0.0), "temperature"),
+    (dict(steps=0), "steps"), (dict(steps=2.5), "steps"), (dict(steps="8"), "steps"), (dict(steps=True), "steps"),
+    (dict(num_samples=1.5), "num_samples"), (dict(alpha_0=-0.1), "alpha_0"), (dict(temperature=0.0), "temperature"),
+    (dict(top_p=float("nan")), "top_p"),
     (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(order="zigzag"), "order"),
     (dict(canvas=torch.zeros(1, 5, dtype=torch.long)), "canvas"), (dict(num_samples=0), "num_samples"),
     (dict(canvas=torch.tensor([[11] * 23 + [1], [11] * 22 + [1, 1]]), num_samples=2), "same number of masks"),
@@ -345,6 +360,17 @@ def test_generate_rejects_bad_arguments(kw, msg):
     args = dict(num_samples=1, steps=4) | kw
     with pytest.raises(ValueError, match=msg):
         model.generate(args.pop("num_samples"), args.pop("steps"), **args)
+
+
+def test_whole_numbers_given_as_floats_are_taken():
+    model = tiny(0.5)
+    a = model.generate(2, 4, generator=gen(3))
+    b = model.generate(2.0, 4.0, generator=gen(3))
+    assert torch.equal(a[0], b[0]) and a[1] == b[1]
+    x = torch.randint(0, 11, (2, 24), generator=gen(0))
+    assert model.likelihood(x, 2.0, gen(1)) == model.likelihood(x, 2, gen(1))
+    with pytest.raises(ValueError, match="num_orders"):
+        model.likelihood(x, 0.5)
 
 
 def test_nucleus_filtering_keeps_the_smallest_set_above_p():
@@ -383,10 +409,11 @@ def test_iw_bound_with_enough_orders_is_the_exact_any_order_likelihood():
     assert single > exact + 0.01
 
 
-def test_python_eso_py_prints_the_attention_patterns():
-    r = py("eso.py")
-    assert r.returncode == 0 and r.stdout.count("Eso-LM (") == 4
-    lines = r.stdout.splitlines()
+def test_python_eso_py_prints_the_attention_patterns(capsys):
+    runpy.run_path(str(ROOT / "eso.py"), run_name="__main__")  # python eso.py
+    stdout = capsys.readouterr().out
+    assert stdout.count("Eso-LM (") == 4
+    lines = stdout.splitlines()
     i = lines.index("Eso-LM (B), diffusion phase: z sorted by sigma = (3, 1, 6, 4, 5, 2)")
     assert lines[i + 1].split() == ["C3", "A1", "F6", "M4", "M5", "M2"]
     assert lines[i + 6].split() == ["M5", "█", "█", "█", "█", "█", "·"]  # causal in decode order
@@ -437,7 +464,8 @@ def test_tiny_model_learns_structure_and_its_cached_samples_show_it():
 
 
 # ============================================================================= the pipeline
-# data/prepare.py, train.py and sample.py, mostly as a user runs them (subprocesses).
+# data/prepare.py, train.py, sample.py and evaluate.py as a user runs them; in this process where
+# a subprocess is not the point (cli.run gives the same exit status and output), in one where it is.
 
 def corpus_text(n_topics=40):
     import pydoc_data.topics as topics
@@ -457,12 +485,29 @@ def dataset(tmp_path_factory):
     out.rmdir()
 
 
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    """A tiny model trained 6 iterations with EMA (validation at 3 and 6), and an alpha_0 = 0 judge."""
+    out, judge = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("judge")
+    for d, extra in ((out, ["--max_iters=6", "--eval_interval=3", "--ema=0.5"]),
+                     (judge, ["--alpha_0=0", "--max_iters=2", "--eval_interval=2"])):
+        with pytest.raises(SystemExit) as e:
+            cli.run(train.main, "train.py", [f"--dataset={dataset}", f"--out_dir={d}", *extra, *TINY])
+        assert e.value.code == 0
+    return out, judge
+
+
 def log_of(out_dir):
     return [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text().splitlines()]
 
 
 def train_losses(out_dir):
     return {r["iter"]: r["loss"] for r in log_of(out_dir) if "loss" in r}
+
+
+def max_weight_difference(a, b):
+    a, b = (torch.load(Path(d) / "ckpt.pt", weights_only=True)["model"] for d in (a, b))
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
 def test_prepare_writes_tokens_that_decode_back_to_the_text(tmp_path):
@@ -474,9 +519,8 @@ def test_prepare_writes_tokens_that_decode_back_to_the_text(tmp_path):
     try:
         out, meta = prepare.prepare(inputs=[str(src)], name=name, val_fraction=0.1)
         enc = prepare.get_tokenizer("bytes")
-        train_ids = np.fromfile(out / "train.bin", dtype=np.uint16)
-        val_ids = np.fromfile(out / "val.bin", dtype=np.uint16)
-        assert meta["train_tokens"] == len(train_ids) and meta["val_tokens"] == len(val_ids)
+        train_ids, val_ids, meta2 = prepare.load_dataset(name, 32)
+        assert meta2 == meta and meta["train_tokens"] == len(train_ids) and meta["val_tokens"] == len(val_ids)
         assert meta["documents"] == 400 and meta["vocab_size"] == 256 and meta["tokenizer"] == "bytes"
         val_docs = enc.decode(val_ids.tolist()).split("\n\n")[:-1]
         assert val_docs == paragraphs[9::10]  # every 10th paragraph, deterministically
@@ -489,6 +533,8 @@ def test_prepare_writes_tokens_that_decode_back_to_the_text(tmp_path):
             prepare.prepare(inputs=[str(src)], name=name, overwrite=True)
         assert (out / "train.bin").read_bytes() == before and (out / "meta.json").exists()  # nothing lost
         assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+        with pytest.raises(prepare.PrepareError, match="fewer than one training sequence"):
+            prepare.load_dataset(name, 10 ** 6)
     finally:
         for f in (ROOT / "data" / name).glob("*"):
             f.unlink()
@@ -535,89 +581,201 @@ def test_prepare_gpt2_offline_says_how_to_fix_it(monkeypatch):
     assert "--tokenizer bytes" in str(e.value)
 
 
-def test_cli_errors_are_one_line_and_help_lists_defaults():
+def test_scripts_stand_on_eso_and_the_data_floor_only():
+    """Two floors: no script imports another script, and nothing edits sys.path."""
+    import re
+    for path in ["eso.py", "cli.py", "train.py", "sample.py", "evaluate.py", "bench.py", "data/prepare.py"]:
+        text = (ROOT / path).read_text()
+        assert not re.search(r"^(from|import) (train|sample|bench|evaluate)\b", text, re.M), path
+        assert not re.search(r"sys\.path\.(insert|append)", text), path
+
+
+def test_cli_errors_are_one_line_and_help_lists_every_default(run, capsys):
     for args, msg in [(["--max_iter=3"], "did you mean --max_iters"), (["--max_iters=1.5"], "integer"),
                       (["--learning_rate=fast"], "a number"), (["--alpha_0=1.5"], "alpha_0"),
                       (["--variant=C"], "one of"), (["--compile=maybe"], "True or False"),
                       (["--batch_size=0"], "--batch_size"), (["--dataset=never-prepared"], "never prepared"),
-                      (["stray"], "unexpected argument")]:
-        r = py("train.py", *args)
-        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
-    config, given = train.parse_config(["--learning_rate=1", "--compile=False", "--batch_split", "0.25"],
-                                       train.DEFAULTS, "train.py", "", train.TYPES, train.CHOICES)
+                      (["stray"], "unexpected argument"), (["--device=gpu"], "--device"),
+                      (["--dtype=float16", "--device=cpu"], "does not run on cpu")]:
+        code, _, err = run(train, *args)
+        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (args, err)
+    config, given = cli.parse(train.CONFIG, ["--learning_rate=1", "--compile=False", "--batch_split", "0.25",
+                                             "--eval_only"], "")
     assert config["learning_rate"] == 1.0 and config["compile"] is False and config["batch_split"] == 0.25
-    assert given == {"learning_rate", "compile", "batch_split"}
-    r = py("train.py", "--help")
+    assert config["eval_only"] is True and given == {"learning_rate", "compile", "batch_split", "eval_only"}
+    import bench
+    for module in (train, sample, evaluate, bench):
+        with pytest.raises(SystemExit) as e:
+            cli.parse(module.CONFIG, ["--help"], module.__doc__)
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and out.startswith(module.__doc__.strip())
+        for key, (default, note, *_) in module.CONFIG.items():
+            assert f"--{key}={default!r}" in out and note in out, (module, key)
+    r = py("train.py", "--help")  # and from a shell
     assert r.returncode == 0 and "--alpha_0=0.125" in r.stdout and "--eval_only=False" in r.stdout
-    r = py("sample.py", "--help")
-    assert r.returncode == 0 and "--top_p=0.8" in r.stdout
 
 
-def test_corpus_words_counts_words_of_three_or_more_letters():
-    enc = sample.get_tokenizer("bytes")
-    train_text = np.frombuffer(b"The while statement repeats.", dtype=np.uint8).astype(np.uint16)
-    tokens = torch.tensor([list(b"the WHILE loop"), list(b"xy repeats,   ")])  # "xy" is too short to count
-    assert sample.corpus_words(tokens, enc, train_text) == (3, 4)
+def test_word_and_blank_shares():
+    vocab = evaluate.corpus_words("The while statement repeats.")
+    texts = ["the WHILE loop", "xy repeats,   "]  # "xy" is too short to count
+    assert evaluate.word_share(texts, vocab, 3) == (3, 4) and evaluate.word_share(texts, vocab, 4) == (2, 3)
+    assert evaluate.blank_share(["ab   c", "d  e"]) == 3 / 10
+    assert evaluate.unigram_entropy(torch.tensor([[1, 1, 2, 2]])) == pytest.approx(math.log(2))
 
 
-def test_train_sample_pipeline(dataset, tmp_path):
-    out = tmp_path / "run"
-    r = py("train.py", f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=6", "--eval_interval=3", *TINY)
-    assert r.returncode == 0, r.stderr
-    assert "step 6: val NELBO" in r.stdout and "parameters" in r.stdout
+def test_evaluate_draws_what_sample_draws():
+    for key in ("steps", "alpha_0", "top_p", "temperature", "order", "seed"):
+        assert evaluate.CONFIG[key][0] == sample.CONFIG[key][0], key
+
+
+def test_train_sample_evaluate_pipeline(dataset, trained, run):
+    out, judge = trained
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)  # tensors and plain values only
     assert ckpt["iter_num"] == 6 and ckpt["tokenizer"] == "bytes" and ckpt["config"]["block_size"] == 32
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
     vals = [rec["val"]["nelbo"] for rec in log_of(out) if "val" in rec]
     assert len(vals) == 2 and all(math.isfinite(v) for v in vals)
-    r = py("sample.py", f"--out_dir={out}", "--num_samples=2", "--steps=8", "--words=True")
-    assert r.returncode == 0, r.stderr
-    assert re.search(rf"corpus words: \d+ of the \d+ words .* occur in data/{dataset}/train.bin", r.stdout)
-    assert "NFE" in r.stdout and "tokens/s" in r.stdout and r.stdout.count("-" * 60) == 2
-    r = py("sample.py", f"--out_dir={out}", "--num_samples=1", "--steps=8", "--prompt=The for statement")
-    assert r.returncode == 0 and r.stdout.startswith("The for statement"), r.stdout
-    r = py("sample.py", f"--out_dir={out}", "--num_samples=1", "--steps=4", "--infill=Hello {{5}} world{{3}}!",
-           "--show_steps=True")
-    assert r.returncode == 0, r.stderr
-    sample = r.stdout.split("--- step")[-1].split("\n", 1)[1]
-    assert sample.startswith("Hello ") and sample.split("\n")[0].count(" world") >= 1
-    assert "--- step 0 ---\nHello _____ world___!___________\n" in r.stdout  # the canvas before any step
+    code, stdout, err = run(sample, f"--out_dir={out}", "--num_samples=2", "--steps=8")
+    assert code == 0 and "NFE" in stdout and "tokens/s" in stdout and stdout.count("-" * 60) == 2, err
+    code, stdout, _ = run(sample, f"--out_dir={out}", "--num_samples=1", "--steps=8", "--prompt=The for statement")
+    assert code == 0 and stdout.startswith("The for statement"), stdout
+    code, stdout, err = run(sample, f"--out_dir={out}", "--num_samples=1", "--steps=4",
+                            "--infill=Hello {{5}} world{{3}}!", "--show_steps=True")
+    assert code == 0, err
+    final = stdout.split("--- step")[-1].split("\n", 1)[1]
+    assert final.startswith("Hello ") and final.split("\n")[0].count(" world") >= 1
+    assert "--- step 0 ---\nHello _____ world___!___________\n" in stdout  # the canvas before any step
     for args, msg in [(["--prompt=" + "x" * 40], "longer than the model's context"), (["--top_p=0"], "top_p"),
                       (["--temperature=0"], "temperature"), (["--steps=0"], "steps"), (["--infill=no spans"], "span"),
-                      (["--prompt=FILE:/nonexistent.txt"], "cannot read")]:
-        r = py("sample.py", f"--out_dir={out}", *args)
-        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
-    r = py("train.py", f"--out_dir={out}", "--eval_only=True", "--num_orders=4", f"--dataset={dataset}")
-    assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout.strip().splitlines()[-1])
+                      (["--prompt=FILE:/nonexistent.txt"], "cannot read"), (["--num_samples=0"], "num_samples"),
+                      (["--prompt=a", "--infill=b {{2}}"], "not both")]:
+        code, _, err = run(sample, f"--out_dir={out}", *args)
+        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (args, err)
+    code, stdout, err = run(train, f"--out_dir={out}", "--eval_only=True", "--num_orders=4", f"--dataset={dataset}")
+    assert code == 0, err
+    res = json.loads(stdout.strip().splitlines()[-1])
     assert res["step"] == 6 and res["nelbo"] == pytest.approx(vals[-1]) and math.isfinite(res["iw_bound"])
-    judge = tmp_path / "judge"  # an alpha_0 = 0 model scores samples (generative perplexity)
-    assert py("train.py", f"--dataset={dataset}", f"--out_dir={judge}", "--alpha_0=0", "--max_iters=2",
-              "--eval_interval=2", *TINY).returncode == 0
-    r = py("sample.py", f"--out_dir={out}", "--num_samples=4", "--steps=8", f"--judge={judge}", "--quiet=True")
-    assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert math.isfinite(res["judge_nll"]) and 0 < res["entropy"] <= math.log(32) and res["num_samples"] == 4
-    r = py("sample.py", f"--out_dir={out}", f"--judge={out}")
-    assert r.returncode == 2 and "needs an alpha_0 = 0 model" in r.stderr
+    code, stdout, err = run(evaluate, f"--out_dir={out}", "--num_samples=4", "--steps=8", f"--judge={judge}",
+                            "--seeds=2")
+    assert code == 0, err
+    res = json.loads(stdout.strip().splitlines()[-1])
+    assert len(res["runs"]) == 2 and res["num_samples"] == 4 and "median of 2 seeds" in stdout
+    for r in res["runs"]:
+        assert math.isfinite(r["judge_nll"]) and 0 < r["entropy"] <= math.log(32)
+        assert 0 <= r["words3"] <= 1 and 0 <= r["words4"] <= 1 and 0 <= r["blank"] <= 1
+    code, _, err = run(evaluate, f"--out_dir={out}", f"--judge={out}")
+    assert code == 2 and "needs an alpha_0 = 0 model" in err
 
 
-def test_ddp_two_gloo_processes_match_one_process(dataset, tmp_path):
-    """torchrun, 2 CPU processes with gloo: each takes half of the accumulation steps, and the
-    averaged gradients make the run converge like a single process does."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-                "--device=cpu", f"--dataset={dataset}", f"--out_dir={tmp_path / 'ddp'}"]
-    r = subprocess.run(torchrun + ["--max_iters=4", "--eval_interval=2", "--gradient_accumulation_steps=2", *TINY],
+def test_readme_commands_in_a_shell(dataset, tmp_path):
+    """train.py then sample.py, as separate processes, the way the README runs them."""
+    out = tmp_path / "run"
+    r = py("train.py", f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=2", "--eval_interval=2", *TINY)
+    assert r.returncode == 0 and "step 2: val NELBO" in r.stdout and "parameters" in r.stdout, r.stderr
+    assert "global batch 4 sequences = 4 per micro-batch x 1 micro-batch x 1 process: 128 tokens" in r.stdout
+    r = py("sample.py", f"--out_dir={out}", "--num_samples=1", "--steps=8")
+    assert r.returncode == 0 and "NFE" in r.stdout, r.stderr
+
+
+def test_learning_rate_schedule():
+    c = dict(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110, lr_schedule="cosine")
+    lr = [train.get_lr(it, c) for it in range(200)]
+    assert lr[0] == pytest.approx(1 / 11) and lr[9] == pytest.approx(10 / 11)  # linear warmup
+    assert lr[10] == pytest.approx(1.0) and lr[60] == pytest.approx(0.55)  # cosine: peak, half way
+    assert lr[110] == pytest.approx(0.1) and lr[199] == pytest.approx(0.1)  # min_lr from max_iters on
+    assert all(a >= b for a, b in zip(lr[10:], lr[11:]))
+    assert train.get_lr(50, c | {"lr_schedule": "constant"}) == 1.0
+
+
+def test_ema_update_rule():
+    ema, model = tiny(seed=0), tiny(seed=1)
+    before = [p.clone() for p in ema.parameters()]
+    train.ema_update(ema, model, 0.9, it=100)  # decay min(0.9, 101 / 110) = 0.9
+    for p0, p_ema, p in zip(before, ema.parameters(), model.parameters()):
+        torch.testing.assert_close(p_ema, 0.9 * p0 + 0.1 * p)
+    before = [p.clone() for p in ema.parameters()]
+    train.ema_update(ema, model, 0.9999, it=0)  # warmup: decay (1 + 0) / (10 + 0) = 0.1
+    for p0, p_ema, p in zip(before, ema.parameters(), model.parameters()):
+        torch.testing.assert_close(p_ema, 0.1 * p0 + 0.9 * p)
+
+
+def test_evaluation_and_sampling_use_the_ema_weights(dataset, trained, run):
+    out, _ = trained
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    ema, _ = eso.load_checkpoint(out / "ckpt.pt")
+    raw, _ = eso.load_checkpoint(out / "ckpt.pt", ema=False)
+    assert all(torch.equal(ema.state_dict()[k], ckpt["ema"][k]) for k in ckpt["ema"])
+    assert all(torch.equal(raw.state_dict()[k], ckpt["model"][k]) for k in ckpt["model"])
+    assert not all(torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["model"])
+    c = ckpt["train_config"]
+    val = prepare.load_dataset(dataset, 32)[1]
+    with_ema, with_raw = (train.evaluate(m, val, c, eso.precision("cpu")[1])["nelbo"] for m in (ema, raw))
+    assert with_ema != with_raw
+    code, stdout, _ = run(train, f"--out_dir={out}", "--eval_only=True", f"--dataset={dataset}")
+    assert code == 0 and json.loads(stdout.splitlines()[-1])["nelbo"] == pytest.approx(with_ema, rel=1e-6)
+    code, stdout, _ = run(sample, f"--out_dir={out}", "--num_samples=2", "--steps=8", "--seed=5")
+    enc = prepare.get_tokenizer("bytes")
+    for model, same in ((ema, True), (raw, False)):
+        tokens, _ = model.generate(2, 8, temperature=0.7, top_p=0.8, generator=gen(5))
+        assert (stdout.startswith(enc.decode(tokens[0].tolist()) + "\n")) == same
+
+
+def test_ddp_two_gloo_processes_train_exactly_like_one(dataset, tmp_path, run):
+    """torchrun with no batch flag: 2 processes x 1 micro-batch of 4 = the global batch of one process
+    with 2 micro-batches of 4; the same sequences and noise, so the same losses and weights."""
+    args = [f"--dataset={dataset}", "--max_iters=4", "--eval_interval=4", *TINY]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "train.py", "--device=cpu", f"--out_dir={tmp_path / 'ddp'}", *args],
                        cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "2 processes" in r.stdout
-    ckpt = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)
-    assert ckpt["iter_num"] == 4 and len(ckpt["rng"]) == 2  # each process's random streams, for resume
-    assert not torch.equal(ckpt["rng"][0]["data"], ckpt["rng"][1]["data"])  # different data per process
-    r = subprocess.run(torchrun + ["--init_from=resume", "--max_iters=6"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)["iter_num"] == 6
+    assert "global batch 8 sequences = 4 per micro-batch x 1 micro-batch x 2 processes" in r.stdout
+    code, _, err = run(train, f"--out_dir={tmp_path / 'one'}", "--gradient_accumulation_steps=2", *args)
+    assert code == 0, err
+    ddp, one = train_losses(tmp_path / "ddp"), train_losses(tmp_path / "one")
+    assert sorted(ddp) == [1, 2, 3, 4] and all(ddp[i] == pytest.approx(one[i], rel=1e-5) for i in ddp)
+    assert max_weight_difference(tmp_path / "ddp", tmp_path / "one") < 1e-5
+    # a DDP checkpoint resumes on one process, on the same curve
+    code, stdout, err = run(train, f"--out_dir={tmp_path / 'ddp'}", "--init_from=resume", "--max_iters=6",
+                            f"--dataset={dataset}")
+    assert code == 0 and "resuming at step 4" in stdout, err
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(dataset, tmp_path, run):
+    """At alpha_0 = 0 the loss draws no noise that matters: 2 micro-batches of 4 = 1 batch of 8."""
+    args = [f"--dataset={dataset}", "--max_iters=3", "--eval_interval=3", "--alpha_0=0", *TINY]
+    assert run(train, f"--out_dir={tmp_path / 'accum'}", "--gradient_accumulation_steps=2", *args)[0] == 0
+    assert run(train, f"--out_dir={tmp_path / 'big'}", *args, "--batch_size=8")[0] == 0
+    a, b = train_losses(tmp_path / "accum"), train_losses(tmp_path / "big")
+    assert all(a[i] == pytest.approx(b[i], rel=1e-5) for i in (1, 2, 3))
+    assert max_weight_difference(tmp_path / "accum", tmp_path / "big") < 1e-5
+
+
+class NoFloat64(TorchFunctionMode):
+    """Fails on any torch operation that makes a float64 tensor (what MPS cannot do)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            assert not (isinstance(t, torch.Tensor) and t.dtype == torch.float64), f"{func} made a float64 tensor"
+        return out
+
+
+def test_without_float64_sampling_and_validation_need_none(dataset, monkeypatch):
+    """The MPS path, forced on the CPU: no float64 tensor anywhere, cached = uncached still, and
+    validation gives the float64 path's numbers."""
+    model = tiny(0.5)
+    expected = [model.generate(2, 5, kv_cache=k, generator=gen(4))[0] for k in (True, False)]
+    c = dict(eval_iters=2, batch_size=4, block_size=24)
+    val = prepare.load_dataset(dataset, 32)[1] % 11
+    wide = train.evaluate(model, val, c, eso.precision("cpu")[1])
+    monkeypatch.setattr(eso, "has_float64", lambda device: False)
+    with NoFloat64():
+        tokens = [model.generate(2, 5, kv_cache=k, generator=gen(4))[0] for k in (True, False)]
+        narrow = train.evaluate(model, val, c, eso.precision("cpu")[1])
+        with pytest.raises(AssertionError, match="float64"):  # the guard itself works
+            torch.zeros(2, dtype=torch.float64)
+    assert torch.equal(tokens[0], tokens[1]) and not torch.equal(tokens[0], expected[0])  # another law, same draws
+    assert narrow == pytest.approx(wide, rel=1e-6)
 
 
 # ============================================================================= robustness
@@ -633,7 +791,7 @@ def wait_for(pred, timeout=120):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_and_resume_continues_the_same_curve(dataset, tmp_path, sig):
+def test_signal_saves_and_resume_continues_the_same_curve(dataset, tmp_path, run, sig):
     # The LR is constant (TINY), so max_iters changes nothing but where a run ends: the
     # interrupted run cannot finish before the signal, and the reference stops where the resumed run does.
     args = [f"--dataset={dataset}", "--eval_interval=100000", *TINY]
@@ -644,21 +802,19 @@ def test_signal_saves_and_resume_continues_the_same_curve(dataset, tmp_path, sig
     p.send_signal(sig)
     stdout, stderr = p.communicate(timeout=120)
     assert p.returncode == 128 + sig, stderr
-    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
-    stopped = ckpt["iter_num"]
+    stopped = torch.load(out / "ckpt.pt", weights_only=True)["iter_num"]
     end = stopped + 5
     assert stopped >= 3 and f"at step {stopped}: saved" in stdout
-    r = py("train.py", f"--out_dir={out}", "--init_from=resume", f"--max_iters={end}", f"--dataset={dataset}")
-    assert r.returncode == 0, r.stderr
-    assert f"resuming at step {stopped}" in r.stdout
-    ref = tmp_path / "ref"
-    assert py("train.py", f"--out_dir={ref}", f"--max_iters={end}", *args).returncode == 0
-    a, b = train_losses(ref), train_losses(out)
+    code, stdout, err = run(train, f"--out_dir={out}", "--init_from=resume", f"--max_iters={end}",
+                            f"--dataset={dataset}")
+    assert code == 0 and f"resuming at step {stopped}" in stdout, err
+    assert run(train, f"--out_dir={tmp_path / 'ref'}", f"--max_iters={end}", *args)[0] == 0
+    a, b = train_losses(tmp_path / "ref"), train_losses(out)
     assert sorted(b) == list(range(1, end + 1))
     assert [b[i] for i in range(1, end + 1)] == [a[i] for i in range(1, end + 1)]  # the same curve, exactly
 
 
-def test_kill_9_leaves_the_previous_checkpoint_loadable(dataset, tmp_path):
+def test_kill_9_leaves_the_previous_checkpoint_loadable(dataset, tmp_path, run):
     out = tmp_path / "run"
     for delay in (0.0, 0.13, 0.31):
         p = subprocess.Popen([sys.executable, "train.py", f"--out_dir={out}", f"--dataset={dataset}",
@@ -668,11 +824,10 @@ def test_kill_9_leaves_the_previous_checkpoint_loadable(dataset, tmp_path):
         time.sleep(delay)
         p.kill()
         p.wait()
-        ckpt, config = train.load_checkpoint(out / "ckpt.pt")
-        train.model_from_checkpoint(ckpt, config)
-    r = py("train.py", f"--out_dir={out}", "--init_from=resume", f"--dataset={dataset}", "--max_iters=3",
-           "--eval_interval=100")
-    assert r.returncode == 0, r.stderr
+        eso.load_checkpoint(out / "ckpt.pt")
+    code, _, err = run(train, f"--out_dir={out}", "--init_from=resume", f"--dataset={dataset}", "--max_iters=3",
+                       "--eval_interval=100")
+    assert code == 0, err
 
 
 def test_interrupted_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
@@ -684,16 +839,15 @@ def test_interrupted_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(train.UserError, match="previous checkpoint is intact"):
+    with pytest.raises(cli.UserError, match="previous checkpoint is intact"):
         train.save_checkpoint(path, {"version": 2})
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"version": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch, capsys):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch, run):
     out = tmp_path / "run"
-    args = [f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=20", "--eval_interval=4", *TINY]
     calls = {"n": 0}
     real_loss = eso.EsoLM.loss
 
@@ -706,10 +860,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, mo
         return loss, parts
 
     monkeypatch.setattr(eso.EsoLM, "loss", poisoned)
-    with pytest.raises(SystemExit) as e:
-        train.cli(train.main, "train.py", args)
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 1 and err.startswith("train.py: error: loss is nan at step 6") and "\n" not in err
+    code, _, err = run(train, f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=20", "--eval_interval=4", *TINY)
+    err = err.strip()
+    assert code == 1 and err.startswith("train.py: error: loss is nan at step 6") and "\n" not in err
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 4  # the last good one
 
 
@@ -721,37 +874,32 @@ class Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_checkpoints_that_would_run_code_are_refused(tmp_path):
+def test_checkpoints_that_would_run_code_are_refused(tmp_path, run):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil" / "ckpt.pt"
     path.parent.mkdir()
     torch.save({"model": Exploit(marker), "config": {}, "tokenizer": "bytes", "iter_num": 0}, path)
-    with pytest.raises(train.UserError, match="arbitrary code"):
-        train.load_checkpoint(path)
-    r = py("sample.py", f"--out_dir={path.parent}")
-    assert r.returncode == 2 and "arbitrary code" in r.stderr
+    with pytest.raises(eso.CheckpointError, match="arbitrary code"):
+        eso.load_checkpoint(path)
+    code, _, err = run(sample, f"--out_dir={path.parent}")
+    assert code == 2 and "arbitrary code" in err
     assert not marker.exists()  # the code did not run...
     torch.load(path, weights_only=False)  # ...and it would have, with a plain unpickler
     assert marker.exists()
 
 
-def test_bad_checkpoints_get_one_clear_line(dataset, tmp_path):
-    out = tmp_path / "good"
-    assert py("train.py", f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=2", "--eval_interval=2",
-              *TINY).returncode == 0
+def test_bad_checkpoints_get_one_clear_line(dataset, trained, tmp_path, run):
+    out, _ = trained
     good = (out / "ckpt.pt").read_bytes()
-    cases = {
-        "truncated": good[: len(good) // 2],
-        "random": os.urandom(4096),
-        "not_ours": None,
-        "bad_config": None,
-        "bad_weights": None,
-    }
+    cases = {"truncated": good[: len(good) // 2], "random": os.urandom(4096), "not_ours": None, "bad_config": None,
+             "bad_weights": None, "folder": None}
     for case, blob in cases.items():
         d = tmp_path / case
         d.mkdir()
         if blob is not None:
             (d / "ckpt.pt").write_bytes(blob)
+        elif case == "folder":
+            (d / "ckpt.pt").mkdir()
         else:
             ckpt = torch.load(out / "ckpt.pt", weights_only=True)
             if case == "not_ours":
@@ -762,19 +910,22 @@ def test_bad_checkpoints_get_one_clear_line(dataset, tmp_path):
                 ckpt["config"]["n_embd"] = 64
                 ckpt["config"]["n_head"] = 2
             torch.save(ckpt, d / "ckpt.pt")
-        r = py("sample.py", f"--out_dir={d}")
-        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (case, r.stderr)
+        code, _, err = run(sample, f"--out_dir={d}")
+        assert code == 2 and len(err.strip().splitlines()) == 1, (case, err)
         assert {"truncated": "truncated or corrupt", "random": "truncated or corrupt", "not_ours": "not an Eso-LM",
-                "bad_config": "incompatible model config", "bad_weights": "do not fit"}[case] in r.stderr, r.stderr
-    r = py("train.py", f"--out_dir={out}", "--init_from=resume", "--n_layer=3", f"--dataset={dataset}")
-    assert r.returncode == 2 and "conflicts with the checkpoint" in r.stderr
+                "bad_config": "incompatible model config", "bad_weights": "do not fit",
+                "folder": "is a folder"}[case] in err, err
+    code, _, err = run(sample, f"--out_dir={tmp_path / 'nothing'}")
+    assert code == 2 and "no checkpoint at" in err
+    code, _, err = run(train, f"--out_dir={out}", "--init_from=resume", "--n_layer=3", f"--dataset={dataset}")
+    assert code == 2 and "conflicts with the checkpoint" in err
 
 
-def test_unwritable_output_and_short_corpus_fail_before_training(dataset, tmp_path):
+def test_unwritable_output_and_short_corpus_fail_before_training(dataset, tmp_path, run):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    r = py("train.py", f"--dataset={dataset}", f"--out_dir={blocker / 'out'}", "--max_iters=1", *TINY)
-    assert r.returncode == 2 and "cannot write to --out_dir" in r.stderr
-    r = py("train.py", f"--dataset={dataset}", f"--out_dir={tmp_path / 'o'}", *TINY, "--block_size=100000")
-    assert r.returncode == 2 and "fewer than one training sequence" in r.stderr
+    code, _, err = run(train, f"--dataset={dataset}", f"--out_dir={blocker / 'out'}", "--max_iters=1", *TINY)
+    assert code == 2 and "cannot write to --out_dir" in err
+    code, _, err = run(train, f"--dataset={dataset}", f"--out_dir={tmp_path / 'o'}", *TINY, "--block_size=100000")
+    assert code == 2 and "fewer than one training sequence" in err
     assert not (tmp_path / "o" / "ckpt.pt").exists()
