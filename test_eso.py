@@ -373,6 +373,36 @@ def test_whole_numbers_given_as_floats_are_taken():
         model.likelihood(x, 0.5)
 
 
+def tempered_nucleus(logits, temperature, top_p):
+    """softmax(logits / T) cut to the top-p nucleus and renormalised, written out independently:
+    tokens in descending order are kept until the kept mass reaches top_p."""
+    p = torch.softmax(logits.double() / temperature, -1)
+    keep, mass = torch.zeros_like(p), 0.0
+    for i in p.argsort(descending=True).tolist():
+        keep[i], mass = 1.0, mass + float(p[i])
+        if mass >= top_p:
+            break
+    return p * keep / (p * keep).sum()
+
+
+@pytest.mark.parametrize("wide", [True, False], ids=["float64", "float32"])
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.6, 1.0), (1.7, 1.0), (1.0, 0.7), (0.8, 0.9)])
+def test_sampled_tokens_follow_the_tempered_nucleus_law(temperature, top_p, wide, monkeypatch):
+    """200,000 draws from one row of logits: every token's frequency lies within 5 binomial standard
+    deviations of softmax(logits / T) restricted to the top-p nucleus, and tokens outside never appear.
+    (Both paths: Gumbel-max in float64, and the float32 inverse CDF that devices without float64 use.)"""
+    monkeypatch.setattr(eso, "has_float64", lambda device: wide)
+    V, N = 10, 200_000
+    logits = torch.randn(V, generator=gen(0)) * 1.5
+    draws = eso.sample_tokens(logits.expand(N, 1, V), temperature, top_p, gen(1))  # (N, 1)
+    assert draws.shape == (N, 1)
+    freq = torch.bincount(draws.flatten(), minlength=V).double() / N
+    p = tempered_nucleus(logits, temperature, top_p)
+    tolerance = 5 * (p * (1 - p) / N).sqrt()
+    assert ((freq - p).abs() <= tolerance).all(), (freq, p)
+    assert (freq[p == 0] == 0).all() and (p > 0).sum() < V if top_p < 1 else (p > 0).all()
+
+
 def test_nucleus_filtering_keeps_the_smallest_set_above_p():
     logits = torch.log(torch.tensor([[[0.5, 0.3, 0.15, 0.05]]]))
     seen = {int(eso.sample_tokens(logits, top_p=0.7, generator=gen(s))) for s in range(200)}
