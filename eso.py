@@ -24,6 +24,7 @@ Read top to bottom:
   8. `python eso.py` prints the attention patterns of the paper's worked example.
 """
 
+import itertools
 import math
 import numbers
 from contextlib import nullcontext
@@ -145,8 +146,11 @@ class Attention(nn.Module):
         v = qkv[2]
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, length + T, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if isinstance(attn_mask, SequentialPattern):  # the sequential term's fast path (section 4)
+            y = attn_mask.attend(q, k, v, p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None, dropout_p=p)
         return F.dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)), self.dropout, self.training)
 
 
@@ -243,6 +247,44 @@ def sequential_mask(L, prefix=0, device=None):
     z_rows = z_rows.expand(x_to_x.size(0), 1, L, 2 * L)
     x_rows = torch.cat([torch.zeros_like(x_to_x), x_to_x], dim=-1)
     return torch.cat([z_rows, x_rows], dim=-2)
+
+
+class SequentialPattern:
+    """sequential_mask's pattern without its waste, over [x sorted ; z slots s0..L-1] (L + m tokens).
+
+    The loss reads only the z slots of masked tokens, and no slot attends to a z slot but
+    itself, so the z slots before s0 (clean in every row) are dropped. What is left is run
+    as attention calls that skip the blocks sequential_mask rules out:
+      x slot i -> x slots j <= i: SDPA's causal kernel (variant A: its prefix-LM mask, x_mask);
+      z slot i -> x slots j < i, and itself: chunks of z queries, each against the x keys
+                  before its last slot plus its own keys, so the upper triangle costs one chunk.
+    sequential_mask with the z outputs of the slots >= s0 is the reference (dense=True).
+    """
+
+    CHUNK = 128  # z queries per attention call
+
+    def __init__(self, L, s0, x_mask=None, device=None):
+        self.L, self.s0, self.x_mask = L, s0, x_mask
+        self.z_sizes = [min(self.CHUNK, L - s0 - a) for a in range(0, L - s0, self.CHUNK)]  # z slots per chunk
+        ends = [s0 + a - 1 for a in itertools.accumulate(self.z_sizes)]  # chunk c sees x slots < ends[c]
+        self.x_sizes = [e - s for s, e in zip([0] + ends, ends + [L])]  # x slots as pieces: [0, ends[0]), ...
+        self.masks = []  # chunk c: its z queries against [x slots < ends[c] ; its own z keys]
+        for a, (size, end) in enumerate(zip(self.z_sizes, ends)):
+            slot = end + 1 - size + torch.arange(size, device=device)[:, None]  # (size, 1): the queries' slots
+            to_x = torch.arange(end, device=device) < slot  # strictly earlier x slots
+            self.masks.append(torch.cat([to_x, torch.eye(size, dtype=torch.bool, device=device)], 1))
+
+    def attend(self, q, k, v, dropout_p=0.0):  # q, k, v: (B, nh, L + m, hd); m = L - s0
+        sdpa = F.scaled_dot_product_attention
+        (qx, qz), (kx, kz), (vx, vz) = (t.split([self.L, t.size(2) - self.L], 2) for t in (q, k, v))
+        ys = [sdpa(qx, kx, vx, attn_mask=self.x_mask, is_causal=self.x_mask is None, dropout_p=dropout_p)]
+        # Split, not slice: the backward of a slice fills a zero tensor of the full size, per chunk.
+        kx, vx = kx.split(self.x_sizes, 2), vx.split(self.x_sizes, 2)
+        for c, (qc, kc, vc) in enumerate(zip(qz.split(self.z_sizes, 2), kz.split(self.z_sizes, 2),
+                                             vz.split(self.z_sizes, 2))):
+            keys, values = torch.cat([*kx[:c + 1], kc], 2), torch.cat([*vx[:c + 1], vc], 2)  # (B, nh, end + size, hd)
+            ys.append(sdpa(qc, keys, values, attn_mask=self.masks[c], dropout_p=dropout_p))
+        return torch.cat(ys, 2)  # (B, nh, L + m, hd)
 
 
 # -----------------------------------------------------------------------------
@@ -397,7 +439,7 @@ class EsoLM(nn.Module):
         """The training loss; DDP wraps this. See `loss`."""
         return self.loss(x, loss_type, generator)
 
-    def loss(self, x, loss_type=None, generator=None):
+    def loss(self, x, loss_type=None, generator=None, dense=False):
         """Per-token hybrid NELBO (nats) of clean tokens x (B, L), and its two parts.
 
         The first round(kappa * B) rows estimate the diffusion term, the rest the sequential
@@ -414,7 +456,7 @@ class EsoLM(nn.Module):
             n_diff = min(max(n_diff, 1), B - 1)
         zero = x.new_zeros((), dtype=torch.float32)
         diffusion = self.diffusion_loss(x[:n_diff], loss_type, generator) if n_diff > 0 else zero
-        sequential = self.sequential_loss(x[n_diff:], generator) if n_diff < B else zero
+        sequential = self.sequential_loss(x[n_diff:], generator, dense) if n_diff < B else zero
         return diffusion + sequential, {"diffusion": diffusion.detach(), "sequential": sequential.detach()}
 
     def diffusion_loss(self, x, loss_type=None, generator=None):
@@ -443,7 +485,7 @@ class EsoLM(nn.Module):
             weight = torch.ones_like(t)
         return (nll * m_sorted * weight[:, None]).sum() / (B * L)
 
-    def sequential_loss(self, x, generator=None):
+    def sequential_loss(self, x, generator=None, dense=False):
         """The AR term: E_{z_0} [ sum over masked l of -log p(x_l | clean of z_0, x_<l) ] / L."""
         B, L = x.shape
         masked = torch.rand(B, L, device=x.device, generator=generator) < 1 - self.config.alpha_0
@@ -451,27 +493,38 @@ class EsoLM(nn.Module):
         if self.config.variant == "A":  # A's clean block is bidirectional: its order does not matter
             u = torch.arange(L, device=x.device).expand(B, L) / L
         order = sequential_order(masked, u)
-        return self.sequential_nll(x, masked, order)
+        return self.sequential_nll(x, masked, order, dense)
 
-    def sequential_nll(self, x, masked, order):
+    def sequential_nll(self, x, masked, order, dense=False):
         """The AR term for given draws: masked (B, L) bool, order (B, L) clean first, masked ascending.
 
         Input is the 2L sequence [z_0 sorted ; x sorted]: no shift by one, each mask slot of
         the z half predicts its own token from itself and the x slots before it.
         """
         B, L = x.shape
-        return -(self._sequential_logprobs(x, masked, order) * masked.gather(1, order)).sum() / (B * L)
+        return -(self._sequential_logprobs(x, masked, order, dense) * masked.gather(1, order)).sum() / (B * L)
 
-    def _sequential_logprobs(self, x, masked, order):
-        """log p(x at each sorted slot) (B, L) from one forward of [z_0 sorted ; x sorted]."""
+    def _sequential_logprobs(self, x, masked, order, dense=False):
+        """log p(x at each sorted slot) (B, L) from one forward of [z_0 sorted ; x sorted].
+
+        dense=True is the reference: all 2L tokens through sequential_mask. The fast path feeds
+        [x sorted ; z slots s0..L-1] through SequentialPattern; slots before s0 get log p = 0.
+        """
         L = x.size(1)
         z = torch.where(masked, self.mask_id, x)
         z_sorted, x_sorted = z.gather(1, order), x.gather(1, order)  # (B, L) in decode order
         n_clean = (~masked).sum(1)
-        mask = sequential_mask(L, n_clean if self.config.variant == "A" else 0, x.device)
-        h = self.hidden(torch.cat([z_sorted, x_sorted], 1), torch.cat([order, order], 1), mask)[:, :L]  # z half
+        prefix = n_clean if self.config.variant == "A" else 0
+        if dense:
+            mask = sequential_mask(L, prefix, x.device)
+            h, s0 = self.hidden(torch.cat([z_sorted, x_sorted], 1), torch.cat([order, order], 1), mask)[:, :L], 0
+        else:
+            s0 = int(n_clean.min())  # slots < s0 are clean in every row: their z outputs are never read
+            pattern = SequentialPattern(L, s0, causal_mask(L, prefix=prefix, device=x.device), x.device)
+            h = self.hidden(torch.cat([x_sorted, z_sorted[:, s0:]], 1), torch.cat([order, order[:, s0:]], 1),
+                            pattern)[:, L:]  # (B, L - s0, C): the z slots
         logp = F.log_softmax(self.lm_head(h).float(), dim=-1)
-        return logp.gather(-1, x_sorted.unsqueeze(-1)).squeeze(-1)
+        return F.pad(logp.gather(-1, x_sorted[:, s0:, None]).squeeze(-1), (s0, 0))
 
     # Sampling (paper Alg. 3) ------------------------------------------------------
 
@@ -548,7 +601,7 @@ class EsoLM(nn.Module):
     # Likelihood (paper Thm 3.1) --------------------------------------------------
 
     @torch.no_grad()
-    def likelihood(self, x, num_orders, generator=None):
+    def likelihood(self, x, num_orders, generator=None, dense=False):
         """Importance-weighted any-order bound on the NLL of x (B, L), in nats per token (paper Thm 3.1).
 
         One order covers a whole one-token-per-step trajectory, and one forward of
@@ -566,7 +619,7 @@ class EsoLM(nn.Module):
         for _ in range(num_orders):
             late = torch.rand(B, L, device=x.device, generator=generator) >= self.config.alpha_0
             order = sequential_order(late, torch.rand(B, L, device=x.device, generator=generator))
-            log_p.append(self._sequential_logprobs(x, all_masked, order).float().sum(1))  # (B,)
+            log_p.append(self._sequential_logprobs(x, all_masked, order, dense).sum(1))  # (B,)
         log_px = torch.logsumexp(torch.stack(log_p), 0) - math.log(num_orders)  # (B,)
         return -log_px.mean() / L
 

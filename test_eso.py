@@ -210,6 +210,50 @@ def test_alpha0_one_loss_is_mdlm_nelbo(loss_type, variant):
         torch.testing.assert_close(elbo, (ce * masked * ((1 - 1e-3) / (1 - alpha_t))[:, None]).sum() / 30)
 
 
+@pytest.mark.parametrize("variant", ["B", "A"])
+@pytest.mark.parametrize("alpha_0", [0.0, 0.25, 1.0])
+def test_fast_sequential_term_equals_the_dense_2l_reference(variant, alpha_0, monkeypatch):
+    """The fast path (no z slots before s0, blocks that the mask rules out skipped) gives the dense
+    [z_0 ; x] pass's loss and gradients, and the same likelihood bound, to float32 rounding."""
+    monkeypatch.setattr(eso.SequentialPattern, "CHUNK", 5)  # several chunks of z queries, a ragged last one
+    model = tiny(alpha_0, variant, L=23, big=False, seed=1)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randint(0, 11, (4, 23), generator=gen(0))
+    masked = torch.rand(4, 23, generator=gen(1)) < 1 - alpha_0
+    masked[1] = masked[1] & (torch.arange(23) > 9)  # rows with different clean counts: s0 = the smallest
+    order = eso.sequential_order(masked, torch.rand(4, 23, generator=gen(2)))
+    runs = []
+    for dense in (True, False):
+        model.zero_grad()
+        total = model.sequential_nll(x, masked, order, dense) + model.loss(x, generator=gen(3), dense=dense)[0]
+        total.backward()
+        runs.append((total.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    if variant == "B":
+        bounds = [model.likelihood(x, 3, gen(4), dense=dense) for dense in (True, False)]
+        torch.testing.assert_close(bounds[0], bounds[1], rtol=1e-5, atol=1e-6)
+
+
+def test_sequential_pattern_skips_what_the_2l_mask_rules_out(monkeypatch):
+    """The chunks' masks, laid back into [z ; x] coordinates, are exactly sequential_mask's z rows >= s0."""
+    monkeypatch.setattr(eso.SequentialPattern, "CHUNK", 3)
+    L, s0 = 11, 3
+    pattern = eso.SequentialPattern(L, s0)
+    rows, z = [], 0
+    for size, mask in zip(pattern.z_sizes, pattern.masks):
+        seen_x = mask[:, :-size]  # (size, end): x slots < end
+        full = torch.zeros(size, 2 * L, dtype=torch.bool)
+        full[:, L:L + seen_x.size(1)] = seen_x
+        full[:, s0 + z:s0 + z + size] = mask[:, -size:]  # own keys: the diagonal of the z half
+        rows.append(full)
+        z += size
+    assert torch.equal(torch.cat(rows), eso.sequential_mask(L)[0, 0, s0:L])
+    assert sum(pattern.z_sizes) == L - s0 and sum(pattern.x_sizes) == L
+
+
 def test_loss_splits_the_batch_and_sums_the_terms():
     model = tiny(0.25, L=12, big=False)
     x = torch.randint(0, 11, (4, 12), generator=gen(0))
