@@ -98,9 +98,22 @@ def apply_rotary(x, cos, sin):
     """Rotate pairs (x_i, x_{i + hd/2}) by each token's angle; in float32 (as the paper).
 
     x: (..., T, hd); cos, sin: (B, 1, T, hd), gathered at each token's *original* position.
+    x.roll(hd/2) is [x2, x1]: with sin's first half negated, x cos + roll(x) sin rotates each pair.
     """
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return (x.float() * cos + torch.cat([x2, x1], dim=-1) * sin).type_as(x)
+    xf = x.float()
+    return torch.addcmul(xf * cos, xf.roll(x.size(-1) // 2, -1), sin).type_as(x)
+
+
+class Linear(nn.Module):
+    """y = x @ weight, no bias, the weight stored (in, out) as GPT-2's Conv1D: on CPUs, the one- and
+    two-row products of cached decoding run about 20% faster in this layout than nn.Linear's (out, in)."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+
+    def forward(self, x):
+        return x @ self.weight
 
 
 class KVCache:
@@ -135,8 +148,8 @@ class Attention(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.n_head = config.n_head
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.qkv = Linear(config.n_embd, 3 * config.n_embd)
+        self.proj = Linear(config.n_embd, config.n_embd)
         self.dropout = config.dropout
 
     def forward(self, x, cos, sin, attn_mask, cache=None, layer=0):
@@ -151,7 +164,20 @@ class Attention(nn.Module):
             y = attn_mask.attend(q, k, v, p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None, dropout_p=p)
-        return F.dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)), self.dropout, self.training)
+        y = self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return F.dropout(y, self.dropout, self.training) if self.training and self.dropout else y
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc = Linear(config.n_embd, 4 * config.n_embd)
+        self.proj = Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+
+    def forward(self, x):
+        y = self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        return F.dropout(y, self.dropout, self.training) if self.training and self.dropout else y
 
 
 class Block(nn.Module):
@@ -160,8 +186,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=False)
         self.attn = Attention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=False)
-        self.mlp = nn.Sequential(nn.Linear(config.n_embd, 4 * config.n_embd, bias=False), nn.GELU(approximate="tanh"),
-                                 nn.Linear(4 * config.n_embd, config.n_embd, bias=False), nn.Dropout(config.dropout))
+        self.mlp = MLP(config)
 
     def forward(self, x, cos, sin, attn_mask, cache=None, layer=0):
         x = x + self.attn(self.ln_1(x), cos, sin, attn_mask, cache, layer)
@@ -227,8 +252,8 @@ def causal_mask(n_new, n_cached=0, prefix=0, device=None):
     Returns None for plain causal attention (no cache, prefix <= 1), so that SDPA can use its
     causal kernel. Variant B's diffusion-phase mask is exactly that (paper Fig. 7).
     """
-    if n_cached == 0 and isinstance(prefix, int) and prefix <= 1:
-        return None
+    if isinstance(prefix, int) and prefix <= 1:  # causal in decode order: None, or the cache's lower-right triangle
+        return torch.ones(n_new, n_cached + n_new, dtype=torch.bool, device=device).tril(n_cached) if n_cached else None
     inner = prefix_lm(n_new, prefix, device)
     seen = torch.ones(*inner.shape[:3], n_cached, dtype=torch.bool, device=inner.device)
     return torch.cat([seen, inner], dim=-1)
@@ -399,18 +424,18 @@ class EsoLM(nn.Module):
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=False)
         # The head has no [MASK] output: the paper's "zero masking" holds by construction.
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size)
         cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
-            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+            if name.endswith("proj.weight"):  # attn.proj and mlp.proj
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, (Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     @property
