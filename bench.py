@@ -1,216 +1,217 @@
 """
 Speed of Eso-LM sampling and training with random weights (the paper's Tables 11 and 13).
 
-  python bench.py                               # CPU: L in {1024, 2048}; GPU: also 8192
-  python bench.py --lengths=1024 --repeats=3    # quicker
-  python bench.py --peak_flops=989e12           # also MFU of training, against the peak you give
+  python bench.py                                   # CPU: L = 1024 (GPU: 1024, 2048, 8192); ~15 min on 2 cores
+  python bench.py --lengths=1024,2048 --repeats=3   # more lengths, fewer runs
+  python bench.py --peak_flops=989e12               # also MFU of training, against the peak you give
 
-Sampling is batch 1, nucleus off. "NFE ~ L" runs use T = 1e6 steps, so every step
-decodes one token (the paper's speed protocol). Methods:
-  eso_cached    Eso-LM (B) with its KV cache, alpha_0 = 1 (any alpha_0 gives NFE ~ L here)
-  eso_uncached  the reference: the whole sequence through the transformer every step,
-                which is what an MDLM sampler costs
-  eso_alpha0    Eso-LM at alpha_0 = 0: its sequential phase only
-  ar            a plain GPT decode, one token per step, with a KV cache, same transformer
-  eso_T=L/k     Eso-LM cached at alpha_0 = 1 with T = L/k steps (about k tokens per step)
-Every case runs in a fresh process; times are medians over --repeats runs after a warm-up.
-Memory: peak RSS of that process (CPU) or peak allocated (CUDA), and the bytes the KV cache
-allocated. Prints a table, then one JSON line with every figure.
+Sampling: batch 1, nucleus off, T = 1e6 ("NFE ~ L": one token per step, the paper's protocol).
+  floor_2row, floor_1row  one pass over every weight matrix with 2 (1) rows: a decode step's memory floor
+  eso_cached, eso_alpha0  Eso-LM (B) with its KV cache at alpha_0 = 1 (0): two rows per step
+  ar, hf_gpt2             a one-row GPT decode of the same transformer; Hugging Face GPT-2 `generate`
+                          of the same size (only when transformers is installed: a peer, not a dependency)
+  eso_T=L/k               cached, alpha_0 = 1, T = L/k steps (about k tokens per step)
+  eso_uncached            the reference: the whole sequence every step (what MDLM costs), L <= uncached_max
+  gpt2_vocab              eso_cached with GPT-2's 50,257 tokens: the share of a step in sample_tokens
+Training: a step of model.loss (forward, backward, AdamW) at the first L per alpha_0, with the fast
+sequential term and the dense [z_0 ; x] reference, and the largest loss and gradient difference.
+Each case runs in a fresh process; medians of --repeats runs after a warm-up; then one JSON line.
 """
 
+import importlib.util
 import json
 import platform
 import resource
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 import torch
 
-import eso
 import cli
+import eso
 
 CONFIG = dict(
-    lengths=("", "comma-separated L values (empty: 1024,2048 on CPU; 1024,2048,8192 on GPU)"),
+    lengths=("", "comma-separated L values (empty: 1024 on CPU; 1024,2048,8192 on GPU)"),
     n_layer=(6, "transformer blocks"),
     n_head=(6, "attention heads"),
     n_embd=(384, "width"),
     vocab_size=(256, "vocabulary (256: the byte-level default)"),
+    big_vocab=(50257, "the vocabulary of the gpt2_vocab case (GPT-2's)"),
     repeats=(5, "timed runs per case (the median is reported)"),
-    uncached_repeats=(3, "the uncached reference costs L full forwards per run"),
+    uncached_repeats=(1, "the uncached reference costs L full forwards per run"),
+    uncached_max=(2048, "run the uncached reference only up to this L"),
     parallel=("64,16,4", "also time T = L/k steps for these k, at alpha_0 = 1"),
-    train_alphas=("0,0.5,1", "training throughput at these alpha_0"),
+    train_alphas=("1,0.5,0.25,0", "training step time at these alpha_0"),
     train_batch=(4, "sequences per training step (of the first length)"),
     peak_flops=(0.0, "the device's peak FLOP/s for MFU (0 = skip), e.g. 989e12 for an H100's bf16"),
+    compile=(None, "torch.compile the training step (None: on CUDA)", bool),
+    fresh=(True, "run every case in a fresh process (False: in this one, for a quick check)"),
     device=("auto", "auto, cpu, cuda, cuda:N or mps"),
     seed=(0, "seed of the random weights and of the samplers"),
 )
 
 
-def model_for(L, c, dev, alpha_0=1.0):
+def model_for(c, dev, L, alpha_0=1.0, vocab=None):
     torch.manual_seed(c["seed"])
-    cfg = eso.EsoConfig(block_size=L, vocab_size=c["vocab_size"], n_layer=c["n_layer"], n_head=c["n_head"],
-                        n_embd=c["n_embd"], alpha_0=alpha_0)
-    return eso.EsoLM(cfg).to(dev)
+    return eso.EsoLM(eso.EsoConfig(block_size=L, vocab_size=vocab or c["vocab_size"], n_layer=c["n_layer"],
+                                   n_head=c["n_head"], n_embd=c["n_embd"], alpha_0=alpha_0)).to(dev)
 
 
-class CountingCache(eso.KVCache):
-    """The sampler's KV cache, recording how many bytes it allocated."""
-    allocated = 0
-
-    def update(self, layer, k, v):
-        fresh = self.kv[layer] is None
-        out = super().update(layer, k, v)
-        if fresh:
-            CountingCache.allocated += sum(t.numel() * t.element_size() for t in self.kv[layer])
-        return out
+def timed(fn, repeats, dev):
+    """(median seconds, all runs, last result) of fn() after one warm-up run."""
+    sync = torch.cuda.synchronize if dev.type == "cuda" else lambda: None
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0, out = time.perf_counter(), fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), [round(t, 4) for t in times], out
 
 
 @torch.no_grad()
 def plain_ar_decode(model, L, generator):
     """A GPT decode with a KV cache: feed the last token, sample the next, L times."""
-    cache = CountingCache(model.config.n_layer, L)
-    dev = model.wte.weight.device
+    cache, dev = eso.KVCache(model.config.n_layer, L), model.wte.weight.device
     tok = torch.zeros(1, 1, dtype=torch.long, device=dev)
-    out = []
-    with eso.precision(dev)[1]:
-        for i in range(L):
-            mask = eso.causal_mask(1, n_cached=i, device=dev)
-            h = model.hidden(tok, torch.full((1, 1), i, device=dev), mask, cache)
-            cache.commit(1)
-            tok = eso.sample_tokens(model.lm_head(h), generator=generator)
-            out.append(tok)
-    return torch.cat(out, 1), L
-
-
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+    for i in range(L):
+        h = model.hidden(tok, torch.full((1, 1), i, device=dev), eso.causal_mask(1, i, device=dev), cache)
+        cache.commit(1)
+        tok = eso.sample_tokens(model.lm_head(h), generator=generator)
+    return None, L
 
 
 def run_sampling(case, c):
-    """One case in a fresh process: warm up, then time `repeats` runs."""
-    dev = cli.device(c["device"])
-    L, method, steps = case["L"], case["method"], case["steps"]
-    model = model_for(L, c, dev).eval()
-    eso.KVCache = CountingCache  # count what the sampler's cache allocates
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    def once(canvas=None):
-        g = torch.Generator(device=dev).manual_seed(c["seed"])
-        if method == "ar":
-            return plain_ar_decode(model, L if canvas is None else 8, g)
+    """One case, in its own process: returns the case with its timings and memory."""
+    dev, L, method, steps = cli.device(c["device"]), case["L"], case["method"], case["steps"]
+    model = model_for(c, dev, L, vocab=c["big_vocab"] if method == "gpt2_vocab" else None).eval()
+    gen = lambda: torch.Generator(dev).manual_seed(c["seed"])  # noqa: E731
+    extra = {}
+    if method.startswith("floor"):
+        rows = 2 if method == "floor_2row" else 1
+        weights = [m.weight for m in model.modules() if isinstance(m, eso.Linear)]
+        x = {w.size(0): torch.randn(rows, w.size(0), device=dev) for w in weights}
+        fn = lambda: [x[w.size(0)] @ w for w in weights] and (None, 0)  # noqa: E731
+    elif method == "hf_gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+        hf = GPT2LMHeadModel(GPT2Config(vocab_size=c["vocab_size"], n_positions=L, n_embd=c["n_embd"], bos_token_id=0,
+                                        eos_token_id=0, n_layer=c["n_layer"], n_head=c["n_head"])).to(dev).eval()
+        ids = torch.zeros(1, 1, dtype=torch.long, device=dev)
+        fn = lambda: (hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=L - 1,  # noqa: E731
+                                  min_new_tokens=L - 1, do_sample=True, top_k=0, pad_token_id=0), L)
+    elif method == "ar":
+        fn = lambda: plain_ar_decode(model, L, gen())  # noqa: E731
+    else:
         alpha_0 = 0.0 if method == "eso_alpha0" else 1.0
-        with eso.precision(dev)[1]:
-            return model.generate(1, steps, alpha_0=alpha_0, canvas=canvas, kv_cache=method != "eso_uncached",
-                                  generator=g)
-
-    warm = torch.full((1, L), model.mask_id, device=dev)
-    warm[0, :L - 8] = 0
-    once(warm)  # warm-up: 8 steps
+        fn = lambda: model.generate(1, steps, alpha_0=alpha_0, kv_cache=method != "eso_uncached",  # noqa: E731
+                                    generator=gen())
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    times, nfe = [], 0
-    for _ in range(case["repeats"]):
-        CountingCache.allocated = 0
-        sync(dev)
-        t0 = time.perf_counter()
-        _, nfe = once()
-        sync(dev)
-        times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20
-    return case | {"nfe": nfe, "seconds": statistics.median(times), "runs": [round(t, 3) for t in times],
-                   "tokens_per_s": L / statistics.median(times), "peak_mb": round(peak, 1),
-                   "base_rss_mb": round(base_rss, 1) if dev.type != "cuda" else None,
-                   "kv_cache_mb": round(CountingCache.allocated / 2 ** 20, 2)}
-
-
-def train_flops(cfg, batch):
-    """Model FLOPs of one training step (forward + backward), nanoGPT's count per token,
-    6 N + 12 n_layer n_embd T, with T = L for diffusion rows and 2L for sequential rows."""
-    C, L = cfg.n_embd, cfg.block_size
-    trunk = 12 * cfg.n_layer * C * C  # attention + MLP weights per layer
-    head = C * cfg.vocab_size
-    n_diff = round(cfg.batch_split * batch)
-    rows = [(n_diff, L), (batch - n_diff, 2 * L)]
-    return sum(r * (6 * trunk * T + 6 * head * L + 12 * cfg.n_layer * C * T * T) for r, T in rows)
+    with torch.no_grad(), eso.precision(dev)[1]:
+        seconds, runs, (_, nfe) = timed(fn, case["repeats"], dev)
+        if method == "gpt2_vocab":  # what share of a step is sample_tokens, float64 over 50,257 logits?
+            logits, g = torch.randn(1, 1, c["big_vocab"], device=dev), gen()
+            draw = timed(lambda: [eso.sample_tokens(logits, generator=g) for _ in range(20)], 3, dev)[0] / 20
+            extra["sampling_share"] = draw / (seconds / nfe)
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return case | extra | {"nfe": nfe, "seconds": seconds, "runs": runs, "peak_mb": round(peak / 2 ** 20, 1),
+                           "per_step_ms": 1e3 * seconds / max(nfe, 1), "tokens_per_s": L / seconds}
 
 
 def run_training(case, c):
-    dev = cli.device(c["device"])
-    L, B = case["L"], c["train_batch"]
-    model = model_for(L, c, dev, case["alpha_0"]).train()
+    """Training step times at one alpha_0: the fast sequential term, and the dense reference."""
+    dev, L, B = cli.device(c["device"]), case["L"], c["train_batch"]
+    ctx, model = eso.precision(dev)[1], model_for(c, dev, L, case["alpha_0"]).train()
+    step_fn = torch.compile(model.loss) if c["compile"] else model.loss
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, c["vocab_size"], (B, L), device=dev)
-    times = []
-    for i in range(case["repeats"] + 1):  # the first step warms up
-        sync(dev)
-        t0 = time.perf_counter()
-        with eso.precision(dev)[1]:
-            loss, _ = model(x)
+    out = dict(case)
+    for name, dense in (("fast", False), ("dense", True)):
+        def step():
+            with ctx:
+                loss, _ = step_fn(x, generator=torch.Generator(dev).manual_seed(1), dense=dense)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        out[name], _, _ = timed(step, case["repeats"], dev)
+    grads = []  # the same batch and noise through both paths, without an update
+    for dense in (False, True):
+        with ctx:
+            loss, _ = model.loss(x, generator=torch.Generator(dev).manual_seed(2), dense=dense)
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync(dev)
-        times.append(time.perf_counter() - t0)
-    step = statistics.median(times[1:])
-    flops = train_flops(model.config, B)
-    return case | {"seconds": step, "tokens_per_s": B * L / step, "flops_per_step": flops,
-                   "mfu": flops / step / c["peak_flops"] if c["peak_flops"] else None}
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        model.zero_grad(set_to_none=True)
+    (l1, g1), (l2, g2) = grads
+    cfg, n_diff = model.config, round(model.config.batch_split * B)
+    tokens = n_diff * L + (B - n_diff) * L * (2 - cfg.alpha_0)  # x + the masked z slots, in expectation
+    flops = 6 * 12 * cfg.n_layer * cfg.n_embd ** 2 * tokens  # nanoGPT's 6N per token, attention left out
+    return out | {"loss_diff": float((l1 - l2).abs()), "grad_diff": max(float((a - b).abs().max()) for a, b in zip(g1, g2)),
+                  "tokens_per_s": B * L / out["fast"], "mfu": flops / out["fast"] / c["peak_flops"] if c["peak_flops"] else None}
 
 
 def in_fresh_process(fn, case, c):
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(fn, case, c).result()
+        return pool.submit(fn, case, c).result() if c["fresh"] else fn(case, c)
 
 
 def main(argv):
     c, _ = cli.parse(CONFIG, argv, __doc__)
     dev = cli.device(c["device"])
+    c["compile"] = dev.type == "cuda" if c["compile"] is None else c["compile"]
     try:
-        Ls = [int(x) for x in (c["lengths"] or ("1024,2048,8192" if dev.type == "cuda" else "1024,2048")).split(",")]
-        ks = [int(x) for x in c["parallel"].split(",") if x]
-        alphas = [float(x) for x in c["train_alphas"].split(",") if x]
+        Ls = [int(x) for x in (c["lengths"] or ("1024,2048,8192" if dev.type == "cuda" else "1024")).split(",")]
+        ks, alphas = [int(x) for x in c["parallel"].split(",") if x], [float(x) for x in c["train_alphas"].split(",") if x]
     except ValueError:
         raise cli.UserError("--lengths, --parallel and --train_alphas take comma-separated numbers") from None
-    if min(Ls) < 16 or c["repeats"] < 1 or c["uncached_repeats"] < 1 or c["train_batch"] < 2:
+    if min(Ls) < 16 or min(c["repeats"], c["uncached_repeats"]) < 1 or c["train_batch"] < 2:
         raise cli.UserError("lengths must be at least 16, repeats at least 1 and --train_batch at least 2")
-    cases = []
-    for L in Ls:
-        cases += [dict(L=L, method=m, steps=10 ** 6, repeats=c["repeats"]) for m in ("eso_cached", "ar", "eso_alpha0")]
-        cases += [dict(L=L, method=f"eso_T=L/{k}", steps=max(1, L // k), repeats=c["repeats"]) for k in ks]
-        cases += [dict(L=L, method="eso_uncached", steps=10 ** 6, repeats=c["uncached_repeats"])]
-    env = {"device": str(dev), "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
-           or platform.machine(), "threads": torch.get_num_threads(), "torch": str(torch.__version__),
-           "python": platform.python_version(), "model": f"{c['n_layer']}x{c['n_embd']}, {c['n_head']} heads, "
-           f"vocab {c['vocab_size']}", "dtype": "bfloat16 autocast" if dev.type == "cuda" else "float32"}
+    if not (peer := importlib.util.find_spec("transformers") is not None):
+        print("# note: transformers is not installed, so the Hugging Face GPT-2 peer is skipped")
+    cpu = [ln.split(":")[1].strip() for ln in open("/proc/cpuinfo") if "model name" in ln] if sys.platform == "linux" else []
+    env = {"device": str(dev), "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (cpu + [
+           platform.machine()])[0], "threads": torch.get_num_threads(), "torch": str(torch.__version__),
+           "model": f"{c['n_layer']}x{c['n_embd']}, {c['n_head']} heads, vocab {c['vocab_size']}",
+           "dtype": eso.precision(dev)[0]}
     print(f"# bench.py on {env['device']} ({env['name']}, {env['threads']} threads), torch {env['torch']}, "
           f"model {env['model']}, {env['dtype']}, batch 1, nucleus off")
-    print(f"{'L':>6} {'method':<14} {'T':>8} {'NFE':>6} {'median s':>10} {'tok/s':>9} {'peak MB':>8} {'KV MB':>7}")
+    cases, big = [], 10 ** 6
+    for L in Ls:
+        cases += [dict(L=L, method=m, steps=big, repeats=c["repeats"] * (20 if m.startswith("floor") else 1))
+                  for m in ("floor_2row", "floor_1row", "eso_cached", "eso_alpha0", "ar") + ("hf_gpt2",) * peer]
+        cases += [dict(L=L, method=f"eso_T=L/{k}", steps=max(1, L // k), repeats=c["repeats"]) for k in ks]
+        cases += [dict(L=L, method="eso_uncached", steps=big, repeats=c["uncached_repeats"])] * (L <= c["uncached_max"])
+        cases += [dict(L=L, method="gpt2_vocab", steps=big, repeats=max(1, c["repeats"] // 2))] * (L == Ls[0])
+    print(f"{'L':>6} {'method':<14} {'NFE':>6} {'median s':>10} {'ms/step':>8} {'tok/s':>9} {'peak MB':>8}")
     results = []
     for case in cases:
         r = in_fresh_process(run_sampling, case, c)
         results.append(r)
-        print(f"{r['L']:>6} {r['method']:<14} {r['steps']:>8} {r['nfe']:>6} {r['seconds']:>10.3f} "
-              f"{r['tokens_per_s']:>9.1f} {r['peak_mb']:>8.0f} {r['kv_cache_mb']:>7.1f}", flush=True)
+        print(f"{r['L']:>6} {r['method']:<14} {r['nfe']:>6} {r['seconds']:>10.4f} {r['per_step_ms']:>8.2f} "
+              f"{r['tokens_per_s']:>9.1f} {r['peak_mb']:>8.0f}", flush=True)
+    pairs = [("step_over_2row_floor", "eso_cached", "floor_2row", "per_step_ms"), ("cached_over_ar", "eso_cached", "ar",
+             "seconds"), ("cached_over_hf_gpt2", "eso_cached", "hf_gpt2", "seconds"), ("uncached_over_cached",
+             "eso_uncached", "eso_cached", "seconds")] + [(f"nfe_L_over_T=L/{k}", "eso_cached", f"eso_T=L/{k}", "seconds")
+                                                          for k in ks]
     ratios = {}
     for L in Ls:
-        t = {r["method"]: r["seconds"] for r in results if r["L"] == L}
-        ratios[L] = {"uncached_over_cached": t["eso_uncached"] / t["eso_cached"],
-                     "cached_over_ar": t["eso_cached"] / t["ar"],
-                     **{f"nfe_L_over_T=L/{k}": t["eso_cached"] / t[f"eso_T=L/{k}"] for k in ks}}
-        print(f"L={L}: cached is {ratios[L]['uncached_over_cached']:.1f}x faster than uncached; "
-              f"cached / plain AR = {ratios[L]['cached_over_ar']:.2f}; "
-              + ", ".join(f"T=L/{k} is {ratios[L][f'nfe_L_over_T=L/{k}']:.1f}x faster than NFE~L" for k in ks))
+        t = {r["method"]: r for r in results if r["L"] == L}
+        ratios[L] = {name: t[a][key] / t[b][key] for name, a, b, key in pairs if a in t and b in t}
+        ratios[L] |= {"gpt2_vocab_sampling_share": t["gpt2_vocab"]["sampling_share"]} if "gpt2_vocab" in t else {}
+        print(f"L={L}: " + ", ".join(f"{k} {v:.3g}" for k, v in ratios[L].items()), flush=True)
     training = []
     for a in alphas:
         r = in_fresh_process(run_training, dict(L=Ls[0], alpha_0=a, repeats=c["repeats"]), c)
         training.append(r)
-        mfu = f", MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
-        print(f"training L={r['L']}, batch {c['train_batch']}, alpha_0={a}: {r['tokens_per_s']:,.0f} tokens/s "
-              f"({r['seconds']:.3f} s/step, {r['flops_per_step'] / r['seconds'] / 1e9:.1f} GFLOP/s{mfu})", flush=True)
+        base = training[0]["fast"]
+        print(f"training L={r['L']}, batch {c['train_batch']}, alpha_0={a}: {r['fast']:.3f} s/step "
+              f"({r['fast'] / base:.2f}x the first alpha_0; dense reference {r['dense']:.3f} s, {r['dense'] / base:.2f}x), "
+              f"{r['tokens_per_s']:,.0f} tokens/s, fast - dense: loss {r['loss_diff']:.1e}, grads {r['grad_diff']:.1e}"
+              + (f", MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""), flush=True)
     print(json.dumps({"env": env, "config": c, "sampling": results, "ratios": ratios, "training": training}))
     return 0
 

@@ -852,6 +852,24 @@ def test_without_float64_sampling_and_validation_need_none(dataset, monkeypatch)
     assert narrow == pytest.approx(wide, rel=1e-6)
 
 
+def test_bench_runs_at_tiny_sizes(run):
+    """bench.py end to end (in this process, tiny sizes) so that it cannot rot; its JSON has every figure."""
+    import bench
+    code, stdout, err = run(bench, "--lengths=32", "--n_layer=1", "--n_head=2", "--n_embd=32", "--repeats=1",
+                            "--parallel=4", "--train_alphas=1,0.5,0", "--big_vocab=500", "--fresh=False")
+    assert code == 0, err
+    res = json.loads(stdout.strip().splitlines()[-1])
+    methods = {r["method"] for r in res["sampling"]}
+    assert {"floor_2row", "floor_1row", "eso_cached", "eso_alpha0", "ar", "eso_T=L/4", "eso_uncached",
+            "gpt2_vocab"} <= methods
+    ratios = res["ratios"]["32"]
+    assert ratios["step_over_2row_floor"] > 0 and 0 < ratios["gpt2_vocab_sampling_share"] < 1
+    assert ("cached_over_hf_gpt2" in ratios) == ("hf_gpt2" in methods)
+    for r in res["training"]:
+        assert r["fast"] > 0 and r["dense"] > 0 and r["loss_diff"] < 1e-4 and r["grad_diff"] < 1e-4
+    assert eso.sample_tokens.__module__ == "eso"  # nothing left patched
+
+
 # ============================================================================= robustness
 
 
