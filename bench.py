@@ -111,7 +111,7 @@ def run_sampling(case, c):
                                     generator=gen())
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    with torch.no_grad(), eso.precision(dev)[1]:
+    with torch.no_grad(), cli.precision(dev)[1]:
         seconds, runs, (_, nfe) = timed(fn, case["repeats"], dev)
         if method == "gpt2_vocab":  # what share of a step is sample_tokens, float64 over 50,257 logits?
             logits, g = torch.randn(1, 1, c["big_vocab"], device=dev), gen()
@@ -126,7 +126,7 @@ def run_sampling(case, c):
 def run_training(case, c):
     """Training step times at one alpha_0: the fast sequential term, and the dense reference."""
     dev, L, B = cli.device(c["device"]), case["L"], c["train_batch"]
-    ctx, model = eso.precision(dev)[1], model_for(c, dev, L, case["alpha_0"]).train()
+    ctx, model = cli.precision(dev)[1], model_for(c, dev, L, case["alpha_0"]).train()
     step_fn = torch.compile(model.loss) if c["compile"] else model.loss
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, c["vocab_size"], (B, L), device=dev)
@@ -176,7 +176,7 @@ def main(argv):
     env = {"device": str(dev), "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (cpu + [
            platform.machine()])[0], "threads": torch.get_num_threads(), "torch": str(torch.__version__),
            "model": f"{c['n_layer']}x{c['n_embd']}, {c['n_head']} heads, vocab {c['vocab_size']}",
-           "dtype": eso.precision(dev)[0]}
+           "dtype": cli.precision(dev)[0]}
     print(f"# bench.py on {env['device']} ({env['name']}, {env['threads']} threads), torch {env['torch']}, "
           f"model {env['model']}, {env['dtype']}, batch 1, nucleus off")
     cases, big = [], 10 ** 6

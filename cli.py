@@ -1,16 +1,19 @@
 """
-The command line that train.py, sample.py, evaluate.py and bench.py share (the role of
-nanoGPT's configurator.py, with argparse from the standard library).
+What train.py, sample.py, evaluate.py and bench.py share, in one place (the role of nanoGPT's
+configurator.py): the command line, the device and precision policy, and loading a checkpoint.
 
 Each script keeps its defaults in one block, name=(default, note[, kind]), and gets:
   --key=value (or --key value) for every default, checked against its type or choices;
   --help, which lists every default with its note;
   one-line refusals of unknown or mistyped options (with "did you mean"), exit status 2.
+From Python: model, ckpt = cli.load_checkpoint("out/ckpt.pt") gives a trained model to sample from.
 """
 
 import argparse
 import difflib
 import sys
+from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
@@ -102,12 +105,63 @@ def device(name):
     return dev
 
 
-def precision(dev, dtype):
-    """eso.precision, with a refusal as a user error."""
+def precision(device, dtype="auto"):
+    """(dtype name, autocast context): the one precision policy, for training, evaluation and sampling.
+
+    auto = bfloat16 autocast on CUDA (float16 where bf16 is missing), float32 elsewhere. bfloat16
+    also runs on CPUs; float16 needs CUDA (and a gradient scaler, which train.py adds).
+    """
+    device = torch.device(device)
+    if dtype == "auto":
+        cuda = device.type == "cuda"
+        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+    if dtype == "float32":
+        return dtype, nullcontext()
+    if device.type != "cuda" and not (device.type == "cpu" and dtype == "bfloat16"):
+        raise UserError(f"--dtype {dtype} does not run on {device.type}: use float32")
+    return dtype, torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used; the message names the file and why, in one line."""
+
+
+def load_checkpoint(path, device="cpu", ema=True):
+    """(model, checkpoint dict) of a file written by train.py, on `device`, in eval mode.
+
+    The model holds the EMA weights when the checkpoint has them (they are the ones to
+    evaluate and sample with); ema=False gives the raw weights. weights_only=True: only
+    tensors and plain values load, so a file that would run code while unpickling is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint" if path.is_dir() else
+                              f"no checkpoint at {path}: train one with `python train.py` (or point --out_dir elsewhere)")
     try:
-        return eso.precision(dev, dtype)
-    except ValueError as e:
-        raise UserError(f"--{e}") from None
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        text = " ".join(str(e).split())
+        if "unsupported global" in text.lower():  # the file names a callable to run while unpickling
+            raise CheckpointError(f"refusing {path}: it needs arbitrary code to unpickle, which a checkpoint of "
+                                  "ours never does (only load files you trust, with other tools)") from None
+        why = text.split("WeightsUnpickler error: ")[-1] or type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {why[:160]}") from None
+    need = {"model", "config", "tokenizer", "iter_num"}
+    if not isinstance(ckpt, dict) or not need <= set(ckpt):
+        missing = ", ".join(sorted(need - set(ckpt))) if isinstance(ckpt, dict) else "a dict"
+        raise CheckpointError(f"{path} is not an Eso-LM checkpoint (it lacks {missing})")
+    try:
+        model = eso.EsoLM(eso.EsoConfig(**ckpt["config"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} holds an incompatible model config: {e}") from None
+    try:
+        model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") else ckpt["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: the weights do not fit its config ({first[:160]})") from None
+    return model.to(device).eval(), ckpt
 
 
 def run(main, prog, argv=None):
@@ -115,7 +169,7 @@ def run(main, prog, argv=None):
     exit status 2 (1 for a diverged run), Ctrl-C outside training 130."""
     try:
         code = main(sys.argv[1:] if argv is None else argv)
-    except (UserError, eso.CheckpointError, PrepareError) as e:
+    except (UserError, PrepareError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         code = getattr(e, "status", 2)
     except KeyboardInterrupt:

@@ -5,38 +5,52 @@ Sahoo, Yang, Akhauri, Liu, Singh, Cheng, Liu, Xing, Thickstun, Vahdat,
 "Esoteric Language Models", arXiv 2506.01928 (ICML 2026).
 
 One causal transformer that is an autoregressive LM (alpha_0 = 0), a masked diffusion LM
-(alpha_0 = 1) or anything between. Generation runs a diffusion phase that unmasks about
-alpha_0 * L random positions, several per step, then a sequential phase that fills the
-rest one at a time, left to right. Tokens are laid out in the order they are decoded
-("clean before masked") and keep their original positions through rotary embeddings, so
-attention can be causal in decode order. A clean token then never attends to anything
-decoded after it, its keys and values never change, and one KV cache serves both phases.
+(alpha_0 = 1) or anything between, trained with one loss and sampled with one KV cache.
+
+Notation, used everywhere below:
+  x          a clean sequence of L tokens (positions 0..L-1). [MASK] is one extra token id.
+  z          a partially masked copy of x. A position is *clean* in z when it holds x's token,
+             *masked* when it holds [MASK].
+  time t     runs from 1 (noise: almost every token masked) down to 0 (data: a share alpha_0
+             of the tokens clean, the rest still masked). z_t keeps each token of x with
+             probability alpha_t = alpha_0 (1 - (1 - EPS) t) and masks it otherwise, so
+             alpha_1 = EPS alpha_0 ~ 0 and alpha_0 at t = 0; alpha'_t = d alpha_t / dt = -alpha_0 (1 - EPS).
+  z_0        what the diffusion phase hands to the sequential phase: each token clean with
+             probability alpha_0. The sequential phase fills its masks one at a time, left to right.
+  sigma      an order: sigma[b, i] is the position decoded i-th in row b. Tokens are laid out
+             ("sorted") in decode order, clean before masked, and keep their *original*
+             positions through rotary embeddings. "Before" and "to its left" below mean
+             earlier in decode order.
+  NFE        number of function evaluations: transformer forwards spent by a sampler.
+  eq. 7      the paper's hybrid NELBO, an upper bound on -log p(x) with two terms:
+             sequential: E_{z_0} [ sum over masked l of -log p(x_l | clean of z_0, x at masked positions < l) ]
+             diffusion:  E_{t, z_t} [ -alpha'_t / (1 - alpha_t) sum over masked l of -log p(x_l | z_t) ]
+
+Attention is causal in decode order, so a clean token never attends to anything decoded
+after it: its keys and values never change, and one KV cache serves both phases.
 
 Read top to bottom:
   1. config                       EsoConfig
-  2. transformer parts            rotary embedding, KVCache, Attention, Block
+  2. transformer parts            rotary embedding, Linear, KVCache, Attention, MLP, Block
   3. noise schedule and orders    alpha, sample_t, diffusion_order, sequential_order
-  4. attention patterns           prefix_lm, causal_mask, sequential_mask (variants A and B)
+  4. attention patterns           prefix_lm, causal_mask, sequential_mask, SequentialPattern
   5. sampling pieces              unmask_schedule, sampling_order, sample_tokens
   6. the model, EsoLM             hidden (the transformer); loss = diffusion_loss + sequential_loss;
                                   generate (kv_cache=False is the slow reference); likelihood
-  7. running a trained model       precision (the one policy), load_checkpoint
-  8. `python eso.py` prints the attention patterns of the paper's worked example.
+  7. `python eso.py` prints the attention patterns of the paper's worked example.
 """
 
 import itertools
 import math
 import numbers
-from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-EPS = 1e-3  # alpha_t = alpha_0 * (1 - (1 - EPS) t): the reference code's schedule (alpha_1 = EPS * alpha_0)
+EPS = 1e-3  # alpha_t = alpha_0 (1 - (1 - EPS) t): the reference code's schedule (alpha_1 = EPS alpha_0)
 T_EPS = 1e-3  # training draws t from [T_EPS, 1]
 
 
@@ -52,7 +66,7 @@ class EsoConfig:
     n_head: int = 6
     n_embd: int = 384
     dropout: float = 0.0
-    alpha_0: float = 0.5  # expected fraction of tokens made by the diffusion phase
+    alpha_0: float = 0.5  # share of tokens clean in z_0; the diffusion phase makes alpha_0 (1 - EPS) / (1 - EPS alpha_0)
     variant: str = "B"  # "B": causal everywhere, KV cache in both phases; "A": clean tokens attend bidirectionally
     loss_type: str = "elbo"  # "elbo" or "low_var" (diffusion weight 1 in training; the paper's choice at alpha_0 = 1)
     batch_split: Optional[float] = None  # kappa, fraction of a batch for the diffusion term; None = the paper's
@@ -60,10 +74,9 @@ class EsoConfig:
     def __post_init__(self):
         if not 0.0 <= self.alpha_0 <= 1.0:
             raise ValueError(f"alpha_0 must lie in [0, 1], got {self.alpha_0}")
-        if self.variant not in ("A", "B"):
-            raise ValueError(f"variant must be 'A' or 'B', got {self.variant!r}")
-        if self.loss_type not in ("elbo", "low_var"):
-            raise ValueError(f"loss_type must be 'elbo' or 'low_var', got {self.loss_type!r}")
+        if self.variant not in ("A", "B") or self.loss_type not in ("elbo", "low_var"):
+            raise ValueError(f"variant must be 'A' or 'B' (got {self.variant!r}) and loss_type 'elbo' or 'low_var' "
+                             f"(got {self.loss_type!r})")
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -126,9 +139,7 @@ class KVCache:
     """
 
     def __init__(self, n_layer, max_len):
-        self.kv = [None] * n_layer
-        self.max_len = max_len
-        self.length = 0
+        self.kv, self.max_len, self.length = [None] * n_layer, max_len, 0
 
     def update(self, layer, k, v):  # k, v: (B, nh, T, hd)
         if self.kv[layer] is None:
@@ -147,10 +158,9 @@ class KVCache:
 class Attention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.n_head = config.n_head
+        self.n_head, self.dropout = config.n_head, config.dropout
         self.qkv = Linear(config.n_embd, 3 * config.n_embd)
         self.proj = Linear(config.n_embd, config.n_embd)
-        self.dropout = config.dropout
 
     def forward(self, x, cos, sin, attn_mask, cache=None, layer=0):
         B, T, C = x.shape
@@ -165,7 +175,7 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None, dropout_p=p)
         y = self.proj(y.transpose(1, 2).reshape(B, T, C))
-        return F.dropout(y, self.dropout, self.training) if self.training and self.dropout else y
+        return F.dropout(y, p, True) if p else y
 
 
 class MLP(nn.Module):
@@ -177,7 +187,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         y = self.proj(F.gelu(self.fc(x), approximate="tanh"))
-        return F.dropout(y, self.dropout, self.training) if self.training and self.dropout else y
+        return F.dropout(y, self.dropout, True) if self.training and self.dropout else y
 
 
 class Block(nn.Module):
@@ -210,27 +220,27 @@ def sample_t(n, device, generator=None):
 
 
 def diffusion_order(masked, u):
-    """order[b, i] = the position decoded i-th in row b: clean first, then masked, each sorted by u.
+    """sigma (B, L): clean positions first, then masked ones, each group sorted by the random keys u.
 
-    masked: (B, L) bool; u: (B, L) in [0, 1), random keys.
+    masked: (B, L) bool; u: (B, L) in [0, 1).
     """
     return torch.argsort(masked * 2.0 + u, dim=1)
 
 
 def sequential_order(masked, u):
-    """Clean first, sorted by u (random keys); then masked positions left to right."""
+    """sigma (B, L): clean positions first, sorted by u (random keys); then masked positions left to right."""
     L = masked.size(1)
     ascending = torch.arange(L, device=masked.device) / L
     return diffusion_order(masked, torch.where(masked, ascending, u))
 
 
-def unpermute(sorted_tokens, order):
-    """Inverse of gather(1, order): back to position order."""
-    return torch.empty_like(sorted_tokens).scatter_(1, order, sorted_tokens)
+def unpermute(sorted_tokens, sigma):
+    """Inverse of gather(1, sigma): back to position order."""
+    return torch.empty_like(sorted_tokens).scatter_(1, sigma, sorted_tokens)
 
 
 # -----------------------------------------------------------------------------
-# 4. The attention patterns (paper Figs. 6-9; after sorting by the order, True = may attend)
+# 4. The attention patterns (paper Figs. 6-9; after sorting by sigma, True = may attend)
 
 
 def prefix_lm(n, prefix, device=None):
@@ -245,14 +255,15 @@ def prefix_lm(n, prefix, device=None):
 
 
 def causal_mask(n_new, n_cached=0, prefix=0, device=None):
-    """(B or 1, 1, n_new, n_cached + n_new): every query sees the n_cached cached tokens; inside
-    the new chunk attention is causal in decode order, except for a bidirectional block over
-    its first `prefix` slots (variant A's clean tokens; 0 for variant B).
+    """The mask of a forward over n_new tokens after n_cached cached ones: every query sees the
+    cache; inside the new chunk attention is causal in decode order, except for a bidirectional
+    block over its first `prefix` slots (variant A's clean tokens; 0 for variant B).
 
-    Returns None for plain causal attention (no cache, prefix <= 1), so that SDPA can use its
-    causal kernel. Variant B's diffusion-phase mask is exactly that (paper Fig. 7).
+    Variant B: None without a cache (SDPA's causal kernel; the diffusion-phase mask of paper
+    Fig. 7 is exactly that), else the (n_new, n_cached + n_new) lower-right triangle.
+    Variant A: (B or 1, 1, n_new, n_cached + n_new).
     """
-    if isinstance(prefix, int) and prefix <= 1:  # causal in decode order: None, or the cache's lower-right triangle
+    if isinstance(prefix, int) and prefix <= 1:
         return torch.ones(n_new, n_cached + n_new, dtype=torch.bool, device=device).tril(n_cached) if n_cached else None
     inner = prefix_lm(n_new, prefix, device)
     seen = torch.ones(*inner.shape[:3], n_cached, dtype=torch.bool, device=inner.device)
@@ -278,14 +289,13 @@ class SequentialPattern:
     """sequential_mask's pattern without its waste, over [x sorted ; z slots s0..L-1] (L + m tokens).
 
     The loss reads only the z slots of masked tokens, and no slot attends to a z slot but
-    itself, so the z slots before s0 (clean in every row) are dropped. What is left is run
-    as attention calls that skip the blocks sequential_mask rules out:
+    itself, so the z slots before s0 (clean in every row: costless to drop) are not fed at all.
+    What is left runs as attention calls that skip the blocks sequential_mask rules out:
       x slot i -> x slots j <= i: SDPA's causal kernel (variant A: its prefix-LM mask, x_mask);
       z slot i -> x slots j < i, and itself: chunks of z queries, each against the x keys
                   before its last slot plus its own keys, so the upper triangle costs one chunk.
     sequential_mask with the z outputs of the slots >= s0 is the reference (dense=True).
     """
-
     CHUNK = 128  # z queries per attention call
 
     def __init__(self, L, s0, x_mask=None, device=None):
@@ -294,7 +304,7 @@ class SequentialPattern:
         ends = [s0 + a - 1 for a in itertools.accumulate(self.z_sizes)]  # chunk c sees x slots < ends[c]
         self.x_sizes = [e - s for s, e in zip([0] + ends, ends + [L])]  # x slots as pieces: [0, ends[0]), ...
         self.masks = []  # chunk c: its z queries against [x slots < ends[c] ; its own z keys]
-        for a, (size, end) in enumerate(zip(self.z_sizes, ends)):
+        for size, end in zip(self.z_sizes, ends):
             slot = end + 1 - size + torch.arange(size, device=device)[:, None]  # (size, 1): the queries' slots
             to_x = torch.arange(end, device=device) < slot  # strictly earlier x slots
             self.masks.append(torch.cat([to_x, torch.eye(size, dtype=torch.bool, device=device)], 1))
@@ -305,8 +315,7 @@ class SequentialPattern:
         ys = [sdpa(qx, kx, vx, attn_mask=self.x_mask, is_causal=self.x_mask is None, dropout_p=dropout_p)]
         # Split, not slice: the backward of a slice fills a zero tensor of the full size, per chunk.
         kx, vx = kx.split(self.x_sizes, 2), vx.split(self.x_sizes, 2)
-        for c, (qc, kc, vc) in enumerate(zip(qz.split(self.z_sizes, 2), kz.split(self.z_sizes, 2),
-                                             vz.split(self.z_sizes, 2))):
+        for c, (qc, kc, vc) in enumerate(zip(*(t.split(self.z_sizes, 2) for t in (qz, kz, vz)))):
             keys, values = torch.cat([*kx[:c + 1], kc], 2), torch.cat([*vx[:c + 1], vc], 2)  # (B, nh, end + size, hd)
             ys.append(sdpa(qc, keys, values, attn_mask=self.masks[c], dropout_p=dropout_p))
         return torch.cat(ys, 2)  # (B, nh, L + m, hd)
@@ -327,7 +336,7 @@ def whole(name, value, minimum=1):
     return int(value)
 
 
-def check_sampling_args(steps, alpha_0, temperature, top_p, order):
+def check_sampling_args(steps, alpha_0, temperature, top_p):
     """The sampling arguments, checked: returns steps as an int; anything else is a ValueError."""
     steps = whole("steps", steps)
     if not 0.0 <= alpha_0 <= 1.0:
@@ -336,20 +345,26 @@ def check_sampling_args(steps, alpha_0, temperature, top_p, order):
         raise ValueError(f"temperature must be above 0, got {temperature}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-    if order not in ("random", "block"):
-        raise ValueError(f"order must be 'random' or 'block', got {order!r}")
     return steps
 
 
 def unmask_schedule(n_masked, steps, alpha_0, generator=None, device="cpu"):
-    """Sizes of the non-empty diffusion steps, in time order (paper Alg. 2).
+    """Sizes of the non-empty diffusion steps, in time order (paper Alg. 2), in one vectorised draw.
 
-    Step i of T runs t from t_i to s_i = t_i - 1/T over linspace(1, 1/T, T) and unmasks
-    n ~ Binomial(remaining, (alpha_s - alpha_t) / (1 - alpha_t)). These probabilities
-    telescope: a mask is unmasked at all with probability (alpha_0 - alpha_1) / (1 - alpha_1),
-    and then at a step drawn in proportion to alpha_s - alpha_t, which is the same for every
-    step as alpha is linear in t. So the counts come from one vectorised draw, however large
-    T is (the paper's speed protocol uses T = 1e6). Masks not drawn go to the sequential phase.
+    Step i of T runs t from t_i to s_i = t_i - 1/T (t_0 = 1, s_i = t_{i+1}, s_{T-1} = 0) and
+    unmasks n ~ Binomial(remaining masks, p_i), p_i = (alpha_s - alpha_t) / (1 - alpha_t). For
+    one mask, the chance to be unmasked exactly at step i is the product of surviving the
+    steps before, 1 - p_j = (1 - alpha_{s_j}) / (1 - alpha_{t_j}), which telescopes:
+        prod_{j<i} (1 - p_j) = (1 - alpha_{t_i}) / (1 - alpha_1),
+        P(step i) = (1 - alpha_{t_i}) / (1 - alpha_1) * p_i = (alpha_{s_i} - alpha_{t_i}) / (1 - alpha_1).
+    alpha is linear in t, so this is the same for every step: each mask is unmasked at all with
+    probability sum_i P(step i) = (alpha_0 - alpha_1) / (1 - alpha_1), and then at a uniformly
+    random step, independently of the others. That is two draws per mask, however large T is
+    (the paper's speed protocol uses T = 1e6). Masks not drawn go to the sequential phase.
+
+    Why alpha_0 (1 - EPS) / (1 - EPS alpha_0), not alpha_0: the chain starts at t = 1 from all
+    masks, but the schedule would have a share alpha_1 = EPS alpha_0 clean there already, so the
+    diffusion phase makes (alpha_0 - alpha_1) / (1 - alpha_1), slightly less than alpha_0.
     """
     p_mdm = (alpha_0 - alpha(1.0, alpha_0)) / (1 - alpha(1.0, alpha_0))  # 1 exactly at alpha_0 = 1
     in_mdm = torch.rand(n_masked, device=device, generator=generator) < p_mdm
@@ -357,29 +372,34 @@ def unmask_schedule(n_masked, steps, alpha_0, generator=None, device="cpu"):
     return step[in_mdm].unique(return_counts=True)[1].tolist()
 
 
-def sampling_order(known, n_mdm, n_steps, order, generator=None):
-    """order[b, i] = the position decoded i-th in row b (B, L).
+def sampling_order(known, n_mdm, n_steps, block_order=False, generator=None):
+    """sigma (B, L) for sampling: sigma[b, i] = the position decoded i-th in row b.
 
-    Known tokens come first, left to right (fed once, as the first chunk's clean tokens).
-    Then the n_mdm diffusion positions: "random" shuffles the masks per row; "block" (the
-    paper's "subcontext" order) deals the masks, left to right, into S = n_steps streams of
-    evenly spaced positions (rank r goes to stream r mod S) and lays the streams out one
-    after the other, in random order and shuffled inside, so each step decodes positions far
-    apart. This works for any L, alpha_0 and steps. The remaining masks follow left to right.
+    1. Known tokens first, left to right (fed once, as the first chunk's clean tokens).
+    2. The diffusion positions: n_mdm of the masks, a uniformly random subset per row, in
+       random order; the step sizes then cut this list into steps.
+    3. The sequential positions: the other masks, left to right.
+    block_order=True (the paper's "subcontext" order) lays the diffusion positions out as
+    S = n_steps streams of evenly spaced positions: sorted left to right, the r-th goes to
+    stream r mod S; streams come one after another in random order, shuffled inside. Streams
+    hold about n_mdm / S positions, a step's expected size, so a step decodes about one stream:
+    positions far apart. Step sizes are random, so a step may end inside a stream; this works
+    for any L, alpha_0 and steps, and the sequential positions stay a random subset, as in training.
     """
     B, L = known.shape
     pos = torch.arange(L, device=known.device)
-    base = torch.argsort(torch.where(known, pos - L, pos), dim=1)  # known ascending, then masks ascending
+    base = torch.argsort(torch.where(known, pos - L, pos), dim=1)  # (B, L): known ascending, then masks ascending
     n_known = int(known[0].sum())
-    N = L - n_known
-    u = torch.rand(B, N, device=known.device, generator=generator)
-    if order == "block":
-        S = max(n_steps, 1)
-        stream_rank = torch.rand(B, S, device=known.device, generator=generator).argsort(1)  # (B, S)
-        u = stream_rank.gather(1, (torch.arange(N, device=known.device) % S).expand(B, N)) + u
-    masks = base[:, n_known:].gather(1, u.argsort(1))  # (B, N) masked positions in draw order
-    sequential = masks[:, n_mdm:].sort(1).values  # left to right
-    return torch.cat([base[:, :n_known], masks[:, :n_mdm], sequential], dim=1)
+    masks = base[:, n_known:]  # (B, N) masked positions, ascending
+    drawn = masks.gather(1, torch.rand(masks.shape, device=known.device, generator=generator).argsort(1))
+    diffusion, sequential = drawn[:, :n_mdm], drawn[:, n_mdm:].sort(1).values  # (B, n_mdm), (B, N - n_mdm)
+    if block_order and n_mdm:
+        diffusion, S = diffusion.sort(1).values, max(n_steps, 1)
+        stream_rank = torch.rand(B, S, device=known.device, generator=generator).argsort(1)  # (B, S) random ranks
+        stream = (torch.arange(n_mdm, device=known.device) % S).expand(B, n_mdm)  # the stream of each
+        key = stream_rank.gather(1, stream) + torch.rand(B, n_mdm, device=known.device, generator=generator)
+        diffusion = diffusion.gather(1, key.argsort(1))  # sorted by (stream's rank, a random place inside it)
+    return torch.cat([base[:, :n_known], diffusion, sequential], dim=1)
 
 
 def has_float64(device):
@@ -448,8 +468,8 @@ class EsoLM(nn.Module):
     def hidden(self, idx, pos, attn_mask=None, cache=None):
         """Final hidden states (B, T, C) of tokens idx (B, T) at original positions pos (B, T).
 
-        attn_mask: None is causal over idx (SDPA's causal kernel); otherwise a bool mask,
-        True = may attend, broadcastable to (B, nh, T, cache.length + T).
+        attn_mask: None is causal over idx (SDPA's causal kernel); a bool mask (True = may
+        attend) broadcastable to (B, nh, T, cache.length + T); or a SequentialPattern.
         """
         cos = self.rope_cos[pos].unsqueeze(1)  # (B, 1, T, hd)
         sin = self.rope_sin[pos].unsqueeze(1)
@@ -487,49 +507,48 @@ class EsoLM(nn.Module):
     def diffusion_loss(self, x, loss_type=None, generator=None):
         """The MDM term: E_t E_{z_t} [ -alpha'_t / (1 - alpha_t) * sum over masked of -log p ] / L."""
         B, L = x.shape
-        a0 = self.config.alpha_0
         t = sample_t(B, x.device, generator)
-        alpha_t = alpha(t, a0)  # (B,)
-        masked = torch.rand(B, L, device=x.device, generator=generator) < (1 - alpha_t)[:, None]
-        order = diffusion_order(masked, torch.rand(B, L, device=x.device, generator=generator))
-        return self.diffusion_nll(x, t, masked, order, loss_type)
+        masked = torch.rand(B, L, device=x.device, generator=generator) < (1 - alpha(t, self.config.alpha_0))[:, None]
+        sigma = diffusion_order(masked, torch.rand(B, L, device=x.device, generator=generator))
+        return self.diffusion_nll(x, t, masked, sigma, loss_type)
 
-    def diffusion_nll(self, x, t, masked, order, loss_type=None):
-        """The diffusion term for given draws: t (B,), masked (B, L) bool, order (B, L) clean first."""
+    def diffusion_nll(self, x, t, masked, sigma, loss_type=None):
+        """The diffusion term for given draws: t (B,), masked (B, L) bool, sigma (B, L) clean first."""
         B, L = x.shape
-        loss_type = loss_type or self.config.loss_type
         z = torch.where(masked, self.mask_id, x)
-        z_sorted, x_sorted, m_sorted = (a.gather(1, order) for a in (z, x, masked))  # (B, L) in decode order
-        n_clean = (~masked).sum(1)
-        mask = causal_mask(L, prefix=n_clean) if self.config.variant == "A" else None  # B: plain causal
-        logits = self.lm_head(self.hidden(z_sorted, order, mask))
+        z_sorted, x_sorted, m_sorted = (a.gather(1, sigma) for a in (z, x, masked))  # (B, L) in decode order
+        mask = causal_mask(L, prefix=(~masked).sum(1)) if self.config.variant == "A" else None  # B: plain causal
+        logits = self.lm_head(self.hidden(z_sorted, sigma, mask))
         nll = F.cross_entropy(logits.float().flatten(0, 1), x_sorted.flatten(), reduction="none").view(B, L)
-        if loss_type == "elbo":  # -alpha'_t / (1 - alpha_t), with alpha'_t = -alpha_0 (1 - EPS)
+        if (loss_type or self.config.loss_type) == "elbo":  # -alpha'_t / (1 - alpha_t), alpha'_t = -alpha_0 (1 - EPS)
             weight = self.config.alpha_0 * (1 - EPS) / (1 - alpha(t, self.config.alpha_0))
         else:  # low_var: plain masked cross-entropy (training only)
             weight = torch.ones_like(t)
         return (nll * m_sorted * weight[:, None]).sum() / (B * L)
 
     def sequential_loss(self, x, generator=None, dense=False):
-        """The AR term: E_{z_0} [ sum over masked l of -log p(x_l | clean of z_0, x_<l) ] / L."""
+        """The AR term: E_{z_0} [ sum over masked l of -log p(x_l | clean of z_0, x at masked positions < l) ] / L."""
         B, L = x.shape
         masked = torch.rand(B, L, device=x.device, generator=generator) < 1 - self.config.alpha_0
         u = torch.rand(B, L, device=x.device, generator=generator)
         if self.config.variant == "A":  # A's clean block is bidirectional: its order does not matter
             u = torch.arange(L, device=x.device).expand(B, L) / L
-        order = sequential_order(masked, u)
-        return self.sequential_nll(x, masked, order, dense)
+        return self.sequential_nll(x, masked, sequential_order(masked, u), dense)
 
-    def sequential_nll(self, x, masked, order, dense=False):
-        """The AR term for given draws: masked (B, L) bool, order (B, L) clean first, masked ascending.
+    def sequential_nll(self, x, masked, sigma, dense=False):
+        """The AR term for given draws: masked (B, L) bool, sigma (B, L) clean first, masked ascending.
 
-        Input is the 2L sequence [z_0 sorted ; x sorted]: no shift by one, each mask slot of
-        the z half predicts its own token from itself and the x slots before it.
+        Why the 2L input [z_0 sorted ; x sorted] and not a shift by one: the prediction for a
+        masked position l is made at a [MASK] slot carrying l's position, as the sampler does (it
+        feeds a [MASK] token at l), so the slot cannot also hold x_l. The true tokens before it
+        come from a second stream: z slot l sees itself and the x slots before l (all clean
+        tokens of z_0, and x at the masked positions left of l). The z slots of clean tokens
+        are fed only by the dense reference; the fast path drops them (SequentialPattern).
         """
         B, L = x.shape
-        return -(self._sequential_logprobs(x, masked, order, dense) * masked.gather(1, order)).sum() / (B * L)
+        return -(self._sequential_logprobs(x, masked, sigma, dense) * masked.gather(1, sigma)).sum() / (B * L)
 
-    def _sequential_logprobs(self, x, masked, order, dense=False):
+    def _sequential_logprobs(self, x, masked, sigma, dense=False):
         """log p(x at each sorted slot) (B, L) from one forward of [z_0 sorted ; x sorted].
 
         dense=True is the reference: all 2L tokens through sequential_mask. The fast path feeds
@@ -537,16 +556,16 @@ class EsoLM(nn.Module):
         """
         L = x.size(1)
         z = torch.where(masked, self.mask_id, x)
-        z_sorted, x_sorted = z.gather(1, order), x.gather(1, order)  # (B, L) in decode order
+        z_sorted, x_sorted = z.gather(1, sigma), x.gather(1, sigma)  # (B, L) in decode order
         n_clean = (~masked).sum(1)
         prefix = n_clean if self.config.variant == "A" else 0
         if dense:
             mask = sequential_mask(L, prefix, x.device)
-            h, s0 = self.hidden(torch.cat([z_sorted, x_sorted], 1), torch.cat([order, order], 1), mask)[:, :L], 0
+            h, s0 = self.hidden(torch.cat([z_sorted, x_sorted], 1), torch.cat([sigma, sigma], 1), mask)[:, :L], 0
         else:
             s0 = int(n_clean.min())  # slots < s0 are clean in every row: their z outputs are never read
             pattern = SequentialPattern(L, s0, causal_mask(L, prefix=prefix, device=x.device), x.device)
-            h = self.hidden(torch.cat([x_sorted, z_sorted[:, s0:]], 1), torch.cat([order, order[:, s0:]], 1),
+            h = self.hidden(torch.cat([x_sorted, z_sorted[:, s0:]], 1), torch.cat([sigma, sigma[:, s0:]], 1),
                             pattern)[:, L:]  # (B, L - s0, C): the z slots
         logp = F.log_softmax(self.lm_head(h).float(), dim=-1)
         return F.pad(logp.gather(-1, x_sorted[:, s0:, None]).squeeze(-1), (s0, 0))
@@ -555,22 +574,23 @@ class EsoLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, num_samples, steps, *, alpha_0=None, temperature=1.0, top_p=1.0, canvas=None,
-                 order="random", kv_cache=True, generator=None, callback=None):
+                 block_order=False, kv_cache=True, generator=None, callback=None):
         """Sample (num_samples, L) tokens. Returns (tokens, nfe): tokens never hold the mask id;
         nfe is the number of transformer forwards spent.
 
         steps: T of the diffusion schedule (any value >= 1; T >= L gives one token per step).
         alpha_0: sampling-time alpha_0 (None = the model's). canvas: (num_samples or 1, L) with
         known tokens kept exactly and the mask id elsewhere (a prompt, or an infilling
-        template); every row must have the same number of masks. order: "random" or "block".
-        kv_cache=False is the slow reference: the whole permuted sequence through the
-        transformer at every step; both paths return identical tokens for the same generator.
-        callback(tokens, nfe): called after every step with the canvas (B, L) in position order.
+        template); every row must have the same number of masks. block_order: the paper's
+        block ("subcontext") order, see sampling_order. kv_cache=False is the slow reference:
+        the whole permuted sequence through the transformer at every step; both paths return
+        identical tokens for the same generator. callback(tokens, nfe): called after every
+        step with the canvas (B, L) in position order.
         """
         cfg, device = self.config, self.wte.weight.device
         L = cfg.block_size
         alpha_0 = cfg.alpha_0 if alpha_0 is None else alpha_0
-        steps = check_sampling_args(steps, alpha_0, temperature, top_p, order)
+        steps = check_sampling_args(steps, alpha_0, temperature, top_p)
         canvas = self._check_canvas(num_samples, canvas, device)
         # The plan, drawn identically for both paths: step sizes, then the order.
         known = canvas != self.mask_id  # (B, L)
@@ -578,32 +598,50 @@ class EsoLM(nn.Module):
         sizes = unmask_schedule(L - n_known, steps, alpha_0, generator, device)  # diffusion steps
         n_mdm, n_diffusion_steps = sum(sizes), len(sizes)
         sizes += [1] * (L - n_known - n_mdm)  # the sequential phase: one token per step
-        sigma = sampling_order(known, n_mdm, n_diffusion_steps, order, generator)  # (B, L)
+        sigma = sampling_order(known, n_mdm, n_diffusion_steps, block_order, generator)  # (B, L)
         canvas = canvas.gather(1, sigma)  # (B, L): canvas[b, i] = the token at position sigma[b, i]
-        n_clean0 = n_known + n_mdm  # clean count of z_0: variant A's bidirectional block
-        is_a = cfg.variant == "A"
         cache = KVCache(cfg.n_layer, L) if kv_cache else None
         done, nfe = n_known, 0  # canvas[:, :done] is decoded
-        for k in sizes:
+        for k in sizes:  # k = the number of tokens this step decodes
             if kv_cache:
-                # Feed [tokens decoded since the last commit ; this step's k masks]. Variant B
-                # commits the fed clean tokens to the cache at once (one step late). Variant A's
-                # clean block is bidirectional, so it is recomputed while it grows and cached
-                # when complete, at the first sequential step (paper App. D.3).
-                start = cache.length
-                prefix = done - start if is_a and done <= n_clean0 else 0
-                mask = causal_mask(done + k - start, n_cached=start, prefix=prefix, device=device)
-                h = self.hidden(canvas[:, start:done + k], sigma[:, start:done + k], mask, cache)[:, -k:]
-                if not is_a or done >= n_clean0:
-                    cache.commit(done - start)
+                h = self._cached_step(canvas, sigma, done, k, cache, n_clean0=n_known + n_mdm)
             else:  # the reference: all L slots, clean then masked in decode order, every step
-                mask = causal_mask(L, prefix=min(done, n_clean0) if is_a else 0, device=device)
-                h = self.hidden(canvas, sigma, mask)[:, done:done + k]
+                prefix = min(done, n_known + n_mdm) if cfg.variant == "A" else 0
+                h = self.hidden(canvas, sigma, causal_mask(L, prefix=prefix, device=device))[:, done:done + k]
             canvas[:, done:done + k] = sample_tokens(self.lm_head(h), temperature, top_p, generator)
             done, nfe = done + k, nfe + 1
             if callback is not None:
                 callback(unpermute(canvas, sigma), nfe)
         return unpermute(canvas, sigma), nfe
+
+    def _cached_step(self, canvas, sigma, done, k, cache, n_clean0):
+        """One forward with the KV cache; returns the hidden states (B, k, C) of this step's k masks.
+
+        Variant B reads as AR decoding with a cache. The cache holds every token decoded before
+        the last step; feed the tokens decoded at the last step (now clean: their keys and
+        values are written one step late) followed by this step's k masks, causal in decode
+        order, then keep the clean tokens' entries and drop the masks'.
+        """
+        start = cache.length
+        if self.config.variant == "A" and done <= n_clean0:
+            return self._variant_a_clean_block_step(canvas, sigma, done, k, cache, n_clean0)
+        h = self.hidden(canvas[:, start:done + k], sigma[:, start:done + k],
+                        causal_mask(done + k - start, n_cached=start, device=canvas.device), cache)
+        cache.commit(done - start)
+        return h[:, -k:]
+
+    def _variant_a_clean_block_step(self, canvas, sigma, done, k, cache, n_clean0):
+        """Variant A while its clean block grows (the diffusion phase, up to the first sequential step).
+
+        Clean tokens attend to each other both ways, so their keys and values change whenever a
+        token joins the block: feed the whole block and the k masks every step, cache nothing,
+        and cache the block once it is complete, at the first sequential step (paper App. D.3).
+        From then on variant A decodes as B does.
+        """
+        h = self.hidden(canvas[:, :done + k], sigma[:, :done + k], causal_mask(done + k, prefix=done), cache)
+        if done == n_clean0:
+            cache.commit(done)
+        return h[:, -k:]
 
     def _check_canvas(self, num_samples, canvas, device):
         L, mask_id = self.config.block_size, self.mask_id
@@ -611,8 +649,7 @@ class EsoLM(nn.Module):
         if canvas is None:
             return torch.full((num_samples, L), mask_id, dtype=torch.long, device=device)
         canvas = torch.as_tensor(canvas, device=device)
-        if canvas.dim() == 1:
-            canvas = canvas[None]
+        canvas = canvas[None] if canvas.dim() == 1 else canvas
         if canvas.dtype != torch.long or canvas.size(1) != L or canvas.size(0) not in (1, num_samples):
             raise ValueError(f"canvas must be a LongTensor of shape ({num_samples} or 1, {L}), got "
                              f"{tuple(canvas.shape)} {canvas.dtype}")
@@ -629,10 +666,13 @@ class EsoLM(nn.Module):
     def likelihood(self, x, num_orders, generator=None, dense=False):
         """Importance-weighted any-order bound on the NLL of x (B, L), in nats per token (paper Thm 3.1).
 
-        One order covers a whole one-token-per-step trajectory, and one forward of
-        [all masks ; x sorted by the order] with the sequential mask gives its L conditionals.
-        With K orders: -log p(x) <= -[log(1/K) + logsumexp_k sum_l log p_k], which tightens as
-        K grows. Orders: a Bernoulli(alpha_0) subset first, in random order, the rest ascending.
+        Decoding one token per step along an order sigma gives p(x | sigma) = prod_l p(x_sigma(l) |
+        x_sigma(<l)), and one forward of [all masks ; x sorted by sigma] through the sequential
+        pattern gives all L factors. The model's p(x) is the average of p(x | sigma) over the
+        sampler's own orders: a random subset first (each position with probability ~alpha_0, the
+        diffusion phase), in random order, then the rest left to right (the sequential phase).
+        So for K orders drawn that way, the mean of p(x | sigma_k) estimates p(x) without bias,
+        and by Jensen E[-log mean] >= -log p(x): an upper bound, tighter as K grows.
         """
         if self.config.variant != "B":
             raise ValueError("the one-forward any-order bound needs variant B: under variant A the "
@@ -642,78 +682,15 @@ class EsoLM(nn.Module):
         all_masked = torch.ones_like(x, dtype=torch.bool)
         log_p = []
         for _ in range(num_orders):
-            late = torch.rand(B, L, device=x.device, generator=generator) >= self.config.alpha_0
-            order = sequential_order(late, torch.rand(B, L, device=x.device, generator=generator))
-            log_p.append(self._sequential_logprobs(x, all_masked, order, dense).sum(1))  # (B,)
+            late = torch.rand(B, L, device=x.device, generator=generator) >= self.config.alpha_0  # sequential phase
+            sigma = sequential_order(late, torch.rand(B, L, device=x.device, generator=generator))
+            log_p.append(self._sequential_logprobs(x, all_masked, sigma, dense).sum(1))  # (B,)
         log_px = torch.logsumexp(torch.stack(log_p), 0) - math.log(num_orders)  # (B,)
         return -log_px.mean() / L
 
 
 # -----------------------------------------------------------------------------
-# 7. Running a trained model: one precision policy, safe checkpoint loading
-
-
-def precision(device, dtype="auto"):
-    """(dtype name, autocast context): the one precision policy, for training, evaluation and sampling.
-
-    auto = bfloat16 autocast on CUDA (float16 where bf16 is missing), float32 elsewhere. bfloat16
-    also runs on CPUs; float16 needs CUDA (and a gradient scaler, which train.py adds).
-    """
-    device = torch.device(device)
-    if dtype == "auto":
-        cuda = device.type == "cuda"
-        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
-    if dtype == "float32":
-        return dtype, nullcontext()
-    if device.type != "cuda" and not (device.type == "cpu" and dtype == "bfloat16"):
-        raise ValueError(f"dtype {dtype} does not run on {device.type}: use float32")
-    return dtype, torch.autocast(device.type, dtype=getattr(torch, dtype))
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message names the file and why, in one line."""
-
-
-def load_checkpoint(path, device="cpu", ema=True):
-    """(model, checkpoint dict) of a file written by train.py, on `device`, in eval mode.
-
-    The model holds the EMA weights when the checkpoint has them (they are the ones to
-    evaluate and sample with); ema=False gives the raw weights. weights_only=True: only
-    tensors and plain values load, so a file that would run code while unpickling is refused.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint" if path.is_dir() else
-                              f"no checkpoint at {path}: train one with `python train.py` (or point --out_dir elsewhere)")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        text = " ".join(str(e).split())
-        if "unsupported global" in text.lower():  # the file names a callable to run while unpickling
-            raise CheckpointError(f"refusing {path}: it needs arbitrary code to unpickle, which a checkpoint of "
-                                  "ours never does (only load files you trust, with other tools)") from None
-        why = text.split("WeightsUnpickler error: ")[-1] or type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {why[:160]}") from None
-    need = {"model", "config", "tokenizer", "iter_num"}
-    if not isinstance(ckpt, dict) or not need <= set(ckpt):
-        missing = ", ".join(sorted(need - set(ckpt))) if isinstance(ckpt, dict) else "a dict"
-        raise CheckpointError(f"{path} is not an Eso-LM checkpoint (it lacks {missing})")
-    try:
-        model = EsoLM(EsoConfig(**ckpt["config"]))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} holds an incompatible model config: {e}") from None
-    try:
-        model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") else ckpt["model"])
-    except (RuntimeError, KeyError, TypeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path}: the weights do not fit its config ({first[:160]})") from None
-    return model.to(device).eval(), ckpt
-
-
-# -----------------------------------------------------------------------------
-# 8. `python eso.py`: the attention patterns of the paper's worked example (Figs. 6-9)
+# 7. `python eso.py`: the attention patterns of the paper's worked example (Figs. 6-9)
 
 
 def show_masks():
@@ -731,18 +708,18 @@ def show_masks():
         for label, row in zip(labels, mask.tolist()):
             print(f"  {label:>3} " + " ".join("  █" if a else "  ·" for a in row))
 
-    def label(order, half="z"):
-        return [("M" if masked[0, p] and half == "z" else x[p]) + str(p + 1) for p in order.tolist()]
+    def label(sigma, half="z"):
+        return [("M" if masked[0, p] and half == "z" else x[p]) + str(p + 1) for p in sigma.tolist()]
 
     for variant in ("B", "A"):
         prefix = n_clean if variant == "A" else 0
-        order = diffusion_order(masked, u)[0]
-        grid(f"Eso-LM ({variant}), diffusion phase: z sorted by sigma = {tuple(order.add(1).tolist())}",
-             label(order), prefix_lm(6, prefix)[0, 0])
+        sigma = diffusion_order(masked, u)[0]
+        grid(f"Eso-LM ({variant}), diffusion phase: z sorted by sigma = {tuple(sigma.add(1).tolist())}",
+             label(sigma), prefix_lm(6, prefix)[0, 0])
         keys = torch.arange(6.0)[None] / 6 if variant == "A" else u  # A: clean tokens in position order
-        order = sequential_order(masked, keys)[0]
+        sigma = sequential_order(masked, keys)[0]
         grid(f"Eso-LM ({variant}), sequential phase (training): [z ; x] sorted by sigma = "
-             f"{tuple(order.add(1).tolist())}", label(order) + label(order, "x"), sequential_mask(6, prefix)[0, 0])
+             f"{tuple(sigma.add(1).tolist())}", label(sigma) + label(sigma, "x"), sequential_mask(6, prefix)[0, 0])
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ CONFIG = dict(
     alpha_0=(None, "sampling-time alpha_0 (None: the model's own)", float),
     top_p=(0.8, "nucleus sampling (1 = off)"),
     temperature=(0.7, "sampling temperature"),
-    order=("random", "random, or block", ("random", "block")),
+    block_order=(False, "the paper's block order (streams of evenly spaced positions per step)"),
     judge=("", "out_dir of an alpha_0 = 0 model: its generative perplexity and entropy of the samples"),
     quiet=(False, "print only the JSON line"),
     seed=(1337, "seed of the sampler's generator for the first run"),
@@ -82,11 +82,11 @@ def main(argv):
     c, _ = cli.parse(CONFIG, argv, __doc__)
     dev = cli.device(c["device"])
     _, ctx = cli.precision(dev, c["dtype"])
-    model, ckpt = eso.load_checkpoint(Path(c["out_dir"]) / "ckpt.pt", dev)
+    model, ckpt = cli.load_checkpoint(Path(c["out_dir"]) / "ckpt.pt", dev)
     enc, L = get_tokenizer(ckpt["tokenizer"]), model.config.block_size
     a0 = model.config.alpha_0 if c["alpha_0"] is None else c["alpha_0"]
     try:
-        steps = eso.check_sampling_args(c["steps"], a0, c["temperature"], c["top_p"], c["order"])
+        steps = eso.check_sampling_args(c["steps"], a0, c["temperature"], c["top_p"])
         eso.whole("num_samples", c["num_samples"])
         eso.whole("seeds", c["seeds"])
     except ValueError as e:
@@ -95,7 +95,7 @@ def main(argv):
     vocab = corpus_words(enc.decode(load_dataset(dataset)[0][:20_000_000].tolist()))
     judge = None
     if c["judge"]:
-        judge, jckpt = eso.load_checkpoint(Path(c["judge"]) / "ckpt.pt", dev)
+        judge, jckpt = cli.load_checkpoint(Path(c["judge"]) / "ckpt.pt", dev)
         if judge.config.alpha_0 != 0 or jckpt["tokenizer"] != ckpt["tokenizer"] or judge.config.block_size < L:
             raise cli.UserError(f"--judge needs an alpha_0 = 0 model with the {ckpt['tokenizer']} tokenizer and "
                                 f"block_size >= {L}; {c['judge']} has alpha_0={judge.config.alpha_0}, "
@@ -105,7 +105,7 @@ def main(argv):
         generator = torch.Generator(dev).manual_seed(seed)
         with ctx:
             tokens, nfe = model.generate(c["num_samples"], steps, alpha_0=a0, temperature=c["temperature"],
-                                         top_p=c["top_p"], order=c["order"], generator=generator)
+                                         top_p=c["top_p"], block_order=c["block_order"], generator=generator)
         texts = [enc.decode(row.tolist()) for row in tokens]
         (f3, n3), (f4, n4) = word_share(texts, vocab, 3), word_share(texts, vocab, 4)
         run = {"seed": seed, "nfe": nfe, "words3": f3 / max(n3, 1), "words4": f4 / max(n4, 1),
@@ -126,7 +126,7 @@ def main(argv):
     if not c["quiet"] and len(runs) > 1:
         print(f"median of {len(runs)} seeds: " + ", ".join(f"{k} {median[k]:.4g}" for k in keys))
     print(json.dumps({"checkpoint": str(Path(c["out_dir"]) / "ckpt.pt"), "alpha_0_train": model.config.alpha_0,
-                      "alpha_0": a0, "steps": steps, "order": c["order"], "temperature": c["temperature"],
+                      "alpha_0": a0, "steps": steps, "block_order": c["block_order"], "temperature": c["temperature"],
                       "top_p": c["top_p"], "num_samples": c["num_samples"], "median": median, "runs": runs}))
     return 0
 

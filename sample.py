@@ -31,7 +31,7 @@ CONFIG = dict(
     alpha_0=(None, "sampling-time alpha_0 (None: the model's own)", float),
     top_p=(0.8, "nucleus sampling (1 = off)"),
     temperature=(0.7, "below 1 sharpens the distribution (chosen by measurement, see RESULTS.md)"),
-    order=("random", "random, or block (evenly spaced streams per diffusion step)", ("random", "block")),
+    block_order=(False, "the paper's block order: each diffusion step decodes a stream of evenly spaced positions"),
     kv_cache=(True, "False: the slow reference, a full forward per step (same tokens)"),
     prompt=("", "known text at the start; FILE:path reads it from a file"),
     infill=("", "a template: text with {{N}} where N tokens are to be generated"),
@@ -77,11 +77,11 @@ def main(argv):
         raise cli.UserError("use --prompt or --infill, not both (a prompt is a template without spans)")
     dev = cli.device(c["device"])
     _, ctx = cli.precision(dev, c["dtype"])
-    model, ckpt = eso.load_checkpoint(Path(c["out_dir"]) / "ckpt.pt", dev)  # the EMA weights when there are some
+    model, ckpt = cli.load_checkpoint(Path(c["out_dir"]) / "ckpt.pt", dev)  # the EMA weights when there are some
     L, mask_id, enc = model.config.block_size, model.mask_id, get_tokenizer(ckpt["tokenizer"])
     a0 = model.config.alpha_0 if c["alpha_0"] is None else c["alpha_0"]
     try:
-        steps = eso.check_sampling_args(c["steps"], a0, c["temperature"], c["top_p"], c["order"])
+        steps = eso.check_sampling_args(c["steps"], a0, c["temperature"], c["top_p"])
         eso.whole("num_samples", c["num_samples"])
     except ValueError as e:
         raise cli.UserError(f"--{e}") from None
@@ -105,8 +105,9 @@ def main(argv):
     t0 = time.perf_counter()
     with ctx:
         tokens, nfe = model.generate(c["num_samples"], steps, alpha_0=a0, temperature=c["temperature"],
-                                     top_p=c["top_p"], canvas=canvas, order=c["order"], kv_cache=c["kv_cache"],
-                                     generator=generator, callback=show if c["show_steps"] else None)
+                                     top_p=c["top_p"], canvas=canvas, block_order=c["block_order"],
+                                     kv_cache=c["kv_cache"], generator=generator,
+                                     callback=show if c["show_steps"] else None)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

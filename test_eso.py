@@ -338,7 +338,7 @@ def test_sampling_example_from_the_paper(monkeypatch):
 
 def test_block_order_decodes_evenly_spaced_streams():
     known = torch.zeros(2, 64, dtype=torch.bool)
-    sigma = eso.sampling_order(known, 64, 4, "block", gen(0))
+    sigma = eso.sampling_order(known, 64, 4, True, gen(0))
     for b in range(2):
         assert sorted(sigma[b].tolist()) == list(range(64))
         for j in range(4):  # each run of 16 is one stream: positions congruent mod 4
@@ -346,7 +346,7 @@ def test_block_order_decodes_evenly_spaced_streams():
     # any L, alpha_0 and step count: a permutation, the sequential part left to right
     known = torch.zeros(3, 37, dtype=torch.bool)
     known[:, [0, 5]] = True
-    sigma = eso.sampling_order(known, 20, 6, "block", gen(1))
+    sigma = eso.sampling_order(known, 20, 6, True, gen(1))
     assert all(sorted(r) == list(range(37)) for r in sigma.tolist())
     assert sigma[:, :2].tolist() == [[0, 5]] * 3 and (sigma[:, 22:].diff(dim=1) > 0).all()
 
@@ -366,7 +366,8 @@ def test_cached_sampling_equals_the_uncached_reference(variant, alpha_0, with_ca
     for kv_cache in (True, False):
         logits = []
         hook = model.lm_head.register_forward_hook(lambda m, i, out: logits.append(out.clone()))
-        tokens, nfe = model.generate(3, 7, canvas=canvas, order=order, kv_cache=kv_cache, generator=gen(1))
+        tokens, nfe = model.generate(3, 7, canvas=canvas, block_order=order == "block", kv_cache=kv_cache,
+                                     generator=gen(1))
         hook.remove()
         runs.append((tokens, nfe, logits))
     (t1, n1, l1), (t2, n2, l2) = runs
@@ -395,7 +396,7 @@ def test_generate_is_reproducible_and_respects_sampling_alpha():
     (dict(steps=0), "steps"), (dict(steps=2.5), "steps"), (dict(steps="8"), "steps"), (dict(steps=True), "steps"),
     (dict(num_samples=1.5), "num_samples"), (dict(alpha_0=-0.1), "alpha_0"), (dict(temperature=0.0), "temperature"),
     (dict(top_p=float("nan")), "top_p"),
-    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(order="zigzag"), "order"),
+    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
     (dict(canvas=torch.zeros(1, 5, dtype=torch.long)), "canvas"), (dict(num_samples=0), "num_samples"),
     (dict(canvas=torch.tensor([[11] * 23 + [1], [11] * 22 + [1, 1]]), num_samples=2), "same number of masks"),
 ])
@@ -698,7 +699,7 @@ def test_word_and_blank_shares():
 
 
 def test_evaluate_draws_what_sample_draws():
-    for key in ("steps", "alpha_0", "top_p", "temperature", "order", "seed"):
+    for key in ("steps", "alpha_0", "top_p", "temperature", "block_order", "seed"):
         assert evaluate.CONFIG[key][0] == sample.CONFIG[key][0], key
 
 
@@ -776,14 +777,14 @@ def test_ema_update_rule():
 def test_evaluation_and_sampling_use_the_ema_weights(dataset, trained, run):
     out, _ = trained
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
-    ema, _ = eso.load_checkpoint(out / "ckpt.pt")
-    raw, _ = eso.load_checkpoint(out / "ckpt.pt", ema=False)
+    ema, _ = cli.load_checkpoint(out / "ckpt.pt")
+    raw, _ = cli.load_checkpoint(out / "ckpt.pt", ema=False)
     assert all(torch.equal(ema.state_dict()[k], ckpt["ema"][k]) for k in ckpt["ema"])
     assert all(torch.equal(raw.state_dict()[k], ckpt["model"][k]) for k in ckpt["model"])
     assert not all(torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["model"])
     c = ckpt["train_config"]
     val = prepare.load_dataset(dataset, 32)[1]
-    with_ema, with_raw = (train.evaluate(m, val, c, eso.precision("cpu")[1])["nelbo"] for m in (ema, raw))
+    with_ema, with_raw = (train.evaluate(m, val, c, cli.precision("cpu")[1])["nelbo"] for m in (ema, raw))
     assert with_ema != with_raw
     code, stdout, _ = run(train, f"--out_dir={out}", "--eval_only=True", f"--dataset={dataset}")
     assert code == 0 and json.loads(stdout.splitlines()[-1])["nelbo"] == pytest.approx(with_ema, rel=1e-6)
@@ -841,11 +842,11 @@ def test_without_float64_sampling_and_validation_need_none(dataset, monkeypatch)
     expected = [model.generate(2, 5, kv_cache=k, generator=gen(4))[0] for k in (True, False)]
     c = dict(eval_iters=2, batch_size=4, block_size=24)
     val = prepare.load_dataset(dataset, 32)[1] % 11
-    wide = train.evaluate(model, val, c, eso.precision("cpu")[1])
+    wide = train.evaluate(model, val, c, cli.precision("cpu")[1])
     monkeypatch.setattr(eso, "has_float64", lambda device: False)
     with NoFloat64():
         tokens = [model.generate(2, 5, kv_cache=k, generator=gen(4))[0] for k in (True, False)]
-        narrow = train.evaluate(model, val, c, eso.precision("cpu")[1])
+        narrow = train.evaluate(model, val, c, cli.precision("cpu")[1])
         with pytest.raises(AssertionError, match="float64"):  # the guard itself works
             torch.zeros(2, dtype=torch.float64)
     assert torch.equal(tokens[0], tokens[1]) and not torch.equal(tokens[0], expected[0])  # another law, same draws
@@ -916,7 +917,7 @@ def test_kill_9_leaves_the_previous_checkpoint_loadable(dataset, tmp_path, run):
         time.sleep(delay)
         p.kill()
         p.wait()
-        eso.load_checkpoint(out / "ckpt.pt")
+        cli.load_checkpoint(out / "ckpt.pt")
     code, _, err = run(train, f"--out_dir={out}", "--init_from=resume", f"--dataset={dataset}", "--max_iters=3",
                        "--eval_interval=100")
     assert code == 0, err
@@ -971,8 +972,8 @@ def test_checkpoints_that_would_run_code_are_refused(tmp_path, run):
     path = tmp_path / "evil" / "ckpt.pt"
     path.parent.mkdir()
     torch.save({"model": Exploit(marker), "config": {}, "tokenizer": "bytes", "iter_num": 0}, path)
-    with pytest.raises(eso.CheckpointError, match="arbitrary code"):
-        eso.load_checkpoint(path)
+    with pytest.raises(cli.CheckpointError, match="arbitrary code"):
+        cli.load_checkpoint(path)
     code, _, err = run(sample, f"--out_dir={path.parent}")
     assert code == 2 and "arbitrary code" in err
     assert not marker.exists()  # the code did not run...

@@ -210,7 +210,7 @@ def main(argv):
     # the model: from scratch, or from the checkpoint (which then decides the model and the run's settings)
     ckpt = None
     if c["init_from"] == "resume" or c["eval_only"]:
-        raw_model, ckpt = eso.load_checkpoint(ckpt_path, device, ema=False)
+        raw_model, ckpt = cli.load_checkpoint(ckpt_path, device, ema=False)
         config = raw_model.config
         for k in MODEL_KEYS:
             if k in given and c[k] != getattr(config, k):
