@@ -11,23 +11,30 @@ Notation, used everywhere below:
   x          a clean sequence of L tokens (positions 0..L-1). [MASK] is one extra token id.
   z          a partially masked copy of x. A position is *clean* in z when it holds x's token,
              *masked* when it holds [MASK].
-  time t     runs from 1 (noise: almost every token masked) down to 0 (data: a share alpha_0
-             of the tokens clean, the rest still masked). z_t keeps each token of x with
-             probability alpha_t = alpha_0 (1 - (1 - EPS) t) and masks it otherwise, so
-             alpha_1 = EPS alpha_0 ~ 0 and alpha_0 at t = 0; alpha'_t = d alpha_t / dt = -alpha_0 (1 - EPS).
-  z_0        what the diffusion phase hands to the sequential phase: each token clean with
-             probability alpha_0. The sequential phase fills its masks one at a time, left to right.
+  time t     noising runs from t = 0 to t = 1, sampling back from 1 (almost every token masked)
+             to 0. z_t keeps each token of x with probability alpha_t = alpha_0 (1 - (1 - EPS) t)
+             and masks it otherwise: alpha_1 = EPS alpha_0 ~ 0, alpha at t = 0 is alpha_0, and
+             alpha'_t = d alpha_t / dt = -alpha_0 (1 - EPS).
+  z_0        what the diffusion (MDM: masked diffusion model) phase hands to the sequential phase:
+             each token clean with probability alpha_0, the rest still masked. The sequential
+             (AR: autoregressive) phase fills those masks one at a time, left to right.
   sigma      an order: sigma[b, i] is the position decoded i-th in row b. Tokens are laid out
              ("sorted") in decode order, clean before masked, and keep their *original*
-             positions through rotary embeddings. "Before" and "to its left" below mean
-             earlier in decode order.
+             positions through rotary embeddings; a *slot* is an index in that layout. "Before"
+             and "to its left" below mean earlier in decode order.
   NFE        number of function evaluations: transformer forwards spent by a sampler.
   eq. 7      the paper's hybrid NELBO, an upper bound on -log p(x) with two terms:
              sequential: E_{z_0} [ sum over masked l of -log p(x_l | clean of z_0, x at masked positions < l) ]
              diffusion:  E_{t, z_t} [ -alpha'_t / (1 - alpha_t) sum over masked l of -log p(x_l | z_t) ]
+             (NELBO: negative evidence lower bound). p(x) = sum over z_0 of p_AR(x | z_0) p_MDM(z_0):
+             the first term is the exact AR likelihood given z_0, the second MDLM's (the masked
+             diffusion LM's) continuous-time bound for the diffusion part, E_q[log q(z_0 | x) -
+             log p_MDM(z_0)]; on average a token is scored with weight alpha_0 there, 1 - alpha_0 in the first.
+  kappa      the share of a batch's rows that estimate the diffusion term (the rest: sequential).
 
-Attention is causal in decode order, so a clean token never attends to anything decoded
-after it: its keys and values never change, and one KV cache serves both phases.
+Variant B (the paper's main model) is causal in decode order everywhere, so a clean token never
+attends to anything decoded after it: its keys and values never change, and one KV cache serves
+both phases. Variant A (an ablation) lets clean tokens see each other both ways.
 
 Read top to bottom:
   1. config                       EsoConfig
@@ -66,7 +73,7 @@ class EsoConfig:
     n_head: int = 6
     n_embd: int = 384
     dropout: float = 0.0
-    alpha_0: float = 0.5  # share of tokens clean in z_0; the diffusion phase makes alpha_0 (1 - EPS) / (1 - EPS alpha_0)
+    alpha_0: float = 0.5  # share of tokens clean in z_0 (the diffusion phase makes a hair less: unmask_schedule)
     variant: str = "B"  # "B": causal everywhere, KV cache in both phases; "A": clean tokens attend bidirectionally
     loss_type: str = "elbo"  # "elbo" or "low_var" (diffusion weight 1 in training; the paper's choice at alpha_0 = 1)
     batch_split: Optional[float] = None  # kappa, fraction of a batch for the diffusion term; None = the paper's
@@ -213,7 +220,7 @@ def alpha(t, alpha_0):
 
 
 def sample_t(n, device, generator=None):
-    """n low-discrepancy ("antithetic") times in [T_EPS, 1]: t_i = ((u + i) / n) mod 1."""
+    """n stratified times in [T_EPS, 1], t_i = ((u + i) / n) mod 1 (the reference calls them antithetic)."""
     u = torch.rand(1, device=device, generator=generator)
     t = ((u + torch.arange(n, device=device)) / n) % 1
     return (1 - T_EPS) * t + T_EPS
@@ -286,22 +293,23 @@ def sequential_mask(L, prefix=0, device=None):
 
 
 class SequentialPattern:
-    """sequential_mask's pattern without its waste, over [x sorted ; z slots s0..L-1] (L + m tokens).
+    """sequential_mask's pattern without its waste, over [x sorted ; z slots n_skip..L-1] (L + m tokens).
 
     The loss reads only the z slots of masked tokens, and no slot attends to a z slot but
-    itself, so the z slots before s0 (clean in every row: costless to drop) are not fed at all.
+    itself, so the z slots before n_skip (clean in every row: costless to drop) are not fed at all.
     What is left runs as attention calls that skip the blocks sequential_mask rules out:
       x slot i -> x slots j <= i: SDPA's causal kernel (variant A: its prefix-LM mask, x_mask);
       z slot i -> x slots j < i, and itself: chunks of z queries, each against the x keys
-                  before its last slot plus its own keys, so the upper triangle costs one chunk.
-    sequential_mask with the z outputs of the slots >= s0 is the reference (dense=True).
+                  before its last slot plus its own keys: of the ruled-out scores, only each chunk's
+                  own triangle is computed.
+    sequential_mask with the z outputs of the slots >= n_skip is the reference (dense=True).
     """
     CHUNK = 128  # z queries per attention call
 
-    def __init__(self, L, s0, x_mask=None, device=None):
-        self.L, self.s0, self.x_mask = L, s0, x_mask
-        self.z_sizes = [min(self.CHUNK, L - s0 - a) for a in range(0, L - s0, self.CHUNK)]  # z slots per chunk
-        ends = [s0 + a - 1 for a in itertools.accumulate(self.z_sizes)]  # chunk c sees x slots < ends[c]
+    def __init__(self, L, n_skip, x_mask=None, device=None):
+        self.L, self.n_skip, self.x_mask = L, n_skip, x_mask
+        self.z_sizes = [min(self.CHUNK, L - n_skip - a) for a in range(0, L - n_skip, self.CHUNK)]  # z slots per chunk
+        ends = [n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)]  # chunk c's last slot: it sees x < it
         self.x_sizes = [e - s for s, e in zip([0] + ends, ends + [L])]  # x slots as pieces: [0, ends[0]), ...
         self.masks = []  # chunk c: its z queries against [x slots < ends[c] ; its own z keys]
         for size, end in zip(self.z_sizes, ends):
@@ -309,7 +317,7 @@ class SequentialPattern:
             to_x = torch.arange(end, device=device) < slot  # strictly earlier x slots
             self.masks.append(torch.cat([to_x, torch.eye(size, dtype=torch.bool, device=device)], 1))
 
-    def attend(self, q, k, v, dropout_p=0.0):  # q, k, v: (B, nh, L + m, hd); m = L - s0
+    def attend(self, q, k, v, dropout_p=0.0):  # q, k, v: (B, nh, L + m, hd); m = L - n_skip
         sdpa = F.scaled_dot_product_attention
         (qx, qz), (kx, kz), (vx, vz) = (t.split([self.L, t.size(2) - self.L], 2) for t in (q, k, v))
         ys = [sdpa(qx, kx, vx, attn_mask=self.x_mask, is_causal=self.x_mask is None, dropout_p=dropout_p)]
@@ -351,20 +359,22 @@ def check_sampling_args(steps, alpha_0, temperature, top_p):
 def unmask_schedule(n_masked, steps, alpha_0, generator=None, device="cpu"):
     """Sizes of the non-empty diffusion steps, in time order (paper Alg. 2), in one vectorised draw.
 
-    Step i of T runs t from t_i to s_i = t_i - 1/T (t_0 = 1, s_i = t_{i+1}, s_{T-1} = 0) and
-    unmasks n ~ Binomial(remaining masks, p_i), p_i = (alpha_s - alpha_t) / (1 - alpha_t). For
-    one mask, the chance to be unmasked exactly at step i is the product of surviving the
-    steps before, 1 - p_j = (1 - alpha_{s_j}) / (1 - alpha_{t_j}), which telescopes:
+    Step i = 0..T-1 runs t from t_i = 1 - i/T to s_i = t_i - 1/T = t_{i+1} and unmasks
+    n ~ Binomial(remaining masks, p_i), p_i = (alpha_s - alpha_t) / (1 - alpha_t). A binomial
+    over the remaining masks is each mask unmasking on its own with probability p_i, so follow
+    one mask: its chance to be unmasked exactly at step i is the product of surviving the steps
+    before, 1 - p_j = (1 - alpha_{s_j}) / (1 - alpha_{t_j}), and that product telescopes:
         prod_{j<i} (1 - p_j) = (1 - alpha_{t_i}) / (1 - alpha_1),
         P(step i) = (1 - alpha_{t_i}) / (1 - alpha_1) * p_i = (alpha_{s_i} - alpha_{t_i}) / (1 - alpha_1).
-    alpha is linear in t, so this is the same for every step: each mask is unmasked at all with
-    probability sum_i P(step i) = (alpha_0 - alpha_1) / (1 - alpha_1), and then at a uniformly
+    alpha is linear in t and the steps are equal, so this is the same for every step: each mask
+    is unmasked at all with probability sum_i P(step i) = (alpha_0 - alpha_1) / (1 - alpha_1), then at a uniformly
     random step, independently of the others. That is two draws per mask, however large T is
     (the paper's speed protocol uses T = 1e6). Masks not drawn go to the sequential phase.
 
     Why alpha_0 (1 - EPS) / (1 - EPS alpha_0), not alpha_0: the chain starts at t = 1 from all
     masks, but the schedule would have a share alpha_1 = EPS alpha_0 clean there already, so the
-    diffusion phase makes (alpha_0 - alpha_1) / (1 - alpha_1), slightly less than alpha_0.
+    diffusion phase makes (alpha_0 - alpha_1) / (1 - alpha_1), a hair less than alpha_0 (0.49975
+    for 0.5); training and the likelihood use alpha_0 itself.
     """
     p_mdm = (alpha_0 - alpha(1.0, alpha_0)) / (1 - alpha(1.0, alpha_0))  # 1 exactly at alpha_0 = 1
     in_mdm = torch.rand(n_masked, device=device, generator=generator) < p_mdm
@@ -372,19 +382,21 @@ def unmask_schedule(n_masked, steps, alpha_0, generator=None, device="cpu"):
     return step[in_mdm].unique(return_counts=True)[1].tolist()
 
 
-def sampling_order(known, n_mdm, n_steps, block_order=False, generator=None):
+def sampling_order(known, n_mdm, n_diffusion_steps, block_order=False, generator=None):
     """sigma (B, L) for sampling: sigma[b, i] = the position decoded i-th in row b.
 
     1. Known tokens first, left to right (fed once, as the first chunk's clean tokens).
     2. The diffusion positions: n_mdm of the masks, a uniformly random subset per row, in
        random order; the step sizes then cut this list into steps.
     3. The sequential positions: the other masks, left to right.
-    block_order=True (the paper's "subcontext" order) lays the diffusion positions out as
-    S = n_steps streams of evenly spaced positions: sorted left to right, the r-th goes to
-    stream r mod S; streams come one after another in random order, shuffled inside. Streams
-    hold about n_mdm / S positions, a step's expected size, so a step decodes about one stream:
-    positions far apart. Step sizes are random, so a step may end inside a stream; this works
-    for any L, alpha_0 and steps, and the sequential positions stay a random subset, as in training.
+    block_order=True generalises the paper's block ("subcontext", App. E.10) order to any L,
+    alpha_0 and T: with S = the number of non-empty diffusion steps, the diffusion positions,
+    sorted left to right, are dealt into S streams, the r-th to stream r mod S (8 positions
+    p0 < ... < p7 and S = 3 give {p0, p3, p6}, {p1, p4, p7}, {p2, p5}); the streams follow one
+    another in random order, shuffled inside. A stream holds about n_mdm / S positions, a step's
+    expected size, so a step decodes about one stream of positions far apart; step sizes are
+    random, so a step may also end inside a stream. The sequential positions stay a random
+    subset, as in training. (Training orders clean tokens randomly, not in streams.)
     """
     B, L = known.shape
     pos = torch.arange(L, device=known.device)
@@ -394,7 +406,7 @@ def sampling_order(known, n_mdm, n_steps, block_order=False, generator=None):
     drawn = masks.gather(1, torch.rand(masks.shape, device=known.device, generator=generator).argsort(1))
     diffusion, sequential = drawn[:, :n_mdm], drawn[:, n_mdm:].sort(1).values  # (B, n_mdm), (B, N - n_mdm)
     if block_order and n_mdm:
-        diffusion, S = diffusion.sort(1).values, max(n_steps, 1)
+        diffusion, S = diffusion.sort(1).values, max(n_diffusion_steps, 1)
         stream_rank = torch.rand(B, S, device=known.device, generator=generator).argsort(1)  # (B, S) random ranks
         stream = (torch.arange(n_mdm, device=known.device) % S).expand(B, n_mdm)  # the stream of each
         key = stream_rank.gather(1, stream) + torch.rand(B, n_mdm, device=known.device, generator=generator)
@@ -489,7 +501,7 @@ class EsoLM(nn.Module):
 
         The first round(kappa * B) rows estimate the diffusion term, the rest the sequential
         term; each part is a sum over masked tokens divided by all tokens of its rows, and
-        the loss is their sum: an unbiased estimate of the per-token NELBO. Pass
+        the loss is their sum: an estimate of the per-token NELBO (t from [T_EPS, 1]). Pass
         loss_type="elbo" for validation whatever the training loss type.
         """
         B = x.size(0)
@@ -538,12 +550,13 @@ class EsoLM(nn.Module):
     def sequential_nll(self, x, masked, sigma, dense=False):
         """The AR term for given draws: masked (B, L) bool, sigma (B, L) clean first, masked ascending.
 
-        Why the 2L input [z_0 sorted ; x sorted] and not a shift by one: the prediction for a
-        masked position l is made at a [MASK] slot carrying l's position, as the sampler does (it
-        feeds a [MASK] token at l), so the slot cannot also hold x_l. The true tokens before it
-        come from a second stream: z slot l sees itself and the x slots before l (all clean
-        tokens of z_0, and x at the masked positions left of l). The z slots of clean tokens
-        are fed only by the dense reference; the fast path drops them (SequentialPattern).
+        Why the 2L input [z_0 sorted ; x sorted] and not a shift by one: in a permuted order the
+        previous slot does not know where the next target sits, so the prediction for masked
+        position l is made at a [MASK] token carrying l's position, as the sampler does; that
+        slot cannot also hold x_l for later slots to read. So the true tokens come from a second
+        stream: the z slot of l sees itself and the x slots before it in decode order (all clean
+        tokens of z_0, and x at the masked positions left of l). The z slots of clean tokens are
+        fed only by the dense reference; the fast path drops them (SequentialPattern, [x ; z]).
         """
         B, L = x.shape
         return -(self._sequential_logprobs(x, masked, sigma, dense) * masked.gather(1, sigma)).sum() / (B * L)
@@ -552,7 +565,7 @@ class EsoLM(nn.Module):
         """log p(x at each sorted slot) (B, L) from one forward of [z_0 sorted ; x sorted].
 
         dense=True is the reference: all 2L tokens through sequential_mask. The fast path feeds
-        [x sorted ; z slots s0..L-1] through SequentialPattern; slots before s0 get log p = 0.
+        [x sorted ; z slots n_skip..L-1] through SequentialPattern; slots before n_skip get log p = 0.
         """
         L = x.size(1)
         z = torch.where(masked, self.mask_id, x)
@@ -561,14 +574,14 @@ class EsoLM(nn.Module):
         prefix = n_clean if self.config.variant == "A" else 0
         if dense:
             mask = sequential_mask(L, prefix, x.device)
-            h, s0 = self.hidden(torch.cat([z_sorted, x_sorted], 1), torch.cat([sigma, sigma], 1), mask)[:, :L], 0
+            h, n_skip = self.hidden(torch.cat([z_sorted, x_sorted], 1), torch.cat([sigma, sigma], 1), mask)[:, :L], 0
         else:
-            s0 = int(n_clean.min())  # slots < s0 are clean in every row: their z outputs are never read
-            pattern = SequentialPattern(L, s0, causal_mask(L, prefix=prefix, device=x.device), x.device)
-            h = self.hidden(torch.cat([x_sorted, z_sorted[:, s0:]], 1), torch.cat([sigma, sigma[:, s0:]], 1),
-                            pattern)[:, L:]  # (B, L - s0, C): the z slots
+            n_skip = int(n_clean.min())  # slots < n_skip are clean in every row: their z outputs are never read
+            pattern = SequentialPattern(L, n_skip, causal_mask(L, prefix=prefix, device=x.device), x.device)
+            h = self.hidden(torch.cat([x_sorted, z_sorted[:, n_skip:]], 1), torch.cat([sigma, sigma[:, n_skip:]], 1),
+                            pattern)[:, L:]  # (B, L - n_skip, C): the z slots
         logp = F.log_softmax(self.lm_head(h).float(), dim=-1)
-        return F.pad(logp.gather(-1, x_sorted[:, s0:, None]).squeeze(-1), (s0, 0))
+        return F.pad(logp.gather(-1, x_sorted[:, n_skip:, None]).squeeze(-1), (n_skip, 0))
 
     # Sampling (paper Alg. 3) ------------------------------------------------------
 
@@ -578,7 +591,8 @@ class EsoLM(nn.Module):
         """Sample (num_samples, L) tokens. Returns (tokens, nfe): tokens never hold the mask id;
         nfe is the number of transformer forwards spent.
 
-        steps: T of the diffusion schedule (any value >= 1; T >= L gives one token per step).
+        steps: T of the diffusion schedule (any value >= 1; steps are drawn independently, so only
+        T >> L, e.g. 1e6, gives about one token per step).
         alpha_0: sampling-time alpha_0 (None = the model's). canvas: (num_samples or 1, L) with
         known tokens kept exactly and the mask id elsewhere (a prompt, or an infilling
         template); every row must have the same number of masks. block_order: the paper's
@@ -601,12 +615,13 @@ class EsoLM(nn.Module):
         sigma = sampling_order(known, n_mdm, n_diffusion_steps, block_order, generator)  # (B, L)
         canvas = canvas.gather(1, sigma)  # (B, L): canvas[b, i] = the token at position sigma[b, i]
         cache = KVCache(cfg.n_layer, L) if kv_cache else None
-        done, nfe = n_known, 0  # canvas[:, :done] is decoded
+        n_clean0 = n_known + n_mdm  # the clean tokens of z_0: known and diffusion tokens
+        done, nfe = n_known, 0  # canvas[:, :done] is decoded; the first step feeds the known tokens
         for k in sizes:  # k = the number of tokens this step decodes
             if kv_cache:
-                h = self._cached_step(canvas, sigma, done, k, cache, n_clean0=n_known + n_mdm)
+                h = self._cached_step(canvas, sigma, done, k, cache, n_clean0)
             else:  # the reference: all L slots, clean then masked in decode order, every step
-                prefix = min(done, n_known + n_mdm) if cfg.variant == "A" else 0
+                prefix = min(done, n_clean0) if cfg.variant == "A" else 0
                 h = self.hidden(canvas, sigma, causal_mask(L, prefix=prefix, device=device))[:, done:done + k]
             canvas[:, done:done + k] = sample_tokens(self.lm_head(h), temperature, top_p, generator)
             done, nfe = done + k, nfe + 1
@@ -620,11 +635,13 @@ class EsoLM(nn.Module):
         Variant B reads as AR decoding with a cache. The cache holds every token decoded before
         the last step; feed the tokens decoded at the last step (now clean: their keys and
         values are written one step late) followed by this step's k masks, causal in decode
-        order, then keep the clean tokens' entries and drop the masks'.
+        order, then keep the clean tokens' entries and drop the masks'. Exact, because attention
+        is causal in decode order: a clean token's keys and values depend only on tokens decoded
+        before it, which never change, and a mask's entries are never read by a later step.
         """
-        start = cache.length
         if self.config.variant == "A" and done <= n_clean0:
             return self._variant_a_clean_block_step(canvas, sigma, done, k, cache, n_clean0)
+        start = cache.length
         h = self.hidden(canvas[:, start:done + k], sigma[:, start:done + k],
                         causal_mask(done + k - start, n_cached=start, device=canvas.device), cache)
         cache.commit(done - start)
@@ -634,9 +651,9 @@ class EsoLM(nn.Module):
         """Variant A while its clean block grows (the diffusion phase, up to the first sequential step).
 
         Clean tokens attend to each other both ways, so their keys and values change whenever a
-        token joins the block: feed the whole block and the k masks every step, cache nothing,
-        and cache the block once it is complete, at the first sequential step (paper App. D.3).
-        From then on variant A decodes as B does.
+        token joins the block: feed the whole block and the k masks every step, commit nothing (the
+        buffers are scratch), and commit the block once complete, at the first sequential step (App. D.3).
+        From then on variant A decodes as B does; at alpha_0 = 1 there is no such step, so A never caches.
         """
         h = self.hidden(canvas[:, :done + k], sigma[:, :done + k], causal_mask(done + k, prefix=done), cache)
         if done == n_clean0:
@@ -668,11 +685,12 @@ class EsoLM(nn.Module):
 
         Decoding one token per step along an order sigma gives p(x | sigma) = prod_l p(x_sigma(l) |
         x_sigma(<l)), and one forward of [all masks ; x sorted by sigma] through the sequential
-        pattern gives all L factors. The model's p(x) is the average of p(x | sigma) over the
-        sampler's own orders: a random subset first (each position with probability ~alpha_0, the
-        diffusion phase), in random order, then the rest left to right (the sequential phase).
-        So for K orders drawn that way, the mean of p(x | sigma_k) estimates p(x) without bias,
-        and by Jensen E[-log mean] >= -log p(x): an upper bound, tighter as K grows.
+        pattern gives all L factors. The model's p(x) is, by definition of its generative process
+        (one token per step, no prompt), the average of p(x | sigma) over the sampler's orders: a
+        random subset first (each position with probability alpha_0 here; the sampler's share is a
+        hair lower, see unmask_schedule), in random order, then the rest left to right. So for K
+        orders drawn that way the mean of p(x | sigma_k) estimates p(x) without bias, and by Jensen
+        E[-log mean] >= -log p(x): an upper bound on the NLL of that process, tighter as K grows.
         """
         if self.config.variant != "B":
             raise ValueError("the one-forward any-order bound needs variant B: under variant A the "
