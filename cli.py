@@ -21,6 +21,23 @@ import eso
 from data.prepare import PrepareError
 
 
+# The flags of every script that runs a model, and the sampler's, which sample.py and evaluate.py share
+# (so that evaluate.py scores exactly what sample.py prints).
+SYSTEM = dict(
+    device=("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
+    dtype=("auto", "auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16 or float16",
+           ("auto", "float32", "bfloat16", "float16")),
+)
+SAMPLING = dict(
+    steps=(128, "T of the diffusion schedule; NFE = non-empty diffusion steps + sequential tokens"),
+    alpha_0=(None, "sampling-time alpha_0 (None: the model's own)", float),
+    top_p=(0.8, "nucleus sampling (1 = off)"),
+    temperature=(0.6, "below 1 sharpens the distribution (chosen by measurement, see RESULTS.md)"),
+    block_order=(False, "the paper's block order: each diffusion step decodes a stream of evenly spaced positions"),
+    seed=(1337, "seed of the sampler's generator"),
+)
+
+
 class UserError(Exception):
     """A mistake of the user's: one line on stderr, exit status 2."""
     status = 2
@@ -137,8 +154,8 @@ def load_checkpoint(path, device="cpu", ema=True):
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint" if path.is_dir() else
-                              f"no checkpoint at {path}: train one with `python train.py` (or point --out_dir elsewhere)")
+        raise CheckpointError(f"{path} is a folder, not a checkpoint" if path.is_dir() else f"no checkpoint at "
+                              f"{path}: train one with `python train.py` (or point --out_dir elsewhere)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:

@@ -30,22 +30,15 @@ import eso
 from data.prepare import get_tokenizer, load_dataset
 
 # -----------------------------------------------------------------------------
-# Defaults: the sampling ones are sample.py's (a test keeps them equal).
+# Defaults: each is a flag, --key=value; the sampling ones are sample.py's (cli.SAMPLING).
 CONFIG = dict(
     out_dir=("out", "folder of ckpt.pt (written by train.py)"),
     num_samples=(8, "samples per seed"),
     seeds=(1, "how many seeds: seed, seed + 1, ...; medians are printed when more than one"),
-    steps=(128, "T of the diffusion schedule"),
-    alpha_0=(None, "sampling-time alpha_0 (None: the model's own)", float),
-    top_p=(0.8, "nucleus sampling (1 = off)"),
-    temperature=(0.7, "sampling temperature"),
-    block_order=(False, "the paper's block order (streams of evenly spaced positions per step)"),
+    **cli.SAMPLING,  # sample.py's: steps, alpha_0, top_p, temperature, block_order, seed
     judge=("", "out_dir of an alpha_0 = 0 model: its generative perplexity and entropy of the samples"),
     quiet=(False, "print only the JSON line"),
-    seed=(1337, "seed of the sampler's generator for the first run"),
-    device=("auto", "auto, cpu, cuda, cuda:N or mps"),
-    dtype=("auto", "auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16 or float16",
-           ("auto", "float32", "bfloat16", "float16")),
+    **cli.SYSTEM,  # device, dtype
 )
 WORD = re.compile(r"[a-z]+")
 
@@ -91,7 +84,7 @@ def main(argv):
         eso.whole("seeds", c["seeds"])
     except ValueError as e:
         raise cli.UserError(f"--{e}") from None
-    dataset = ckpt.get("train_config", {}).get("dataset", "python_docs")
+    dataset = ckpt.get("train_config", {}).get("dataset", "python_prose")
     vocab = corpus_words(enc.decode(load_dataset(dataset)[0][:20_000_000].tolist()))
     judge = None
     if c["judge"]:

@@ -27,20 +27,13 @@ from data.prepare import get_tokenizer
 CONFIG = dict(
     out_dir=("out", "folder of ckpt.pt (written by train.py)"),
     num_samples=(3, "samples to draw"),
-    steps=(128, "T of the diffusion schedule; NFE = non-empty diffusion steps + sequential tokens"),
-    alpha_0=(None, "sampling-time alpha_0 (None: the model's own)", float),
-    top_p=(0.8, "nucleus sampling (1 = off)"),
-    temperature=(0.7, "below 1 sharpens the distribution (chosen by measurement, see RESULTS.md)"),
-    block_order=(False, "the paper's block order: each diffusion step decodes a stream of evenly spaced positions"),
+    **cli.SAMPLING,  # steps, alpha_0, top_p, temperature, block_order, seed
     kv_cache=(True, "False: the slow reference, a full forward per step (same tokens)"),
     prompt=("", "known text at the start; FILE:path reads it from a file"),
     infill=("", "a template: text with {{N}} where N tokens are to be generated"),
     show_steps=(False, "print the first sample's canvas after every step"),
     quiet=(False, "print only the summary line"),
-    seed=(1337, "seed of the sampler's generator"),
-    device=("auto", "auto, cpu, cuda, cuda:N or mps"),
-    dtype=("auto", "auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16 or float16",
-           ("auto", "float32", "bfloat16", "float16")),
+    **cli.SYSTEM,  # device, dtype
 )
 SPAN = re.compile(r"\{\{(\d+)\}\}")
 
@@ -51,7 +44,8 @@ def build_canvas(text, enc, L, mask_id, template):
     pieces = SPAN.split(text) if template else [text]
     if template and len(pieces) == 1:
         raise cli.UserError("--infill has no {{N}} span: mark where N tokens go, e.g. 'The {{12}} statement'")
-    ids = [t for i, piece in enumerate(pieces) for t in ([mask_id] * int(piece) if i % 2 else enc.encode_ordinary(piece))]
+    ids = [t for i, piece in enumerate(pieces)  # {{N}} spans at odd indices
+           for t in ([mask_id] * int(piece) if i % 2 else enc.encode_ordinary(piece))]
     if len(ids) > L:
         raise cli.UserError(f"the {'template' if template else 'prompt'} is {len(ids)} tokens, longer than the "
                             f"model's context of {L}: shorten it")

@@ -687,7 +687,7 @@ def test_cli_errors_are_one_line_and_help_lists_every_default(run, capsys):
         for key, (default, note, *_) in module.CONFIG.items():
             assert f"--{key}={default!r}" in out and note in out, (module, key)
     r = py("train.py", "--help")  # and from a shell
-    assert r.returncode == 0 and "--alpha_0=0.125" in r.stdout and "--eval_only=False" in r.stdout
+    assert r.returncode == 0 and "--alpha_0=0.0625" in r.stdout and "--eval_only=False" in r.stdout
 
 
 def test_word_and_blank_shares():
@@ -699,8 +699,8 @@ def test_word_and_blank_shares():
 
 
 def test_evaluate_draws_what_sample_draws():
-    for key in ("steps", "alpha_0", "top_p", "temperature", "block_order", "seed"):
-        assert evaluate.CONFIG[key][0] == sample.CONFIG[key][0], key
+    for key in ("steps", "alpha_0", "top_p", "temperature", "block_order", "seed", "device", "dtype"):
+        assert evaluate.CONFIG[key] == sample.CONFIG[key], key
 
 
 def test_train_sample_evaluate_pipeline(dataset, trained, run):
@@ -788,11 +788,13 @@ def test_evaluation_and_sampling_use_the_ema_weights(dataset, trained, run):
     assert with_ema != with_raw
     code, stdout, _ = run(train, f"--out_dir={out}", "--eval_only=True", f"--dataset={dataset}")
     assert code == 0 and json.loads(stdout.splitlines()[-1])["nelbo"] == pytest.approx(with_ema, rel=1e-6)
-    code, stdout, _ = run(sample, f"--out_dir={out}", "--num_samples=2", "--steps=8", "--seed=5")
+    code, stdout, _ = run(sample, f"--out_dir={out}", "--num_samples=4", "--steps=8", "--seed=5", "--temperature=1",
+                          "--top_p=1")
     enc = prepare.get_tokenizer("bytes")
     for model, same in ((ema, True), (raw, False)):
-        tokens, _ = model.generate(2, 8, temperature=0.7, top_p=0.8, generator=gen(5))
-        assert (stdout.startswith(enc.decode(tokens[0].tolist()) + "\n")) == same
+        tokens, _ = model.generate(4, 8, temperature=1, top_p=1, generator=gen(5))
+        printed = "".join(enc.decode(row.tolist()) + "\n" + "-" * 60 + "\n" for row in tokens)
+        assert stdout.startswith(printed) == same
 
 
 def test_ddp_two_gloo_processes_train_exactly_like_one(dataset, tmp_path, run):

@@ -41,41 +41,39 @@ from data.prepare import DATA_DIR, load_dataset, prepare
 CONFIG = dict(
     # I/O
     out_dir=("out", "checkpoint folder (sample.py reads it)"),
-    dataset=("python_docs", "data/NAME, prepared by data/prepare.py (the default is prepared on first use)"),
+    dataset=("python_prose", "data/NAME, prepared by data/prepare.py (the default is prepared on first use)"),
     init_from=("scratch", "scratch, or resume from out_dir/ckpt.pt", ("scratch", "resume")),
-    eval_interval=(200, "iterations between validation runs and checkpoints"),
+    eval_interval=(400, "iterations between validation runs and checkpoints"),
     eval_iters=(20, "validation batches (the same sequences and noise every time)"),
     log_interval=(10, "iterations between log lines (out_dir/log.jsonl)"),
     eval_only=(False, "evaluate out_dir/ckpt.pt on the validation set, then exit"),
     num_orders=(0, "with eval_only: orders K of the importance-weighted likelihood bound (0 = skip)"),
     preset=("", "owt: the paper's OpenWebText model (explicit flags still win)", ("", "owt")),
     # data and model
-    batch_size=(32, "sequences per micro-batch (per process)"),
+    batch_size=(16, "sequences per micro-batch (per process)"),
     block_size=(128, "L, the sequence length"),
     n_layer=(4, "transformer blocks"),
     n_head=(4, "attention heads"),
     n_embd=(128, "width"),
     dropout=(0.0, "dropout rate"),
-    alpha_0=(0.125, "expected fraction of tokens made by the diffusion phase (0 = AR, 1 = MDM)"),
+    alpha_0=(0.0625, "expected fraction of tokens made by the diffusion phase (0 = AR, 1 = MDM)"),
     variant=("B", "B (KV cache in both phases) or A (bidirectional clean tokens; the paper's ablation)", ("A", "B")),
     loss_type=("elbo", "elbo, or low_var (diffusion weight 1; the paper's choice at alpha_0 = 1)", ("elbo", "low_var")),
     batch_split=(None, "kappa, the share of each batch for the diffusion term (None: 1, 0 or 0.5 by alpha_0)", float),
     # optimizer
-    max_iters=(1200, "training iterations"),
+    max_iters=(2400, "training iterations"),
     learning_rate=(3e-3, "peak learning rate (AdamW)"),
-    warmup_iters=(100, "linear warmup iterations"),
+    warmup_iters=(200, "linear warmup iterations"),
     lr_schedule=("cosine", "after warmup: constant, or cosine to min_lr at max_iters", ("constant", "cosine")),
     min_lr=(3e-4, "the cosine schedule's final learning rate"),
     weight_decay=(0.0, "AdamW weight decay"),
     beta1=(0.9, "AdamW beta1"),
     beta2=(0.99, "AdamW beta2"),
     grad_clip=(1.0, "clip the gradient norm to this (0 = off)"),
-    gradient_accumulation_steps=(1, "micro-batches per iteration over all processes (rounded up to a multiple of them)"),
+    gradient_accumulation_steps=(1, "micro-batches per iteration, over all processes (rounded up to a multiple)"),
     ema=(0.0, "EMA decay of the weights used for eval and sampling (0 = off; the paper uses 0.9999)"),
     # system
-    device=("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
-    dtype=("auto", "auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16 or float16",
-           ("auto", "float32", "bfloat16", "float16")),
+    **cli.SYSTEM,  # device, dtype
     compile=(None, "torch.compile the model (None: on for CUDA on Linux)", bool),
     seed=(1337, "seed of every random draw"),
 )
@@ -219,8 +217,8 @@ def main(argv):
         per_run = ("init_from", "eval_only", "num_orders", "out_dir", "device", "dtype", "compile")
         c |= {k: v for k, v in ckpt.get("train_config", {}).items() if k in CONFIG and k not in given | set(per_run)}
         c |= {k: getattr(config, k) for k in MODEL_KEYS}
-    if c["dataset"] == "python_docs" and master and not (DATA_DIR / "python_docs" / "meta.json").exists():
-        prepare("python_docs", overwrite=True)  # the offline default, prepared on first use
+    if c["dataset"] == "python_prose" and master and not (DATA_DIR / "python_prose" / "meta.json").exists():
+        prepare("python_prose", overwrite=True)  # the offline default, prepared on first use
     if ddp:
         dist.barrier()
     train_data, val_data, meta = load_dataset(c["dataset"], c["block_size"])
@@ -272,7 +270,8 @@ def main(argv):
         del ckpt
     model = torch.compile(raw_model) if c["compile"] else raw_model
     if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda"
+                                                          else None)
     if master:  # fail now, not after hours of training, if the checkpoint cannot be written
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -375,8 +374,9 @@ def main(argv):
                     "--init_from=resume")
                 return 128 + sig
         bar.close()
-        say(f"done: {iter_num} iterations, best val NELBO {best_val:.4f} (perplexity {math.exp(min(best_val, 700)):.4g}); "
-            f"checkpoint in {ckpt_path}. Sample with: python sample.py --out_dir={out}")
+        ppl = math.exp(min(best_val, 700))
+        say(f"done: {iter_num} iterations, best val NELBO {best_val:.4f} (perplexity {ppl:.4g}); checkpoint in "
+            f"{ckpt_path}. Sample with: python sample.py --out_dir={out}")
         return 0
 
     # signals: finish the current iteration, save, exit (the old handlers come back on the way out)
