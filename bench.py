@@ -6,24 +6,22 @@ Speed of Eso-LM sampling and training with random weights (the paper's Tables 11
   python bench.py --peak_flops=989e12               # also MFU of training, against the peak you give
 
 Sampling: batch 1, nucleus off, T = 1e6 ("NFE ~ L": one token per step, the paper's protocol).
-  floor_2row, floor_1row  one pass over every weight matrix with 2 (1) rows: a decode step's memory floor
+  floor_2row, _1row, _32row  a pass over every weight matrix with 2 (1, 32) rows: a decode step's floor
   eso_cached, eso_alpha0  Eso-LM (B) with its KV cache at alpha_0 = 1 (0): two rows per step
-  ar, hf_gpt2             a one-row GPT decode of the same transformer; Hugging Face GPT-2 `generate`
-                          of the same size (only when transformers is installed: a peer, not a dependency)
-  eso_T=L/k               cached, alpha_0 = 1, T = L/k steps (about k tokens per step)
-  eso_uncached            the reference: the whole sequence every step (what MDLM costs), L <= uncached_max
+  ar, hf_gpt2             a one-row GPT decode of the same transformer; Hugging Face GPT-2 `generate` of the
+                          same size (when transformers is installed: a peer, not a dependency)
+  eso_T=L/k, eso_uncached cached at T = L/k (about k tokens per step); the reference (what MDLM costs)
   gpt2_vocab              eso_cached with GPT-2's 50,257 tokens: the share of a step in sample_tokens
-Training: a step of model.loss (forward, backward, AdamW) at the first L per alpha_0, with the fast
-sequential term and the dense [z_0 ; x] reference, and the largest loss and gradient difference.
-Each case runs in a fresh process; medians of --repeats runs after a warm-up; then one JSON line.
+Training: a step of model.loss (forward, backward, AdamW) per alpha_0, fast and dense [z_0 ; x] paths,
+and their largest loss and gradient difference. Cases run in fresh processes; medians of --repeats runs.
 """
 
 import importlib.util
 import json
+import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -47,7 +45,6 @@ CONFIG = dict(
     train_alphas=("1,0.5,0.25,0", "training step time at these alpha_0"),
     train_batch=(4, "sequences per training step (of the first length)"),
     peak_flops=(0.0, "the device's peak FLOP/s for MFU (0 = skip), e.g. 989e12 for an H100's bf16"),
-    compile=(None, "torch.compile the training step (None: on CUDA)", bool),
     fresh=(True, "run every case in a fresh process (False: in this one, for a quick check)"),
     device=("auto", "auto, cpu, cuda, cuda:N or mps"),
     seed=(0, "seed of the random weights and of the samplers"),
@@ -60,10 +57,10 @@ def model_for(c, dev, L, alpha_0=1.0, vocab=None):
                                    n_head=c["n_head"], n_embd=c["n_embd"], alpha_0=alpha_0)).to(dev)
 
 
-def timed(fn, repeats, dev):
-    """(median seconds, all runs, last result) of fn() after one warm-up run."""
+def timed(fn, repeats, dev, warmup=True):
+    """(median seconds, all runs, last result) of fn(), after one warm-up run unless warmup=False."""
     sync = torch.cuda.synchronize if dev.type == "cuda" else lambda: None
-    fn()
+    _ = warmup and fn()
     times = []
     for _ in range(repeats):
         sync()
@@ -92,7 +89,7 @@ def run_sampling(case, c):
     gen = lambda: torch.Generator(dev).manual_seed(c["seed"])  # noqa: E731
     extra = {}
     if method.startswith("floor"):
-        rows = 2 if method == "floor_2row" else 1
+        rows = int(method[6:-3])  # floor_<rows>row
         weights = [m.weight for m in model.modules() if isinstance(m, eso.Linear)]
         x = {w.size(0): torch.randn(rows, w.size(0), device=dev) for w in weights}
         fn = lambda: [x[w.size(0)] @ w for w in weights] and (None, 0)  # noqa: E731
@@ -112,7 +109,7 @@ def run_sampling(case, c):
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     with torch.no_grad(), cli.precision(dev)[1]:
-        seconds, runs, (_, nfe) = timed(fn, case["repeats"], dev)
+        seconds, runs, (_, nfe) = timed(fn, case["repeats"], dev, warmup=method != "eso_uncached")
         if method == "gpt2_vocab":  # what share of a step is sample_tokens, float64 over 50,257 logits?
             logits, g = torch.randn(1, 1, c["big_vocab"], device=dev), gen()
             draw = timed(lambda: [eso.sample_tokens(logits, generator=g) for _ in range(20)], 3, dev)[0] / 20
@@ -127,14 +124,13 @@ def run_training(case, c):
     """Training step times at one alpha_0: the fast sequential term, and the dense reference."""
     dev, L, B = cli.device(c["device"]), case["L"], c["train_batch"]
     ctx, model = cli.precision(dev)[1], model_for(c, dev, L, case["alpha_0"]).train()
-    step_fn = torch.compile(model.loss) if c["compile"] else model.loss
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, c["vocab_size"], (B, L), device=dev)
     out = dict(case)
     for name, dense in (("fast", False), ("dense", True)):
         def step():
             with ctx:
-                loss, _ = step_fn(x, generator=torch.Generator(dev).manual_seed(1), dense=dense)
+                loss, _ = model.loss(x, generator=torch.Generator(dev).manual_seed(1), dense=dense)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -150,8 +146,9 @@ def run_training(case, c):
     cfg, n_diff = model.config, round(model.config.batch_split * B)
     tokens = n_diff * L + (B - n_diff) * L * (2 - cfg.alpha_0)  # x + the masked z slots, in expectation
     flops = 6 * 12 * cfg.n_layer * cfg.n_embd ** 2 * tokens  # nanoGPT's 6N per token, attention left out
-    return out | {"loss_diff": float((l1 - l2).abs()), "grad_diff": max(float((a - b).abs().max()) for a, b in zip(g1, g2)),
-                  "tokens_per_s": B * L / out["fast"], "mfu": flops / out["fast"] / c["peak_flops"] if c["peak_flops"] else None}
+    grad_diff = max(float((a - b).abs().max()) for a, b in zip(g1, g2))
+    return out | {"loss_diff": float((l1 - l2).abs()), "grad_diff": grad_diff, "tokens_per_s": B * L / out["fast"],
+                  "mfu": flops / out["fast"] / c["peak_flops"] if c["peak_flops"] else None}
 
 
 def in_fresh_process(fn, case, c):
@@ -162,17 +159,18 @@ def in_fresh_process(fn, case, c):
 def main(argv):
     c, _ = cli.parse(CONFIG, argv, __doc__)
     dev = cli.device(c["device"])
-    c["compile"] = dev.type == "cuda" if c["compile"] is None else c["compile"]
     try:
         Ls = [int(x) for x in (c["lengths"] or ("1024,2048,8192" if dev.type == "cuda" else "1024")).split(",")]
-        ks, alphas = [int(x) for x in c["parallel"].split(",") if x], [float(x) for x in c["train_alphas"].split(",") if x]
+        ks = [int(x) for x in c["parallel"].split(",") if x]
+        alphas = [float(x) for x in c["train_alphas"].split(",") if x]
     except ValueError:
         raise cli.UserError("--lengths, --parallel and --train_alphas take comma-separated numbers") from None
     if min(Ls) < 16 or min(c["repeats"], c["uncached_repeats"]) < 1 or c["train_batch"] < 2:
         raise cli.UserError("lengths must be at least 16, repeats at least 1 and --train_batch at least 2")
     if not (peer := importlib.util.find_spec("transformers") is not None):
         print("# note: transformers is not installed, so the Hugging Face GPT-2 peer is skipped")
-    cpu = [ln.split(":")[1].strip() for ln in open("/proc/cpuinfo") if "model name" in ln] if sys.platform == "linux" else []
+    cpu = [ln.split(":")[1].strip() for ln in open("/proc/cpuinfo") if "model name" in ln] if os.path.exists(
+        "/proc/cpuinfo") else []
     env = {"device": str(dev), "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (cpu + [
            platform.machine()])[0], "threads": torch.get_num_threads(), "torch": str(torch.__version__),
            "model": f"{c['n_layer']}x{c['n_embd']}, {c['n_head']} heads, vocab {c['vocab_size']}",
@@ -182,7 +180,8 @@ def main(argv):
     cases, big = [], 10 ** 6
     for L in Ls:
         cases += [dict(L=L, method=m, steps=big, repeats=c["repeats"] * (20 if m.startswith("floor") else 1))
-                  for m in ("floor_2row", "floor_1row", "eso_cached", "eso_alpha0", "ar") + ("hf_gpt2",) * peer]
+                  for m in ("floor_2row", "floor_1row", "floor_32row", "eso_cached", "eso_alpha0", "ar")
+                  + ("hf_gpt2",) * peer]
         cases += [dict(L=L, method=f"eso_T=L/{k}", steps=max(1, L // k), repeats=c["repeats"]) for k in ks]
         cases += [dict(L=L, method="eso_uncached", steps=big, repeats=c["uncached_repeats"])] * (L <= c["uncached_max"])
         cases += [dict(L=L, method="gpt2_vocab", steps=big, repeats=max(1, c["repeats"] // 2))] * (L == Ls[0])
@@ -195,8 +194,8 @@ def main(argv):
               f"{r['tokens_per_s']:>9.1f} {r['peak_mb']:>8.0f}", flush=True)
     pairs = [("step_over_2row_floor", "eso_cached", "floor_2row", "per_step_ms"), ("cached_over_ar", "eso_cached", "ar",
              "seconds"), ("cached_over_hf_gpt2", "eso_cached", "hf_gpt2", "seconds"), ("uncached_over_cached",
-             "eso_uncached", "eso_cached", "seconds")] + [(f"nfe_L_over_T=L/{k}", "eso_cached", f"eso_T=L/{k}", "seconds")
-                                                          for k in ks]
+             "eso_uncached", "eso_cached", "seconds")] + [(f"nfe_L_over_T=L/{k}", "eso_cached", f"eso_T=L/{k}",
+                                                          "seconds") for k in ks]
     ratios = {}
     for L in Ls:
         t = {r["method"]: r for r in results if r["L"] == L}
@@ -209,7 +208,8 @@ def main(argv):
         training.append(r)
         base = training[0]["fast"]
         print(f"training L={r['L']}, batch {c['train_batch']}, alpha_0={a}: {r['fast']:.3f} s/step "
-              f"({r['fast'] / base:.2f}x the first alpha_0; dense reference {r['dense']:.3f} s, {r['dense'] / base:.2f}x), "
+              f"({r['fast'] / base:.2f}x the first alpha_0; dense reference {r['dense']:.3f} s, "
+              f"{r['dense'] / base:.2f}x), "
               f"{r['tokens_per_s']:,.0f} tokens/s, fast - dense: loss {r['loss_diff']:.1e}, grads {r['grad_diff']:.1e}"
               + (f", MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""), flush=True)
     print(json.dumps({"env": env, "config": c, "sampling": results, "ratios": ratios, "training": training}))
