@@ -256,6 +256,8 @@ def main(argv):
             say(f"  IW bound (K={c['num_orders']}) {res['iw_bound']:.4f} nats/token, perplexity {res['iw_ppl']:.4g}")
         say(json.dumps({"checkpoint": str(ckpt_path), "step": ckpt["iter_num"], "alpha_0": config.alpha_0,
                         "variant": config.variant, **res}))
+        if ddp:
+            dist.barrier()
         return 0
 
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=c["learning_rate"], betas=(c["beta1"], c["beta2"]),
@@ -384,10 +386,13 @@ def main(argv):
     previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return train_loop()
+        code = train_loop()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if ddp:  # leave together: a process that tears gloo down while another still saves can abort
+        dist.barrier()
+    return code
 
 
 if __name__ == "__main__":
