@@ -48,7 +48,7 @@ class Diverged(UserError):
     status = 1
 
 
-def _converter(key, default, kind):
+def _converter(default, kind):
     """text -> value for --key; kind is a type (for None defaults) or a tuple of choices."""
     kind = kind if kind is not None else type(default)
 
@@ -92,7 +92,7 @@ def parse(defaults, argv, doc):
     parser = _Parser(add_help=False, allow_abbrev=False)
     for key, (default, _, *kind) in defaults.items():
         is_bool = (kind[0] if kind else type(default)) is bool
-        parser.add_argument(f"--{key}", default=default, type=_converter(key, default, kind[0] if kind else None),
+        parser.add_argument(f"--{key}", default=default, type=_converter(default, kind[0] if kind else None),
                             nargs="?" if is_bool else None, const=True if is_bool else None)
     args, extra = parser.parse_known_args(argv)
     if extra:
