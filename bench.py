@@ -76,9 +76,9 @@ def plain_ar_decode(model, L, generator):
     cache, dev = eso.KVCache(model.config.n_layer, L), model.wte.weight.device
     tok = torch.zeros(1, 1, dtype=torch.long, device=dev)
     for i in range(L):
-        h = model.hidden(tok, torch.full((1, 1), i, device=dev), eso.causal_mask(1, i, device=dev), cache)
+        h = model.hidden(tok, torch.full((1, 1), i, device=dev), eso.prefix_lm_mask(torch.full((1,), i, device=dev), i + 1), cache)
         cache.commit(1)
-        tok = eso.sample_tokens(model.lm_head(h), generator=generator)
+        tok = eso.sample_tokens(model.logits(h), generator=generator)
     return None, L
 
 

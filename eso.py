@@ -40,7 +40,7 @@ Read top to bottom:
   1. config                       EsoConfig
   2. transformer parts            rotary embedding, Linear, KVCache, Attention, MLP, Block
   3. noise schedule and orders    alpha, sample_t, diffusion_order, sequential_order
-  4. attention patterns           prefix_lm, causal_mask, sequential_mask, SequentialPattern
+  4. attention patterns           prefix_lm_mask, sequential_mask, SequentialPattern
   5. sampling pieces              unmask_schedule, sampling_order, sample_tokens
   6. the model, EsoLM             hidden (the transformer); loss = diffusion_loss + sequential_loss;
                                   generate (kv_cache=False is the slow reference); likelihood
@@ -51,7 +51,7 @@ import itertools
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -250,45 +250,35 @@ def unpermute(sorted_tokens, sigma):
 # 4. The attention patterns (paper Figs. 6-9; after sorting by sigma, True = may attend)
 
 
-def prefix_lm(n, prefix, device=None):
-    """(B or 1, 1, n, n): slot q sees slots k <= q, and the first `prefix` slots see each other.
+def prefix_lm_mask(slots, n_keys, prefix=0):
+    """(B or 1, 1, len(slots), n_keys) bool, True = may attend, on the device of `slots`.
 
-    prefix: int or (B,) tensor. prefix = 0 (or 1) is plain causal attention.
+    Queries at the decode slots `slots` (1-D LongTensor) against the keys at slots 0..n_keys-1:
+    causal in decode order (key slot <= query slot), plus a bidirectional block over the first
+    `prefix` slots, variant A's clean tokens (prefix: 0 for variant B, an int, or a (B,) tensor
+    with one count per row). Every mask of the model is this one or is built from it.
     """
-    prefix = torch.as_tensor(prefix, device=device).view(-1, 1, 1, 1)  # (B or 1, 1, 1, 1)
-    q = torch.arange(n, device=prefix.device).view(-1, 1)  # query slot
-    k = torch.arange(n, device=prefix.device).view(1, -1)  # key slot
+    q = slots.view(1, 1, -1, 1)  # query slots
+    k = torch.arange(n_keys, device=slots.device).view(1, 1, 1, -1)  # key slots
+    if isinstance(prefix, int) and prefix == 0:
+        return k <= q
+    prefix = torch.as_tensor(prefix, device=slots.device).view(-1, 1, 1, 1)  # (B or 1, 1, 1, 1)
     return (k <= q) | ((q < prefix) & (k < prefix))
 
 
-def causal_mask(n_new, n_cached=0, prefix=0, device=None):
-    """The mask of a forward over n_new tokens after n_cached cached ones: every query sees the
-    cache; inside the new chunk attention is causal in decode order, except for a bidirectional
-    block over its first `prefix` slots (variant A's clean tokens; 0 for variant B).
-
-    Variant B: None without a cache (SDPA's causal kernel; the diffusion-phase mask of paper
-    Fig. 7 is exactly that), else the (n_new, n_cached + n_new) lower-right triangle.
-    Variant A: (B or 1, 1, n_new, n_cached + n_new).
-    """
-    if isinstance(prefix, int) and prefix <= 1:
-        return torch.ones(n_new, n_cached + n_new, dtype=torch.bool, device=device).tril(n_cached) if n_cached else None
-    inner = prefix_lm(n_new, prefix, device)
-    seen = torch.ones(*inner.shape[:3], n_cached, dtype=torch.bool, device=inner.device)
-    return torch.cat([seen, inner], dim=-1)
-
-
-def sequential_mask(L, prefix=0, device=None):
-    """(B or 1, 1, 2L, 2L) mask over [z_0 sorted ; x sorted] (paper eq. 26-32, Fig. 9).
+def sequential_mask(x_mask):
+    """(B or 1, 1, 2L, 2L) mask over [z_0 sorted ; x sorted] (paper eq. 26-32, Fig. 9), built
+    from the x half's own mask x_mask (B or 1, 1, L, L): prefix_lm_mask over the x slots.
 
     z slot i -> itself and x slots j < i (the clean tokens and the true tokens to its left);
-    x slot i -> x slots j <= i (causal; variant A: plus its bidirectional clean block);
+    x slot i -> as x_mask (causal; variant A: plus its bidirectional clean block);
     nothing attends to the z half but itself. Outputs of the z half are the predictions.
     """
-    x_to_x = prefix_lm(L, prefix, device)  # (B or 1, 1, L, L)
-    i = torch.arange(L, device=x_to_x.device)
+    L = x_mask.size(-1)
+    i = torch.arange(L, device=x_mask.device)
     z_rows = torch.cat([i[:, None] == i[None, :], i[:, None] > i[None, :]], dim=1)  # (L, 2L)
-    z_rows = z_rows.expand(x_to_x.size(0), 1, L, 2 * L)
-    x_rows = torch.cat([torch.zeros_like(x_to_x), x_to_x], dim=-1)
+    z_rows = z_rows.expand(x_mask.size(0), 1, L, 2 * L)
+    x_rows = torch.cat([torch.zeros_like(x_mask), x_mask], dim=-1)
     return torch.cat([z_rows, x_rows], dim=-2)
 
 
@@ -306,7 +296,13 @@ class SequentialPattern:
     """
     CHUNK = 128  # z queries per attention call
 
-    def __init__(self, L, n_skip, x_mask=None, device=None):
+    @classmethod
+    def skippable(cls, masked):
+        """n_skip for z_0 masks (B, L): the slots clean in every row (clean tokens come first), rounded
+        down to whole chunks, so that a compiled loss meets a handful of values (one graph each)."""
+        return int((~masked).sum(1).min()) // cls.CHUNK * cls.CHUNK
+
+    def __init__(self, L, n_skip, x_mask, device):
         self.L, self.n_skip, self.x_mask = L, n_skip, x_mask
         self.z_sizes = [min(self.CHUNK, L - n_skip - a) for a in range(0, L - n_skip, self.CHUNK)]  # z slots per chunk
         ends = [n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)]  # chunk c's last slot: it sees x < it
@@ -356,7 +352,7 @@ def check_sampling_args(steps, alpha_0, temperature, top_p):
     return steps
 
 
-def unmask_schedule(n_masked, steps, alpha_0, generator=None, device="cpu"):
+def unmask_schedule(n_masked, steps, alpha_0, generator, device):
     """Sizes of the non-empty diffusion steps, in time order (paper Alg. 2), in one vectorised draw.
 
     Step i = 0..T-1 runs t from t_i = 1 - i/T to s_i = t_i - 1/T = t_{i+1} and unmasks
@@ -423,9 +419,12 @@ def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
     """One token per row of logits (..., V) from softmax(logits / temperature), cut to the top-p nucleus.
 
     Gumbel-max in float64, as the paper: float32 Gumbel noise is capped near 16.6 (its uniforms
-    have 24 bits), which starves the tail of a large vocabulary. Without float64 (MPS), the
-    inverse CDF in float32 keeps the tail's mass: each token is drawn with its probability to
-    within 2^-24.
+    have 24 bits), which starves the tail of a large vocabulary. Without float64 (MPS), an
+    inverse CDF in float32, summed from the smallest probability up: each partial sum is then as
+    small as the mass summed so far, so a token's share of the CDF is off by at most 2^-24 of that
+    mass, and with the 2^-24 resolution of a float32 uniform each token is drawn with its
+    probability to within about 2^-23. Summed largest first, every token below 2^-25 would add
+    nothing to a running sum near 1 and never be drawn, however much mass the tail holds in all.
     """
     wide = has_float64(logits.device)
     logits = logits.to(torch.float64 if wide else torch.float32) / temperature  # (..., V)
@@ -433,18 +432,29 @@ def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
         sorted_logits, idx = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
         mass_before = probs.cumsum(-1) - probs
-        sorted_logits[mass_before >= top_p] = -math.inf  # the top token has mass_before 0: always kept
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, -math.inf)  # the top token: always kept
         logits = torch.full_like(logits, -math.inf).scatter(-1, idx, sorted_logits)
     if wide:
         u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
         return (logits - torch.log(-torch.log(u))).argmax(-1)
-    cdf = logits.softmax(-1).cumsum(-1)  # (..., V)
+    probs, order = logits.softmax(-1).sort(dim=-1)  # (..., V) ascending: the tail first
+    cdf = probs.cumsum(-1)
     u = 1 - torch.rand(*logits.shape[:-1], 1, device=logits.device, generator=generator)  # in (0, 1]
-    return (cdf < u * cdf[..., -1:]).sum(-1).clamp(max=logits.size(-1) - 1)  # the first token with cdf >= u
+    first = (cdf < u * cdf[..., -1:]).sum(-1, keepdim=True).clamp(max=logits.size(-1) - 1)  # first cdf >= u
+    return order.gather(-1, first).squeeze(-1)
 
 
 # -----------------------------------------------------------------------------
 # 6. The model: the transformer, the hybrid NELBO, the samplers, the likelihood
+
+
+class Draws(NamedTuple):
+    """Every random draw of one evaluation of the loss (EsoLM.draws); the loss is a function of
+    the tokens and these, so that it compiles to one graph (the draws come from a generator)."""
+    t: torch.Tensor  # (n_diff,) the times of the first n_diff rows, which estimate the diffusion term
+    masked: torch.Tensor  # (B, L) bool: z_t in those rows, z_0 in the others (the sequential term)
+    sigma: torch.Tensor  # (B, L) each row's order, clean tokens first
+    n_skip: int  # the sequential rows' slots clean in all of them, in whole chunks (SequentialPattern)
 
 
 class EsoLM(nn.Module):
@@ -490,78 +500,107 @@ class EsoLM(nn.Module):
             x = block(x, cos, sin, attn_mask, cache, layer)
         return self.ln_f(x)
 
+    def logits(self, h):
+        """Float32 logits (..., V) of hidden states h. Under autocast the head would return bf16
+        logits, whose 8-bit mantissa moves token probabilities by percents, so wherever no gradient
+        is taken (sampling, likelihoods, validation) the head runs in float32; training keeps the
+        autocast head, which is faster, and its loss is computed from float32 upcasts."""
+        if torch.is_grad_enabled():
+            return self.lm_head(h).float()
+        with torch.autocast(h.device.type, enabled=False):
+            return self.lm_head(h.float())
+
     # The hybrid NELBO (paper eq. 7) ---------------------------------------------
 
-    def forward(self, x, loss_type=None, generator=None):
-        """The training loss; DDP wraps this. See `loss`."""
-        return self.loss(x, loss_type, generator)
-
-    def loss(self, x, loss_type=None, generator=None, dense=False):
-        """Per-token hybrid NELBO (nats) of clean tokens x (B, L), and its two parts.
-
-        The first round(kappa * B) rows estimate the diffusion term, the rest the sequential
-        term; each part is a sum over masked tokens divided by all tokens of its rows, and
-        the loss is their sum: an estimate of the per-token NELBO (t from [T_EPS, 1]). Pass
-        loss_type="elbo" for validation whatever the training loss type.
-        """
-        B = x.size(0)
+    def diffusion_rows(self, B):
+        """How many of a batch's B rows estimate the diffusion term: round(kappa * B), and at
+        least one row for each term when 0 < kappa < 1."""
         kappa = self.config.batch_split
-        n_diff = round(kappa * B)
-        if 0 < kappa < 1:
-            if B < 2:
-                raise ValueError(f"a batch of {B} row cannot be split between the two terms (batch_split {kappa})")
-            n_diff = min(max(n_diff, 1), B - 1)
+        if not 0 < kappa < 1:
+            return round(kappa * B)
+        if B < 2:
+            raise ValueError(f"a batch of {B} row cannot be split between the two terms (batch_split {kappa})")
+        return min(max(round(kappa * B), 1), B - 1)
+
+    def draws(self, x, generator=None):
+        """Every random draw of the loss of clean tokens x (B, L), from `generator`: see Draws.
+
+        The first diffusion_rows(B) rows get a time t and z_t (each token masked with probability
+        1 - alpha_t), ordered clean first, both groups shuffled; the other rows get z_0 (masked with
+        probability 1 - alpha_0), clean first (shuffled; variant A: left to right), masks left to right.
+        """
+        (B, L), dev, cfg = x.shape, x.device, self.config
+        n_diff = self.diffusion_rows(B)
+        t, masked, sigma = torch.zeros(0, device=dev), [], []
+        if n_diff > 0:
+            t = sample_t(n_diff, dev, generator)
+            masked.append(torch.rand(n_diff, L, device=dev, generator=generator) < (1 - alpha(t, cfg.alpha_0))[:, None])
+            sigma.append(diffusion_order(masked[0], torch.rand(n_diff, L, device=dev, generator=generator)))
+        if n_diff < B:
+            masked.append(torch.rand(B - n_diff, L, device=dev, generator=generator) < 1 - cfg.alpha_0)
+            u = torch.rand(B - n_diff, L, device=dev, generator=generator)
+            if cfg.variant == "A":  # A's clean block is bidirectional: its order does not matter
+                u = torch.arange(L, device=dev).expand(B - n_diff, L) / L
+            sigma.append(sequential_order(masked[-1], u))
+        masked = torch.cat(masked)
+        n_skip = SequentialPattern.skippable(masked[n_diff:]) if n_diff < B else 0
+        return Draws(t, masked, torch.cat(sigma), n_skip)
+
+    def forward(self, x, draws, loss_type=None, dense=False):
+        """Per-token hybrid NELBO (nats) of clean tokens x (B, L) for given draws, and its two parts.
+
+        The first rows (as many as draws.t holds) estimate the diffusion term, the rest the
+        sequential term; each part is a sum over masked tokens divided by all tokens of its rows,
+        and the loss is their sum: an estimate of the per-token NELBO (t from [T_EPS, 1]). Pass
+        loss_type="elbo" for validation whatever the training loss type. No randomness and no
+        value read back from a tensor: under torch.compile this is one graph per shape.
+        """
+        B, n_diff = x.size(0), draws.t.size(0)
         zero = x.new_zeros((), dtype=torch.float32)
-        diffusion = self.diffusion_loss(x[:n_diff], loss_type, generator) if n_diff > 0 else zero
-        sequential = self.sequential_loss(x[n_diff:], generator, dense) if n_diff < B else zero
+        diffusion = self.diffusion_nll(x[:n_diff], draws.t, draws.masked[:n_diff], draws.sigma[:n_diff],
+                                       loss_type) if n_diff > 0 else zero
+        sequential = self.sequential_nll(x[n_diff:], draws.masked[n_diff:], draws.sigma[n_diff:], dense,
+                                         draws.n_skip) if n_diff < B else zero
         return diffusion + sequential, {"diffusion": diffusion.detach(), "sequential": sequential.detach()}
 
-    def diffusion_loss(self, x, loss_type=None, generator=None):
-        """The MDM term: E_t E_{z_t} [ -alpha'_t / (1 - alpha_t) * sum over masked of -log p ] / L."""
-        B, L = x.shape
-        t = sample_t(B, x.device, generator)
-        masked = torch.rand(B, L, device=x.device, generator=generator) < (1 - alpha(t, self.config.alpha_0))[:, None]
-        sigma = diffusion_order(masked, torch.rand(B, L, device=x.device, generator=generator))
-        return self.diffusion_nll(x, t, masked, sigma, loss_type)
+    def loss(self, x, loss_type=None, generator=None, dense=False):
+        """forward with fresh draws: the loss of x (B, L) and its parts, in one call."""
+        return self(x, self.draws(x, generator), loss_type, dense)
 
     def diffusion_nll(self, x, t, masked, sigma, loss_type=None):
-        """The diffusion term for given draws: t (B,), masked (B, L) bool, sigma (B, L) clean first."""
+        """The MDM term, E_t E_{z_t} [ -alpha'_t / (1 - alpha_t) * sum over masked of -log p ] / L,
+        for given draws: t (B,), masked (B, L) bool (z_t), sigma (B, L) clean first."""
         B, L = x.shape
         z = torch.where(masked, self.mask_id, x)
         z_sorted, x_sorted, m_sorted = (a.gather(1, sigma) for a in (z, x, masked))  # (B, L) in decode order
-        mask = causal_mask(L, prefix=(~masked).sum(1)) if self.config.variant == "A" else None  # B: plain causal
-        logits = self.lm_head(self.hidden(z_sorted, sigma, mask))
-        nll = F.cross_entropy(logits.float().flatten(0, 1), x_sorted.flatten(), reduction="none").view(B, L)
+        slots = torch.arange(L, device=x.device)
+        mask = prefix_lm_mask(slots, L, (~masked).sum(1)) if self.config.variant == "A" else None  # B: plain causal
+        logits = self.logits(self.hidden(z_sorted, sigma, mask))
+        nll = F.cross_entropy(logits.flatten(0, 1), x_sorted.flatten(), reduction="none").view(B, L)
         if (loss_type or self.config.loss_type) == "elbo":  # -alpha'_t / (1 - alpha_t), alpha'_t = -alpha_0 (1 - EPS)
             weight = self.config.alpha_0 * (1 - EPS) / (1 - alpha(t, self.config.alpha_0))
         else:  # low_var: plain masked cross-entropy (training only)
             weight = torch.ones_like(t)
         return (nll * m_sorted * weight[:, None]).sum() / (B * L)
 
-    def sequential_loss(self, x, generator=None, dense=False):
-        """The AR term: E_{z_0} [ sum over masked l of -log p(x_l | clean of z_0, x at masked positions < l) ] / L."""
-        B, L = x.shape
-        masked = torch.rand(B, L, device=x.device, generator=generator) < 1 - self.config.alpha_0
-        u = torch.rand(B, L, device=x.device, generator=generator)
-        if self.config.variant == "A":  # A's clean block is bidirectional: its order does not matter
-            u = torch.arange(L, device=x.device).expand(B, L) / L
-        return self.sequential_nll(x, masked, sequential_order(masked, u), dense)
-
-    def sequential_nll(self, x, masked, sigma, dense=False):
-        """The AR term for given draws: masked (B, L) bool, sigma (B, L) clean first, masked ascending.
+    def sequential_nll(self, x, masked, sigma, dense=False, n_skip=None):
+        """The AR term, E_{z_0} [ sum over masked l of -log p(x_l | clean of z_0, x at masked
+        positions < l) ] / L, for given draws: masked (B, L) bool (z_0), sigma (B, L) clean first,
+        masked ascending.
 
         Why the 2L input [z_0 sorted ; x sorted] and not a shift by one: in a permuted order the
         previous slot does not know where the next target sits, so the prediction for masked
         position l is made at a [MASK] token carrying l's position, as the sampler does; that
         slot cannot also hold x_l for later slots to read. So the true tokens come from a second
         stream: the z slot of l sees itself and the x slots before it in decode order (all clean
-        tokens of z_0, and x at the masked positions left of l). The z slots of clean tokens are
-        fed only by the dense reference; the fast path drops them (SequentialPattern, [x ; z]).
+        tokens of z_0, and x at the masked positions left of l). The fast path (dense=False) feeds
+        no z slot before n_skip, clean in every row (SequentialPattern.skippable when None).
         """
         B, L = x.shape
-        return -(self._sequential_logprobs(x, masked, sigma, dense) * masked.gather(1, sigma)).sum() / (B * L)
+        logp = self._sequential_logprobs(x, masked, sigma, dense, n_skip)
+        return -(logp * masked.gather(1, sigma)).sum() / (B * L)
 
-    def _sequential_logprobs(self, x, masked, sigma, dense=False):
+    def _sequential_logprobs(self, x, masked, sigma, dense=False, n_skip=None):
         """log p(x at each sorted slot) (B, L) from one forward of [z_0 sorted ; x sorted].
 
         dense=True is the reference: all 2L tokens through sequential_mask. The fast path feeds
@@ -570,17 +609,17 @@ class EsoLM(nn.Module):
         L = x.size(1)
         z = torch.where(masked, self.mask_id, x)
         z_sorted, x_sorted = z.gather(1, sigma), x.gather(1, sigma)  # (B, L) in decode order
-        n_clean = (~masked).sum(1)
-        prefix = n_clean if self.config.variant == "A" else 0
+        slots = torch.arange(L, device=x.device)
+        x_mask = prefix_lm_mask(slots, L, (~masked).sum(1)) if self.config.variant == "A" else None  # B: causal
         if dense:
-            mask = sequential_mask(L, prefix, x.device)
+            mask = sequential_mask(prefix_lm_mask(slots, L) if x_mask is None else x_mask)
             h, n_skip = self.hidden(torch.cat([z_sorted, x_sorted], 1), torch.cat([sigma, sigma], 1), mask)[:, :L], 0
         else:
-            n_skip = int(n_clean.min())  # slots < n_skip are clean in every row: their z outputs are never read
-            pattern = SequentialPattern(L, n_skip, causal_mask(L, prefix=prefix, device=x.device), x.device)
+            n_skip = SequentialPattern.skippable(masked) if n_skip is None else n_skip
+            pattern = SequentialPattern(L, n_skip, x_mask, x.device)
             h = self.hidden(torch.cat([x_sorted, z_sorted[:, n_skip:]], 1), torch.cat([sigma, sigma[:, n_skip:]], 1),
                             pattern)[:, L:]  # (B, L - n_skip, C): the z slots
-        logp = F.log_softmax(self.lm_head(h).float(), dim=-1)
+        logp = F.log_softmax(self.logits(h), dim=-1)
         return F.pad(logp.gather(-1, x_sorted[:, n_skip:, None]).squeeze(-1), (n_skip, 0))
 
     # Sampling (paper Alg. 3) ------------------------------------------------------
@@ -621,9 +660,10 @@ class EsoLM(nn.Module):
             if kv_cache:
                 h = self._cached_step(canvas, sigma, done, k, cache, n_clean0)
             else:  # the reference: all L slots, clean then masked in decode order, every step
-                prefix = min(done, n_clean0) if cfg.variant == "A" else 0
-                h = self.hidden(canvas, sigma, causal_mask(L, prefix=prefix, device=device))[:, done:done + k]
-            canvas[:, done:done + k] = sample_tokens(self.lm_head(h), temperature, top_p, generator)
+                mask = prefix_lm_mask(torch.arange(L, device=device), L, min(done, n_clean0)) \
+                    if cfg.variant == "A" else None  # B: plain causal
+                h = self.hidden(canvas, sigma, mask)[:, done:done + k]
+            canvas[:, done:done + k] = sample_tokens(self.logits(h), temperature, top_p, generator)
             done, nfe = done + k, nfe + 1
             if callback is not None:
                 callback(unpermute(canvas, sigma), nfe)
@@ -642,8 +682,8 @@ class EsoLM(nn.Module):
         if self.config.variant == "A" and done <= n_clean0:
             return self._variant_a_clean_block_step(canvas, sigma, done, k, cache, n_clean0)
         start = cache.length
-        h = self.hidden(canvas[:, start:done + k], sigma[:, start:done + k],
-                        causal_mask(done + k - start, n_cached=start, device=canvas.device), cache)
+        slots = torch.arange(start, done + k, device=canvas.device)  # the chunk's decode slots
+        h = self.hidden(canvas[:, start:done + k], sigma[:, start:done + k], prefix_lm_mask(slots, done + k), cache)
         cache.commit(done - start)
         return h[:, -k:]
 
@@ -655,7 +695,8 @@ class EsoLM(nn.Module):
         buffers are scratch), and commit the block once complete, at the first sequential step (App. D.3).
         From then on variant A decodes as B does; at alpha_0 = 1 there is no such step, so A never caches.
         """
-        h = self.hidden(canvas[:, :done + k], sigma[:, :done + k], causal_mask(done + k, prefix=done), cache)
+        mask = prefix_lm_mask(torch.arange(done + k, device=canvas.device), done + k, done)
+        h = self.hidden(canvas[:, :done + k], sigma[:, :done + k], mask, cache)
         if done == n_clean0:
             cache.commit(done)
         return h[:, -k:]
@@ -692,17 +733,17 @@ class EsoLM(nn.Module):
         orders drawn that way the mean of p(x | sigma_k) estimates p(x) without bias, and by Jensen
         E[-log mean] >= -log p(x): an upper bound on the NLL of that process, tighter as K grows.
         """
-        if self.config.variant != "B":
-            raise ValueError("the one-forward any-order bound needs variant B: under variant A the "
-                             "clean tokens' representations change as tokens arrive")
+        if self.config.variant != "B" and self.config.alpha_0 > 0:  # at alpha_0 = 0, A has no clean block: A = B
+            raise ValueError("the one-forward any-order bound needs variant B (or alpha_0 = 0): under variant A "
+                             "the clean tokens' representations change as tokens arrive")
         num_orders = whole("num_orders", num_orders)
         B, L = x.shape
-        all_masked = torch.ones_like(x, dtype=torch.bool)
+        all_masks = torch.ones_like(x, dtype=torch.bool)  # z: every position a [MASK]
         log_p = []
         for _ in range(num_orders):
-            late = torch.rand(B, L, device=x.device, generator=generator) >= self.config.alpha_0  # sequential phase
-            sigma = sequential_order(late, torch.rand(B, L, device=x.device, generator=generator))
-            log_p.append(self._sequential_logprobs(x, all_masked, sigma, dense).sum(1))  # (B,)
+            sequential_phase = torch.rand(B, L, device=x.device, generator=generator) >= self.config.alpha_0
+            sigma = sequential_order(sequential_phase, torch.rand(B, L, device=x.device, generator=generator))
+            log_p.append(self._sequential_logprobs(x, all_masks, sigma, dense, n_skip=0).sum(1))  # (B,)
         log_px = torch.logsumexp(torch.stack(log_p), 0) - math.log(num_orders)  # (B,)
         return -log_px.mean() / L
 
@@ -730,14 +771,14 @@ def show_masks():
         return [("M" if masked[0, p] and half == "z" else x[p]) + str(p + 1) for p in sigma.tolist()]
 
     for variant in ("B", "A"):
-        prefix = n_clean if variant == "A" else 0
+        x_mask = prefix_lm_mask(torch.arange(6), 6, n_clean if variant == "A" else 0)  # (1, 1, 6, 6)
         sigma = diffusion_order(masked, u)[0]
         grid(f"Eso-LM ({variant}), diffusion phase: z sorted by sigma = {tuple(sigma.add(1).tolist())}",
-             label(sigma), prefix_lm(6, prefix)[0, 0])
+             label(sigma), x_mask[0, 0])
         keys = torch.arange(6.0)[None] / 6 if variant == "A" else u  # A: clean tokens in position order
         sigma = sequential_order(masked, keys)[0]
         grid(f"Eso-LM ({variant}), sequential phase (training): [z ; x] sorted by sigma = "
-             f"{tuple(sigma.add(1).tolist())}", label(sigma) + label(sigma, "x"), sequential_mask(6, prefix)[0, 0])
+             f"{tuple(sigma.add(1).tolist())}", label(sigma) + label(sigma, "x"), sequential_mask(x_mask)[0, 0])
 
 
 if __name__ == "__main__":

@@ -93,8 +93,8 @@ def test_worked_example_diffusion_order_and_mask():
     assert (order[0] + 1).tolist() == [3, 1, 6, 4, 5, 2]
     z = torch.where(masked, M, x)
     assert z.gather(1, order)[0].tolist() == [C, A, Fm, M, M, M]
-    assert eso.causal_mask(6) is None  # variant B: plain causal attention over the sorted sequence
-    assert torch.equal(eso.prefix_lm(6, 0)[0, 0], torch.ones(6, 6, dtype=torch.bool).tril())
+    # variant B: plain causal attention over the sorted sequence
+    assert torch.equal(eso.prefix_lm_mask(torch.arange(6), 6)[0, 0], torch.ones(6, 6, dtype=torch.bool).tril())
 
 
 def test_worked_example_sequential_order_and_mask():
@@ -107,7 +107,7 @@ def test_worked_example_sequential_order_and_mask():
     z = torch.where(masked, M, x)
     zs, xs = z.gather(1, order)[0].tolist(), x.gather(1, order)[0].tolist()
     assert zs == [C, A, Fm, M, M, M] and xs == [C, A, Fm, B, D, E]
-    mask = eso.sequential_mask(6)[0, 0]  # (12, 12) over [z sorted ; x sorted]
+    mask = eso.sequential_mask(eso.prefix_lm_mask(torch.arange(6), 6))[0, 0]  # (12, 12) over [z sorted ; x sorted]
     slot = 4  # the mask at position 4 (0-based slot 4 of the z half)
     sees = [("z" if j < 6 else "x", (zs + xs)[j]) for j in range(12) if mask[slot, j]]
     assert sees == [("z", M), ("x", C), ("x", A), ("x", Fm), ("x", B)]
@@ -131,7 +131,8 @@ def brute_mask_a(L, n_clean, two_l):
 
 def test_variant_a_masks_are_right_per_row():
     L, n_clean = 7, torch.tensor([5, 2])  # two rows with different clean counts
-    diff, seq = eso.causal_mask(L, prefix=n_clean), eso.sequential_mask(L, n_clean)
+    diff = eso.prefix_lm_mask(torch.arange(L), L, n_clean)
+    seq = eso.sequential_mask(diff)
     assert diff.shape == (2, 1, L, L) and seq.shape == (2, 1, 2 * L, 2 * L)
     for b in range(2):
         assert torch.equal(diff[b, 0], brute_mask_a(L, int(n_clean[b]), False))
@@ -241,7 +242,7 @@ def test_sequential_pattern_skips_what_the_2l_mask_rules_out(monkeypatch):
     """The chunks' masks, laid back into [z ; x] coordinates, are exactly sequential_mask's z rows >= s0."""
     monkeypatch.setattr(eso.SequentialPattern, "CHUNK", 3)
     L, s0 = 11, 3
-    pattern = eso.SequentialPattern(L, s0)
+    pattern = eso.SequentialPattern(L, s0, None, "cpu")
     rows, z = [], 0
     for size, mask in zip(pattern.z_sizes, pattern.masks):
         seen_x = mask[:, :-size]  # (size, end): x slots < end
@@ -250,7 +251,7 @@ def test_sequential_pattern_skips_what_the_2l_mask_rules_out(monkeypatch):
         full[:, s0 + z:s0 + z + size] = mask[:, -size:]  # own keys: the diagonal of the z half
         rows.append(full)
         z += size
-    assert torch.equal(torch.cat(rows), eso.sequential_mask(L)[0, 0, s0:L])
+    assert torch.equal(torch.cat(rows), eso.sequential_mask(eso.prefix_lm_mask(torch.arange(L), L))[0, 0, s0:L])
     assert sum(pattern.z_sizes) == L - s0 and sum(pattern.x_sizes) == L
 
 
@@ -258,9 +259,10 @@ def test_loss_splits_the_batch_and_sums_the_terms():
     model = tiny(0.25, L=12, big=False)
     x = torch.randint(0, 11, (4, 12), generator=gen(0))
     loss, parts = model.loss(x, generator=gen(3))
-    g = gen(3)
-    diff = model.diffusion_loss(x[:2], generator=g)
-    seq = model.sequential_loss(x[2:], generator=g)
+    d = model.draws(x, gen(3))  # the first 2 rows estimate the diffusion term, the other 2 the sequential one
+    assert d.t.shape == (2,) and d.masked.shape == d.sigma.shape == (4, 12)
+    diff = model.diffusion_nll(x[:2], d.t, d.masked[:2], d.sigma[:2])
+    seq = model.sequential_nll(x[2:], d.masked[2:], d.sigma[2:])
     torch.testing.assert_close(loss, diff + seq)
     torch.testing.assert_close(parts["diffusion"], diff)
     with pytest.raises(ValueError, match="cannot be split"):
@@ -292,7 +294,7 @@ def binomial_chain(n, steps, alpha_0, g):
 @pytest.mark.parametrize("alpha_0, steps", [(0.5, 8), (1.0, 8), (0.25, 64)])
 def test_schedule_matches_the_binomial_chain_in_distribution(alpha_0, steps):
     g = gen(0)
-    fast = [eso.unmask_schedule(40, steps, alpha_0, g) for _ in range(3000)]
+    fast = [eso.unmask_schedule(40, steps, alpha_0, g, "cpu") for _ in range(3000)]
     slow = [binomial_chain(40, steps, alpha_0, g) for _ in range(3000)]
     for stat in (lambda s: sum(s), len, lambda s: max(s, default=0)):
         a, b = torch.tensor([float(stat(s)) for s in fast]), torch.tensor([float(stat(s)) for s in slow])
@@ -301,7 +303,7 @@ def test_schedule_matches_the_binomial_chain_in_distribution(alpha_0, steps):
 
 def test_schedule_counts_and_nfe():
     for alpha_0, steps in [(0.0, 10), (1.0, 10), (1.0, 10**6), (0.5, 10**6), (0.5, 3)]:
-        sizes = eso.unmask_schedule(1000, steps, alpha_0, gen(1))
+        sizes = eso.unmask_schedule(1000, steps, alpha_0, gen(1), "cpu")
         n_mdm = sum(sizes)
         assert all(k > 0 for k in sizes) and len(sizes) <= steps and n_mdm <= 1000
         nfe = len(sizes) + (1000 - n_mdm)  # the NFE the spec gives
@@ -314,7 +316,7 @@ def test_schedule_counts_and_nfe():
             assert abs(n_mdm - 1000 * p) < 5 * math.sqrt(1000 * p * (1 - p))
     model = tiny(0.5, L=24)
     g = gen(2)
-    sizes = eso.unmask_schedule(24, 5, 0.5, g)
+    sizes = eso.unmask_schedule(24, 5, 0.5, g, "cpu")
     _, nfe = model.generate(2, 5, generator=gen(2))
     assert nfe == len(sizes) + 24 - sum(sizes)
 
@@ -458,6 +460,28 @@ def test_nucleus_filtering_keeps_the_smallest_set_above_p():
     assert seen == {0, 1, 2, 3}
 
 
+def test_float32_sampling_keeps_the_tail_where_a_running_sum_would_round_it_away(monkeypatch):
+    """The float32 inverse CDF (MPS) sums probabilities in float32; CPU cumsum accumulates in double and
+    cannot show the failure, so this emulates a coarse accumulator (8-bit mantissa, bf16's): the same
+    failure as float32's, at a 2^16 times smaller vocabulary. Head token 0 has p = 7/8 and 128 tail
+    tokens 2^-10 each: added after the head, each is below half an ulp of the sum and adds nothing."""
+    def coarse_cumsum(self, dim=-1):  # sequential sum, rounded to 8 significant bits after every addition
+        out, acc = torch.empty_like(self), torch.zeros(self.shape[:-1])
+        for i in range(self.size(-1)):
+            acc = (acc + self[..., i]).to(torch.bfloat16).float()
+            out[..., i] = acc
+        return out
+
+    p = torch.tensor([7 / 8] + [2 ** -10] * 128)
+    largest_first = coarse_cumsum(p)  # the accumulator has teeth: summed head first, the tail vanishes
+    assert largest_first[-1] == largest_first[0] == 7 / 8
+    monkeypatch.setattr(torch.Tensor, "cumsum", coarse_cumsum)
+    monkeypatch.setattr(eso, "has_float64", lambda device: False)
+    draws = eso.sample_tokens(p.log().expand(8000, 129), generator=gen(0))
+    tail = float((draws > 0).double().mean())
+    assert abs(tail - 1 / 8) < 5 * math.sqrt(1 / 8 * 7 / 8 / 8000), tail
+
+
 # ----------------------------------------------------------------------------- likelihood
 
 
@@ -536,6 +560,109 @@ def test_tiny_model_learns_structure_and_its_cached_samples_show_it():
     tokens, nfe = model.generate(128, 1000, generator=gen(1))  # about one token per step
     successor = ((tokens[:, 1:] - tokens[:, :-1]) % V == 1).float().mean()
     assert successor > 0.75, successor
+
+
+# ----------------------------------------------------------------------------- any device: devices, compile, precision
+
+
+class MadeWithoutDevice(TorchFunctionMode):
+    """Records every torch call that returns a tensor on the meta device. Entered under
+    torch.set_default_device("meta"), with the model on the CPU: a tensor created without device=
+    lands on meta, and so does whatever is computed from it. (A crash is no evidence: SDPA takes a
+    meta mask beside CPU tensors without complaint.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in
+               torch.utils._pytree.tree_leaves(out)):
+            self.calls.append(getattr(func, "__name__", str(func)))
+        return out
+
+
+@pytest.mark.parametrize("variant", ["B", "A"])
+def test_every_tensor_is_made_on_the_models_device(variant):
+    """generate (cache on and off, random and block order, a prompt), a training step with backward,
+    validation and the likelihood create nothing on torch's default device."""
+    model = tiny(0.5, variant, big=False)
+    x = torch.randint(0, 11, (4, 24), generator=gen(0))
+    canvas = torch.full((1, 24), model.mask_id)
+    canvas[0, :3] = torch.tensor([1, 2, 3])
+    torch.set_default_device("meta")
+    try:
+        with MadeWithoutDevice() as spy:
+            for kv_cache, block_order in itertools.product((True, False), (False, True)):
+                model.generate(2, 5, canvas=canvas, block_order=block_order, kv_cache=kv_cache, generator=gen(1))
+            model.train()
+            model.loss(x, generator=gen(2))[0].backward()
+            model.eval()
+            with torch.no_grad():
+                model.loss(x, "elbo", gen(3))
+                if variant == "B":
+                    model.likelihood(x, 2, gen(4))
+    finally:
+        torch.set_default_device(None)
+    assert spy.calls == []
+
+
+@pytest.mark.parametrize("variant", ["B", "A"])
+def test_training_and_evaluation_compile_once_per_shape(variant, monkeypatch):
+    """torch.compile (the eager backend: Dynamo's tracing and guards, no code generation) over 30 training
+    steps and 3 evaluations on fresh batches: one graph per (mode, n_skip) and no graph break. With
+    chunks of 4 slots, n_skip takes several values here, which used to be one recompile each."""
+    from torch._dynamo.utils import counters
+    monkeypatch.setattr(eso.SequentialPattern, "CHUNK", 4)
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny(0.5, variant, big=False)
+    compiled = torch.compile(model, backend="eager", dynamic=False, fullgraph=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    shapes = set()
+    for step in range(30):
+        x = torch.randint(0, 11, (4, 24), generator=gen(step))
+        draws = model.draws(x, gen(100 + step))
+        model.train()
+        loss, _ = compiled(x, draws)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        shapes.add(("train", draws.n_skip))
+        if step % 10 == 9:
+            model.eval()
+            with torch.no_grad():
+                draws = model.draws(x, gen(0))
+                assert torch.isfinite(compiled(x, draws, "elbo")[0])
+            shapes.add(("eval", draws.n_skip))
+    assert len({n for _, n in shapes}) > 1  # the case that used to recompile
+    assert counters["stats"]["unique_graphs"] == len(shapes) and not counters["graph_break"]
+    torch._dynamo.reset()
+
+
+def test_bf16_autocast_trains_evaluates_and_samples_from_float32_logits(dataset, tmp_path, run, monkeypatch):
+    """CPU bf16 autocast stands in for CUDA's: finite losses, valid tokens, and the logits that reach
+    sample_tokens and the likelihood are float32."""
+    model = tiny(0.5, big=False)
+    x = torch.randint(0, 11, (4, 24), generator=gen(0))
+    seen, real = [], eso.sample_tokens
+    monkeypatch.setattr(eso, "sample_tokens", lambda logits, *a, **k: seen.append(logits.dtype) or real(logits, *a, **k))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model.loss(x, generator=gen(1))
+        loss.backward()
+        model.eval()
+        with torch.no_grad():
+            val = model.loss(x, "elbo", gen(2))[0]
+            assert model.logits(model.hidden(x, torch.arange(24).expand(4, -1))).dtype == torch.float32
+            bound = model.likelihood(x, 2, gen(3))
+        tokens, nfe = model.generate(3, 6, generator=gen(4))
+    assert all(torch.isfinite(v) for v in (loss, val, bound))
+    assert seen and set(seen) == {torch.float32} and len(seen) == nfe
+    assert tokens.shape == (3, 24) and (tokens >= 0).all() and (tokens < 11).all()
+    code, out, err = run(train, f"--dataset={dataset}", f"--out_dir={tmp_path}", "--max_iters=2",
+                         "--eval_interval=2", "--dtype=bfloat16", *TINY)
+    assert code == 0 and "bfloat16" in out, err
 
 
 # ============================================================================= the pipeline
@@ -944,17 +1071,17 @@ def test_interrupted_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch, run):
     out = tmp_path / "run"
     calls = {"n": 0}
-    real_loss = eso.EsoLM.loss
+    real_forward = eso.EsoLM.forward
 
-    def poisoned(self, x, loss_type=None, generator=None):
-        loss, parts = real_loss(self, x, loss_type, generator)
+    def poisoned(self, x, draws, loss_type=None, dense=False):
+        loss, parts = real_forward(self, x, draws, loss_type, dense)
         if self.training:
             calls["n"] += 1
             if calls["n"] == 7:  # the 7th training step (step 6) goes bad
                 loss = loss * float("nan")
         return loss, parts
 
-    monkeypatch.setattr(eso.EsoLM, "loss", poisoned)
+    monkeypatch.setattr(eso.EsoLM, "forward", poisoned)
     code, _, err = run(train, f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=20", "--eval_interval=4", *TINY)
     err = err.strip()
     assert code == 1 and err.startswith("train.py: error: loss is nan at step 6") and "\n" not in err

@@ -135,11 +135,13 @@ def ema_update(ema_model, model, decay, it):
 
 
 @torch.no_grad()
-def evaluate(model, val, c, ctx, rank=0, world=1, num_orders=0):
+def evaluate(model, val, c, ctx, rank=0, world=1, num_orders=0, forward=None):
     """Per-token NELBO (elbo weights, the training alpha_0 and kappa) on a fixed validation set:
-    the same sequences and noise every call, shared out over processes. Totals are summed in
-    Python floats (float64 on every device, MPS included)."""
+    the same sequences and noise every call, shared out over processes. forward: the model's
+    forward, compiled or not (the draws are made outside it). Totals are summed in Python floats
+    (float64 on every device, MPS included)."""
     model.eval()
+    forward = forward or model
     dev = model.wte.weight.device
     offsets = torch.randint(len(val) - c["block_size"], (c["eval_iters"], c["batch_size"]),
                             generator=torch.Generator().manual_seed(0))
@@ -148,7 +150,7 @@ def evaluate(model, val, c, ctx, rank=0, world=1, num_orders=0):
         x = get_batch(val, offsets[i], c["block_size"], dev)
         noise = torch.Generator(dev).manual_seed(1000 + i)
         with ctx:
-            loss, parts = model.loss(x, loss_type="elbo", generator=noise)
+            loss, parts = forward(x, model.draws(x, noise), "elbo")
             iw = model.likelihood(x, num_orders, generator=noise) if num_orders else torch.zeros(())
         totals += [loss.item(), parts["diffusion"].item(), parts["sequential"].item(), iw.item()]
     if world > 1:
@@ -233,8 +235,9 @@ def main(argv):
     elif config.vocab_size != meta["vocab_size"] or ckpt["tokenizer"] != meta["tokenizer"]:
         raise cli.UserError(f"data/{c['dataset']} uses {meta['tokenizer']} ({meta['vocab_size']} ids) but the "
                             f"checkpoint was trained with {ckpt['tokenizer']} ({config.vocab_size} ids)")
-    if c["num_orders"] and config.variant != "B":
-        raise cli.UserError("--num_orders needs a variant B model (variant A's clean tokens change as tokens arrive)")
+    if c["num_orders"] and config.variant != "B" and config.alpha_0 > 0:
+        raise cli.UserError("--num_orders needs a variant B model, or alpha_0 = 0 (variant A's clean tokens change "
+                            "as tokens arrive)")
     if 0 < config.batch_split < 1 and c["batch_size"] < 2:
         raise cli.UserError(f"--batch_size must be at least 2 when batch_split is {config.batch_split} "
                             "(both terms need rows)")
@@ -335,7 +338,7 @@ def main(argv):
                 torch.manual_seed(hash((c["seed"], iter_num, slot)) % 2 ** 63)  # dropout
                 with nullcontext() if not ddp or micro == accum - 1 else model.no_sync():
                     with ctx:
-                        loss, parts = model(x, generator=seeded(device, c["seed"], iter_num, slot, 1))
+                        loss, parts = model(x, raw_model.draws(x, seeded(device, c["seed"], iter_num, slot, 1)))
                     scaler.scale(loss / accum).backward()
                 stats[:3] += torch.stack([loss.detach(), parts["diffusion"], parts["sequential"]]).float() / accum
             stats[3] = float(bool(caught))
