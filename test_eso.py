@@ -924,24 +924,30 @@ def test_evaluation_and_sampling_use_the_ema_weights(dataset, trained, run):
         assert stdout.startswith(printed) == same
 
 
-def test_ddp_two_gloo_processes_train_exactly_like_one(dataset, tmp_path, run):
+def test_ddp_two_gloo_processes_train_exactly_like_one_and_resume_on_one(dataset, tmp_path, run):
     """torchrun with no batch flag: 2 processes x 1 micro-batch of 4 = the global batch of one process
-    with 2 micro-batches of 4; the same sequences and noise, so the same losses and weights."""
-    args = [f"--dataset={dataset}", "--max_iters=4", "--eval_interval=4", *TINY]
+    with 2 micro-batches of 4; the same sequences and noise, so the same losses and weights. Resumed
+    on one process with no batch flag, the run keeps its global batch of 8 and stays on the curve."""
+    args = [f"--dataset={dataset}", "--eval_interval=4", *TINY]  # a constant learning rate after warmup
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "train.py", "--device=cpu", f"--out_dir={tmp_path / 'ddp'}", *args],
+                        "train.py", "--device=cpu", f"--out_dir={tmp_path / 'ddp'}", "--max_iters=4", *args],
                        cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "global batch 8 sequences = 4 per micro-batch x 1 micro-batch x 2 processes" in r.stdout
-    code, _, err = run(train, f"--out_dir={tmp_path / 'one'}", "--gradient_accumulation_steps=2", *args)
+    code, _, err = run(train, f"--out_dir={tmp_path / 'one'}", "--gradient_accumulation_steps=2", "--max_iters=8",
+                       *args)
     assert code == 0, err
-    ddp, one = train_losses(tmp_path / "ddp"), train_losses(tmp_path / "one")
-    assert sorted(ddp) == [1, 2, 3, 4] and all(ddp[i] == pytest.approx(one[i], rel=1e-5) for i in ddp)
-    assert max_weight_difference(tmp_path / "ddp", tmp_path / "one") < 1e-5
-    # a DDP checkpoint resumes on one process, on the same curve
-    code, stdout, err = run(train, f"--out_dir={tmp_path / 'ddp'}", "--init_from=resume", "--max_iters=6",
+    code, stdout, err = run(train, f"--out_dir={tmp_path / 'ddp'}", "--init_from=resume", "--max_iters=8",
                             f"--dataset={dataset}")
     assert code == 0 and "resuming at step 4" in stdout, err
+    assert "global batch 8 sequences = 4 per micro-batch x 2 micro-batches x 1 process" in stdout
+    ddp, one = train_losses(tmp_path / "ddp"), train_losses(tmp_path / "one")
+    assert sorted(ddp) == list(range(1, 9)) and all(ddp[i] == pytest.approx(one[i], rel=1e-5) for i in ddp)
+    assert max_weight_difference(tmp_path / "ddp", tmp_path / "one") < 1e-5
+    # a global batch that cannot be shared out is refused in one line
+    code, _, err = run(train, f"--out_dir={tmp_path / 'ddp'}", "--init_from=resume", "--max_iters=9",
+                       f"--dataset={dataset}", "--batch_size=3")
+    assert code == 2 and "global batch of 8 sequences does not split" in err and err.count("\n") == 1
 
 
 def test_gradient_accumulation_equals_a_bigger_batch(dataset, tmp_path, run):

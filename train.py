@@ -266,14 +266,28 @@ def main(argv):
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=c["learning_rate"], betas=(c["beta1"], c["beta2"]),
                                   weight_decay=c["weight_decay"], fused=device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=c["dtype"] == "float16")
-    iter_num, best_val = 0, float("inf")
+    iter_num, best_val, train_s = 0, float("inf"), 0.0  # train_s: seconds spent training (not evaluating)
+    B, L = c["batch_size"], config.block_size
+    accum = -(-c["gradient_accumulation_steps"] // world)  # micro-batches per process and iteration
     if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val = ckpt["iter_num"], ckpt.get("best_val_loss", float("inf"))
+        train_s = ckpt.get("train_seconds", 0.0)
+        if ckpt.get("global_batch") and "gradient_accumulation_steps" not in given:  # the same batch, any world
+            accum, rest = divmod(ckpt["global_batch"], B * world)
+            if rest or not accum:
+                raise cli.UserError(f"the checkpoint's global batch of {ckpt['global_batch']} sequences does not split "
+                                    f"into micro-batches of {B} on each of {world} process(es): resume with a "
+                                    "--batch_size and a process count whose product divides it")
         del ckpt
-    model = torch.compile(raw_model) if c["compile"] else raw_model
+    global_batch = B * accum * world
+    c["gradient_accumulation_steps"] = accum * world  # as used (nanoGPT's convention: over all processes)
+    # one graph per shape: the loss's draws are made outside (EsoLM.draws), and dynamic=False keeps
+    # Dynamo from tracing a second, symbolic-shape graph when a shape changes
+    model = torch.compile(raw_model, dynamic=False) if c["compile"] else raw_model
+    eval_forward = torch.compile(ema_model or raw_model, dynamic=False) if c["compile"] else None
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda"
                                                           else None)
@@ -291,7 +305,8 @@ def main(argv):
                 "model": raw_model.state_dict(), "ema": ema_model.state_dict() if ema_model else None,
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "config": asdict(config), "tokenizer": meta["tokenizer"], "dataset": c["dataset"],
-                "train_config": c, "iter_num": iter_num, "best_val_loss": best_val,
+                "train_config": c, "global_batch": global_batch, "iter_num": iter_num, "best_val_loss": best_val,
+                "train_seconds": train_s,
                 "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]}})
 
     def log(record):
@@ -299,9 +314,6 @@ def main(argv):
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    accum = -(-c["gradient_accumulation_steps"] // world)  # micro-batches per process and iteration
-    B, L = c["batch_size"], config.block_size
-    global_batch = B * accum * world
     say(f"Eso-LM ({config.variant}) {raw_model.num_params() / 1e6:.2f}M parameters: {config.n_layer} layers x "
         f"{config.n_embd}, L={L}, vocab {config.vocab_size} + [MASK]; alpha_0={config.alpha_0}, batch split "
         f"kappa={config.batch_split} ({config.loss_type})")
@@ -311,17 +323,18 @@ def main(argv):
         + (", compiled" if c["compile"] else "") + (f"; resuming at step {iter_num}" if iter_num else ""))
 
     def train_loop():
-        nonlocal iter_num, best_val
+        nonlocal iter_num, best_val, train_s
         bar = tqdm(total=c["max_iters"], initial=iter_num, disable=not (master and sys.stderr.isatty()),
                    dynamic_ncols=True, unit="it")  # without a terminal: plain log lines instead
         t_last, it_last, resumed_at = time.time(), iter_num, iter_num
         while True:
-            if iter_num % c["eval_interval"] == 0 and iter_num != resumed_at or iter_num == c["max_iters"]:
-                res = evaluate(ema_model or raw_model, val_data, c, ctx, rank, world)
+            if (iter_num % c["eval_interval"] == 0 and iter_num != resumed_at) or iter_num == c["max_iters"]:
+                train_s += time.time() - t_last
+                res = evaluate(ema_model or raw_model, val_data, c, ctx, rank, world, forward=eval_forward)
                 best_val = min(best_val, res["nelbo"])
                 say(f"step {iter_num}: val NELBO {res['nelbo']:.4f} (diffusion {res['diffusion']:.4f} + "
                     f"sequential {res['sequential']:.4f}), perplexity {res['ppl']:.4g}", flush=True)
-                log({"iter": iter_num, "val": res})
+                log({"iter": iter_num, "val": res, "train_s": round(train_s, 3)})
                 checkpoint()
                 t_last, it_last = time.time(), iter_num  # tokens/s counts training time only
             if iter_num >= c["max_iters"]:
@@ -363,12 +376,13 @@ def main(argv):
             if iter_num % c["log_interval"] == 0 or stop:
                 now = time.time()
                 tok_s = global_batch * L * (iter_num - it_last) / max(now - t_last, 1e-9)
-                t_last, it_last = now, iter_num
+                train_s, t_last, it_last = train_s + now - t_last, now, iter_num
                 bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
                 if bar.disable:
                     say(f"iter {iter_num}: loss {loss_sum:.4f} (diffusion {d:.4f} + sequential {s:.4f}), "
                         f"lr {lr:.2e}, {tok_s:,.0f} tokens/s", flush=True)
-                log({"iter": iter_num, "loss": loss_sum, "diffusion": d, "sequential": s, "lr": lr, "tok_s": tok_s})
+                log({"iter": iter_num, "loss": loss_sum, "diffusion": d, "sequential": s, "lr": lr, "tok_s": tok_s,
+                     "train_s": round(train_s, 3)})
             if stop:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
