@@ -59,7 +59,7 @@ def model_for(c, dev, L, alpha_0=1.0, vocab=None):
 
 def timed(fn, repeats, dev, warmup=True):
     """(median seconds, all runs, last result) of fn(), after one warm-up run unless warmup=False."""
-    sync = torch.cuda.synchronize if dev.type == "cuda" else lambda: None
+    sync = lambda: cli.synchronize(dev)  # noqa: E731
     _ = warmup and fn()
     times = []
     for _ in range(repeats):

@@ -141,6 +141,16 @@ def precision(device, dtype="auto"):
     return dtype, torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
+def synchronize(device):
+    """Wait until `device` has run the work queued on it, so that a timer measures the work and
+    not its dispatch: CUDA (that very device, not cuda:0) and MPS run asynchronously."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names the file and why, in one line."""
 

@@ -94,16 +94,14 @@ def main(argv):
     if c["show_steps"]:
         show(canvas, 0)
     generator = torch.Generator(dev).manual_seed(c["seed"])
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+    cli.synchronize(dev)
     t0 = time.perf_counter()
     with ctx:
         tokens, nfe = model.generate(c["num_samples"], steps, alpha_0=a0, temperature=c["temperature"],
                                      top_p=c["top_p"], canvas=canvas, block_order=c["block_order"],
                                      kv_cache=c["kv_cache"], generator=generator,
                                      callback=show if c["show_steps"] else None)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+    cli.synchronize(dev)
     seconds = time.perf_counter() - t0
     for row in [] if c["quiet"] else tokens:
         print(enc.decode(row.tolist()) + "\n" + "-" * 60)

@@ -229,9 +229,12 @@ def main(argv=None):
     args, t0 = p.parse_args(argv), time.time()
     try:
         out, meta = prepare(args.dataset, args.input, args.name, args.tokenizer, args.val_fraction, args.overwrite)
-    except (PrepareError, KeyboardInterrupt) as e:
-        print(f"data/prepare.py: error: {e or 'interrupted; nothing was written'}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, PrepareError) else 130)
+    except PrepareError as e:
+        print(f"data/prepare.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:  # an exception object is always truthy: say it in words
+        print("data/prepare.py: error: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
     print(f"wrote {out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens of {meta['documents']:,} "
           f"documents ({meta['tokenizer']}) in {time.time() - t0:.1f}s")
 
