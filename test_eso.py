@@ -518,9 +518,11 @@ def test_python_eso_py_prints_the_attention_patterns(capsys):
     assert lines[i + 6].split() == ["M5", "█", "█", "█", "█", "█", "·"]  # causal in decode order
 
 
-def test_likelihood_rejects_variant_a():
+def test_likelihood_rejects_variant_a_except_at_alpha0_zero_where_a_is_b():
     with pytest.raises(ValueError, match="variant B"):
         tiny(1.0, "A").likelihood(torch.zeros(1, 24, dtype=torch.long), 2)
+    x = torch.randint(0, 11, (2, 24), generator=gen(0))  # at alpha_0 = 0 there is no clean block: A = B
+    torch.testing.assert_close(tiny(0.0, "A").likelihood(x, 1), tiny(0.0, "B").likelihood(x, 1))
 
 
 # ----------------------------------------------------------------------------- it learns
@@ -781,6 +783,15 @@ def test_prepare_gpt2_offline_says_how_to_fix_it(monkeypatch):
     with pytest.raises(prepare.PrepareError, match="TIKTOKEN_CACHE_DIR") as e:
         prepare.get_tokenizer("gpt2")
     assert "--tokenizer bytes" in str(e.value)
+
+
+def test_prepare_interrupted_says_so(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare, "prepare", interrupted)
+    with pytest.raises(SystemExit) as e:
+        prepare.main(["--name", "never"])
+    assert e.value.code == 130 and capsys.readouterr().err == "data/prepare.py: error: interrupted; nothing was written\n"
 
 
 def test_scripts_stand_on_eso_and_the_data_floor_only():
