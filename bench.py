@@ -73,11 +73,11 @@ def timed(fn, repeats, dev, warmup=True):
 @torch.no_grad()
 def plain_ar_decode(model, L, generator):
     """A GPT decode with a KV cache: feed the last token, sample the next, L times."""
-    cache, dev = eso.KVCache(model.config.n_layer, L), model.wte.weight.device
+    cache, dev = model.kv_cache(1), model.wte.weight.device
     tok = torch.zeros(1, 1, dtype=torch.long, device=dev)
     for i in range(L):
-        h = model.hidden(tok, torch.full((1, 1), i, device=dev), eso.prefix_lm_mask(torch.full((1,), i, device=dev), i + 1), cache)
-        cache.commit(1)
+        cache.slots = torch.full((1,), i, device=dev)
+        h = model.hidden(tok, cache.slots[None], eso.prefix_lm_mask(cache.slots, i + 1), cache)
         tok = eso.sample_tokens(model.logits(h), generator=generator)
     return None, L
 

@@ -50,6 +50,7 @@ Read top to bottom:
 import itertools
 import math
 import numbers
+import weakref
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -137,29 +138,25 @@ class Linear(nn.Module):
 
 
 class KVCache:
-    """One key and one value per decoded token per layer, in decode order, as an AR cache.
+    """The unified KV cache: one key and one value per decoded token per layer, in decode order
+    (slot i holds the token decoded i-th), allocated once for all L slots.
 
-    Buffers are allocated once per generate call, at the first write. A forward writes its
-    chunk's keys/values at [length, length + T) and attends over [0, length + T); `commit(n)`
-    then keeps the first n of them (the chunk's clean tokens). Entries past `length` (this
-    step's mask tokens) are overwritten by the next forward.
+    A forward over tokens at the decode slots `slots` (a 1-D tensor, set before the forward) writes
+    their keys and values there, then attends over as many slots from 0 as its mask has columns.
+    Slots [0, length) hold clean tokens for good; what a forward writes past them (this step's mask
+    tokens) is overwritten by the forward that feeds those slots again. The buffers start at zero,
+    so the unwritten slots that a mask hides hold finite numbers (a NaN would leak through softmax).
     """
 
-    def __init__(self, n_layer, max_len):
-        self.kv, self.max_len, self.length = [None] * n_layer, max_len, 0
+    def __init__(self, n_layer, shape, dtype, device):  # shape: (B, nh, L, hd)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.length, self.slots = 0, None
 
-    def update(self, layer, k, v):  # k, v: (B, nh, T, hd)
-        if self.kv[layer] is None:
-            B, nh, _, hd = k.shape
-            self.kv[layer] = (k.new_empty(B, nh, self.max_len, hd), v.new_empty(B, nh, self.max_len, hd))
-        K, V = self.kv[layer]
-        end = self.length + k.size(2)
-        K[:, :, self.length:end] = k
-        V[:, :, self.length:end] = v
-        return K[:, :, :end], V[:, :, :end]
-
-    def commit(self, n):
-        self.length += n
+    def update(self, layer, k, v):  # k, v: (B, nh, T, hd) at self.slots
+        self.k[layer][:, :, self.slots] = k  # written at a tensor of slots: no shape depends on where
+        self.v[layer][:, :, self.slots] = v
+        return self.k[layer], self.v[layer]  # (B, nh, L, hd)
 
 
 class Attention(nn.Module):
@@ -175,7 +172,8 @@ class Attention(nn.Module):
         q, k = apply_rotary(qkv[:2], cos, sin)  # rotary on q and k (not v), before k enters the cache
         v = qkv[2]
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, nh, length + T, hd)
+            k, v = cache.update(layer, k, v)  # (B, nh, L, hd): every slot
+            k, v = k[:, :, :attn_mask.size(-1)], v[:, :, :attn_mask.size(-1)]  # the slots the mask covers
         p = self.dropout if self.training else 0.0
         if isinstance(attn_mask, SequentialPattern):  # the sequential term's fast path (section 4)
             y = attn_mask.attend(q, k, v, p)
@@ -626,7 +624,7 @@ class EsoLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, num_samples, steps, *, alpha_0=None, temperature=1.0, top_p=1.0, canvas=None,
-                 block_order=False, kv_cache=True, generator=None, callback=None):
+                 block_order=False, kv_cache=True, compile=False, generator=None, callback=None):
         """Sample (num_samples, L) tokens. Returns (tokens, nfe): tokens never hold the mask id;
         nfe is the number of transformer forwards spent.
 
@@ -637,8 +635,10 @@ class EsoLM(nn.Module):
         template); every row must have the same number of masks. block_order: the paper's
         block ("subcontext") order, see sampling_order. kv_cache=False is the slow reference:
         the whole permuted sequence through the transformer at every step; both paths return
-        identical tokens for the same generator. callback(tokens, nfe): called after every
-        step with the canvas (B, L) in position order.
+        identical tokens for the same generator. compile=True runs the cached step compiled
+        (torch.compile; CUDA graphs on CUDA): the same step in static shapes, whose logits match
+        the eager step's to float rounding (see compiled_decode_step). callback(tokens, nfe):
+        called after every step with the canvas (B, L) in position order.
         """
         cfg, device = self.config, self.wte.weight.device
         L = cfg.block_size
@@ -653,12 +653,13 @@ class EsoLM(nn.Module):
         sizes += [1] * (L - n_known - n_mdm)  # the sequential phase: one token per step
         sigma = sampling_order(known, n_mdm, n_diffusion_steps, block_order, generator)  # (B, L)
         canvas = canvas.gather(1, sigma)  # (B, L): canvas[b, i] = the token at position sigma[b, i]
-        cache = KVCache(cfg.n_layer, L) if kv_cache else None
+        cache = self.kv_cache(canvas.size(0), keep=compile) if kv_cache else None
+        step = compiled_decode_step(device) if compile and kv_cache else None
         n_clean0 = n_known + n_mdm  # the clean tokens of z_0: known and diffusion tokens
         done, nfe = n_known, 0  # canvas[:, :done] is decoded; the first step feeds the known tokens
         for k in sizes:  # k = the number of tokens this step decodes
             if kv_cache:
-                h = self._cached_step(canvas, sigma, done, k, cache, n_clean0)
+                h = self._cached_step(canvas, sigma, done, k, cache, n_clean0, step)
             else:  # the reference: all L slots, clean then masked in decode order, every step
                 mask = prefix_lm_mask(torch.arange(L, device=device), L, min(done, n_clean0)) \
                     if cfg.variant == "A" else None  # B: plain causal
@@ -669,37 +670,55 @@ class EsoLM(nn.Module):
                 callback(unpermute(canvas, sigma), nfe)
         return unpermute(canvas, sigma), nfe
 
-    def _cached_step(self, canvas, sigma, done, k, cache, n_clean0):
+    def _cached_step(self, canvas, sigma, done, k, cache, n_clean0, compiled=None):
         """One forward with the KV cache; returns the hidden states (B, k, C) of this step's k masks.
 
         Variant B reads as AR decoding with a cache. The cache holds every token decoded before
         the last step; feed the tokens decoded at the last step (now clean: their keys and
         values are written one step late) followed by this step's k masks, causal in decode
-        order, then keep the clean tokens' entries and drop the masks'. Exact, because attention
-        is causal in decode order: a clean token's keys and values depend only on tokens decoded
-        before it, which never change, and a mask's entries are never read by a later step.
-        """
-        if self.config.variant == "A" and done <= n_clean0:
-            return self._variant_a_clean_block_step(canvas, sigma, done, k, cache, n_clean0)
-        start = cache.length
-        slots = torch.arange(start, done + k, device=canvas.device)  # the chunk's decode slots
-        h = self.hidden(canvas[:, start:done + k], sigma[:, start:done + k], prefix_lm_mask(slots, done + k), cache)
-        cache.commit(done - start)
-        return h[:, -k:]
+        order, then keep the clean tokens' entries and let the masks' be overwritten. Exact,
+        because attention is causal in decode order: a clean token's keys and values depend
+        only on tokens decoded before it, which never change, and a mask's entries are never
+        read by a later step.
 
-    def _variant_a_clean_block_step(self, canvas, sigma, done, k, cache, n_clean0):
-        """Variant A while its clean block grows (the diffusion phase, up to the first sequential step).
-
-        Clean tokens attend to each other both ways, so their keys and values change whenever a
-        token joins the block: feed the whole block and the k masks every step, commit nothing (the
-        buffers are scratch), and commit the block once complete, at the first sequential step (App. D.3).
-        From then on variant A decodes as B does; at alpha_0 = 1 there is no such step, so A never caches.
+        Variant A differs by a mask: its clean block (the first min(done, n_clean0) slots) attends
+        both ways, so while it grows (the diffusion phase) its keys and values change with every
+        token that joins it. Each such step feeds the whole block again and keeps nothing; the
+        first sequential step feeds it complete and keeps it (App. D.3), and from then on A decodes
+        as B does. At alpha_0 = 1 that step never comes, and A never caches.
         """
-        mask = prefix_lm_mask(torch.arange(done + k, device=canvas.device), done + k, done)
-        h = self.hidden(canvas[:, :done + k], sigma[:, :done + k], mask, cache)
-        if done == n_clean0:
-            cache.commit(done)
-        return h[:, -k:]
+        a = self.config.variant == "A"
+        prefix = min(done, n_clean0) if a else 0
+        lo, hi = cache.length, done + k  # the slots fed: the last step's tokens (A: the block), then k masks
+        n_keys = hi  # the slots attended
+        if compiled is not None:  # a handful of shapes per run (see static_window)
+            lo, hi, n_keys = static_window(lo, hi, self.config.block_size)
+        cache.slots = torch.arange(lo, hi, device=canvas.device)
+        mask = prefix_lm_mask(cache.slots, n_keys, prefix)  # (1, 1, hi - lo, n_keys)
+        h = (compiled or EsoLM.hidden)(self, canvas[:, lo:hi], sigma[:, lo:hi], mask, cache)
+        cache.length = done if not a or done >= n_clean0 else 0  # keep the clean tokens (A: once complete)
+        return h[:, done - lo:done + k - lo]
+
+    def kv_cache(self, batch, keep=False):
+        """An empty KVCache for `batch` rows, in the dtype the keys will have (the autocast dtype under
+        autocast). keep=True returns the model's own cache, zeroed for reuse when its shape and dtype
+        fit: a compiled step is then fed the same buffers, at the same addresses, every call."""
+        dev, cfg = self.wte.weight.device, self.config
+        dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else self.wte.weight.dtype
+        shape = (batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+        kept = _KEPT_CACHES.get(self) if keep else None
+        if kept is not None and kept.k[0].shape == shape and kept.k[0].dtype == dtype and kept.k[0].device == dev:
+            for buffer in kept.k + kept.v:
+                buffer.zero_()
+            kept.length = 0
+            return kept
+        cache = KVCache(cfg.n_layer, shape, dtype, dev)
+        if keep:
+            if dev.type == "cuda":  # CUDA graphs then read and write the buffers in place, never a copy
+                for buffer in cache.k + cache.v:
+                    torch._dynamo.mark_static_address(buffer)
+            _KEPT_CACHES[self] = cache
+        return cache
 
     def _check_canvas(self, num_samples, canvas, device):
         L, mask_id = self.config.block_size, self.mask_id
@@ -746,6 +765,54 @@ class EsoLM(nn.Module):
             log_p.append(self._sequential_logprobs(x, all_masks, sigma, dense, n_skip=0).sum(1))  # (B,)
         log_px = torch.logsumexp(torch.stack(log_p), 0) - math.log(num_orders)  # (B,)
         return -log_px.mean() / L
+
+
+# -----------------------------------------------------------------------------
+# Making it fast: the cached step compiled
+
+
+KEY_BLOCK = 128  # the compiled step attends over a multiple of this many cache slots
+_COMPILED_STEPS = {}  # torch.compile mode -> the compiled EsoLM.decode_step
+_KEPT_CACHES = weakref.WeakKeyDictionary()  # model -> the KVCache its compiled steps write
+
+
+def static_window(lo, hi, L):
+    """(lo, hi, n_keys) of the compiled step for the chunk of slots [lo, hi): static shapes.
+
+    A compiled graph has fixed shapes, and the eager step's change every step (the chunk's size,
+    the keys attended). So the chunk is widened to the next size P in 1, 2, 3, 4, 6, 8, 12, 16, ...
+    (powers of two and 1.5 times them; at most L) by feeding earlier slots again (clean tokens,
+    whose keys and values come out the same, up to rounding, from the same tokens and cache) or,
+    near the start, the next slots (not decoded yet: what they write is overwritten before it is
+    read); and the keys attended are rounded up to a multiple of KEY_BLOCK (the causal mask hides
+    the slots past each query). A sampling run then meets a handful of (P, n_keys) pairs.
+    """
+    n = hi - lo
+    P = 1 << (n - 1).bit_length()  # the next power of two
+    P = min(3 * P // 4 if 3 * P // 4 >= n else P, L)
+    hi = max(hi, P)
+    return hi - P, hi, min(-(-hi // KEY_BLOCK) * KEY_BLOCK, L)
+
+
+def compiled_decode_step(device):
+    """EsoLM.hidden under torch.compile, for the cached sampler: inductor, and on CUDA
+    mode="reduce-overhead" (CUDA graphs: a step replays with one launch; the cache buffers are
+    marked static, see EsoLM.kv_cache). The tokens fed have static shapes (static_window); the
+    number of keys attended, the mask's last dimension, is marked dynamic: one graph serves every
+    length. One compiled function for all models; Dynamo compiles it once per model and chunk size."""
+    mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
+    if mode not in _COMPILED_STEPS:
+        hidden = torch.compile(EsoLM.hidden, mode=mode, dynamic=False, fullgraph=True)
+        # a graph per chunk size and model: Dynamo's default limit (8 per function) is too few
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+
+        def step(model, tokens, pos, mask, cache):
+            torch._dynamo.maybe_mark_dynamic(mask, 3)
+            if mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs have been read
+            return hidden(model, tokens, pos, mask, cache)
+        _COMPILED_STEPS[mode] = step
+    return _COMPILED_STEPS[mode]
 
 
 # -----------------------------------------------------------------------------

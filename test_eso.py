@@ -643,6 +643,86 @@ def test_training_and_evaluation_compile_once_per_shape(variant, monkeypatch):
     torch._dynamo.reset()
 
 
+def logged_generate(model, monkeypatch, forced=None, **kw):
+    """model.generate(**kw) -> (tokens, nfe, the logits of every step, the tokens drawn at every step);
+    forced: tokens to draw at each step instead of sampling, so that two runs see the same canvases."""
+    logits, drawn, real = [], [], eso.sample_tokens
+
+    def spy(step_logits, *args, **kwargs):
+        logits.append(step_logits.clone())
+        drawn.append(real(step_logits, *args, **kwargs) if forced is None else forced[len(drawn)])
+        return drawn[-1]
+    with monkeypatch.context() as m:
+        m.setattr(eso, "sample_tokens", spy)
+        tokens, nfe = model.generate(**kw)
+    return tokens, nfe, logits, drawn
+
+
+@pytest.fixture
+def dynamo_eager(monkeypatch):
+    """generate(compile=True) through Dynamo's eager backend: the same graphs, guards and shapes as
+    inductor's, without the seconds of code generation; KEY_BLOCK 8, so that the keys attended vary."""
+    import functools
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    monkeypatch.setattr(eso, "_COMPILED_STEPS", {})
+    monkeypatch.setattr(eso, "KEY_BLOCK", 8)
+    yield
+    torch._dynamo.reset()
+
+
+def prompt_canvas(model):
+    canvas = torch.full((1, 24), model.mask_id)  # a prompt and two infilling anchors
+    canvas[0, [0, 1, 2, 13, 20]] = torch.tensor([1, 2, 3, 4, 5])
+    return canvas
+
+
+@pytest.mark.parametrize("variant, alpha_0, with_canvas", list(itertools.product("BA", [0.0, 0.5, 1.0], [False, True])))
+def test_compiled_step_gives_the_eager_steps_logits(variant, alpha_0, with_canvas, dynamo_eager, monkeypatch):
+    """A whole sampling run of the compiled step (chunks widened to bucket sizes, the keys attended
+    rounded up) against the eager step fed the same tokens: the logits agree at every step."""
+    model = tiny(alpha_0, variant)
+    kw = dict(num_samples=3, steps=7, canvas=prompt_canvas(model) if with_canvas else None)
+    tokens, nfe, fast, drawn = logged_generate(model, monkeypatch, compile=True, generator=gen(1), **kw)
+    eager_tokens, eager_nfe, slow, _ = logged_generate(model, monkeypatch, forced=drawn, generator=gen(1), **kw)
+    assert nfe == eager_nfe == len(fast) == len(slow) and torch.equal(tokens, eager_tokens)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_compiled_sampling_compiles_a_handful_of_graphs_once(dynamo_eager, monkeypatch):
+    """One graph per chunk size (two at most: a first trace that attends over every slot specializes),
+    whatever the number of keys attended; a second run of the same sampling compiles nothing."""
+    from torch._dynamo.utils import counters
+    counters.clear()
+    sizes, real = set(), eso.static_window
+    monkeypatch.setattr(eso, "static_window", lambda lo, hi, L: sizes.add(real(lo, hi, L)[1] - real(lo, hi, L)[0])
+                        or real(lo, hi, L))
+    model = tiny(0.5, L=64)
+    model.generate(2, 8, compile=True, generator=gen(0))
+    graphs = counters["stats"]["unique_graphs"]
+    assert 0 < graphs <= 2 * len(sizes) <= 2 * 8 and not counters["graph_break"]
+    model.generate(2, 8, compile=True, generator=gen(0))
+    assert counters["stats"]["unique_graphs"] == graphs
+    seen = set(sizes)
+    model.generate(2, 10 ** 6, alpha_0=0.0, compile=True, generator=gen(1))  # one token per step: P <= 2
+    assert counters["stats"]["unique_graphs"] - graphs <= 2 * len(sizes - seen)
+
+
+def test_compiled_step_with_inductor_writes_the_cache_in_place(monkeypatch):
+    """The real compiler, once (seconds of C++): its generated kernels write the KV cache in place and
+    give the eager step's logits."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(eso, "_COMPILED_STEPS", {})
+    model = tiny(0.5, L=16)
+    kw = dict(num_samples=2, steps=4, canvas=prompt_canvas(tiny(0.5))[:, :16])
+    tokens, nfe, fast, drawn = logged_generate(model, monkeypatch, compile=True, generator=gen(2), **kw)
+    _, _, slow, _ = logged_generate(model, monkeypatch, forced=drawn, generator=gen(2), **kw)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+    torch._dynamo.reset()
+
+
 def test_bf16_autocast_trains_evaluates_and_samples_from_float32_logits(dataset, tmp_path, run, monkeypatch):
     """CPU bf16 autocast stands in for CUDA's: finite losses, valid tokens, and the logits that reach
     sample_tokens and the likelihood are float32."""
