@@ -8,12 +8,14 @@ Speed of Eso-LM sampling and training with random weights (the paper's Tables 11
 Sampling: batch 1, nucleus off, T = 1e6 ("NFE ~ L": one token per step, the paper's protocol).
   floor_2row, _1row, _32row  a pass over every weight matrix with 2 (1, 32) rows: a decode step's floor
   eso_cached, eso_alpha0  Eso-LM (B) with its KV cache at alpha_0 = 1 (0): two rows per step
-  ar, hf_gpt2             a one-row GPT decode of the same transformer; Hugging Face GPT-2 `generate` of the
-                          same size (when transformers is installed: a peer, not a dependency)
-  eso_T=L/k, eso_uncached cached at T = L/k (about k tokens per step); the reference (what MDLM costs)
+  eso_compiled[_T=L/16]   generate(compile=True) at NFE ~ L (T = L/16), against its floor timed between its
+                          runs: a weight pass with the rows it feeds plus the KV reads of its windows
+  ar, hf_gpt2             a one-row GPT decode of the same transformer; Hugging Face GPT-2 `generate`, same
+                          size (when transformers is installed: a peer, not a dependency)
+  eso_T=L/k, eso_uncached cached at T = L/k (~k tokens per step); the uncached path (what MDLM costs)
   gpt2_vocab              eso_cached with GPT-2's 50,257 tokens: the share of a step in sample_tokens
-Training: a step of model.loss (forward, backward, AdamW) per alpha_0, fast and dense [z_0 ; x] paths,
-and their largest loss and gradient difference. Cases run in fresh processes; medians of --repeats runs.
+Training: a step of model.loss (forward, backward, AdamW) per alpha_0, fast and dense sequential term, and
+their largest loss and gradient difference. Cases run in fresh processes; medians of --repeats runs.
 """
 
 import importlib.util
@@ -45,6 +47,7 @@ CONFIG = dict(
     train_alphas=("1,0.5,0.25,0", "training step time at these alpha_0"),
     train_batch=(4, "sequences per training step (of the first length)"),
     peak_flops=(0.0, "the device's peak FLOP/s for MFU (0 = skip), e.g. 989e12 for an H100's bf16"),
+    compile=(True, "also time the compiled cached step (eso_compiled cases)"),
     fresh=(True, "run every case in a fresh process (False: in this one, for a quick check)"),
     device=("auto", "auto, cpu, cuda, cuda:N or mps"),
     seed=(0, "seed of the random weights and of the samplers"),
@@ -57,17 +60,34 @@ def model_for(c, dev, L, alpha_0=1.0, vocab=None):
                                    n_head=c["n_head"], n_embd=c["n_embd"], alpha_0=alpha_0)).to(dev)
 
 
-def timed(fn, repeats, dev, warmup=True):
-    """(median seconds, all runs, last result) of fn(), after one warm-up run unless warmup=False."""
-    sync = lambda: cli.synchronize(dev)  # noqa: E731
+def timed(fn, repeats, dev, warmup=True, *others):
+    """(median seconds, all runs, last result, then the medians of the others, each timed after each run of
+    fn) of fn(), after one warm-up run unless warmup=False."""
     _ = warmup and fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0, out = time.perf_counter(), fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), [round(t, 4) for t in times], out
+    times = [[] for _ in range(1 + len(others))]
+    for _ in range(repeats):  # fn, then each of the others, in turn
+        for i, f in enumerate((fn, *others)):
+            cli.synchronize(dev)
+            t0, res = time.perf_counter(), f()
+            cli.synchronize(dev)
+            times[i].append(time.perf_counter() - t0)
+            out = res if i == 0 else out
+    return (statistics.median(times[0]), [round(t, 4) for t in times[0]], out,
+            *[statistics.median(t) for t in times[1:]])
+
+
+def weight_pass(model, rows, dev):  # every weight matrix read once by `rows` rows: a step's floor
+    x = {w: torch.randn(rows, w.size(0), device=dev) for w in [m.weight for m in model.modules()
+                                                                if isinstance(m, eso.Linear)]}
+    return lambda: [x[w] @ w for w in x] and (None, 0)
+
+
+def kv_reads(model, windows, dev):
+    """The attention reads of a run's steps: per (rows, keys) window, two products over all layers and heads."""
+    cfg, counts = model.config, {w: windows.count(w) for w in set(windows)}
+    heads = (cfg.n_layer * cfg.n_head, cfg.n_embd // cfg.n_head)  # q, k, v: (layers x heads, rows or keys, hd)
+    data = {w: [torch.randn(heads[0], n, heads[1], device=dev) for n in (w[0], w[1], w[1])] for w in counts}
+    return lambda: [[(q @ k.mT) @ v for _ in range(counts[w])] for w, (q, k, v) in data.items()]
 
 
 @torch.no_grad()
@@ -87,12 +107,9 @@ def run_sampling(case, c):
     dev, L, method, steps = cli.device(c["device"]), case["L"], case["method"], case["steps"]
     model = model_for(c, dev, L, vocab=c["big_vocab"] if method == "gpt2_vocab" else None).eval()
     gen = lambda: torch.Generator(dev).manual_seed(c["seed"])  # noqa: E731
-    extra = {}
+    extra, others = {}, []
     if method.startswith("floor"):
-        rows = int(method[6:-3])  # floor_<rows>row
-        weights = [m.weight for m in model.modules() if isinstance(m, eso.Linear)]
-        x = {w.size(0): torch.randn(rows, w.size(0), device=dev) for w in weights}
-        fn = lambda: [x[w.size(0)] @ w for w in weights] and (None, 0)  # noqa: E731
+        fn = weight_pass(model, int(method[6:-3]), dev)  # floor_<rows>row
     elif method == "hf_gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
         hf = GPT2LMHeadModel(GPT2Config(vocab_size=c["vocab_size"], n_positions=L, n_embd=c["n_embd"], bos_token_id=0,
@@ -103,19 +120,28 @@ def run_sampling(case, c):
     elif method == "ar":
         fn = lambda: plain_ar_decode(model, L, gen())  # noqa: E731
     else:
-        alpha_0 = 0.0 if method == "eso_alpha0" else 1.0
+        alpha_0, compiled = 0.0 if method == "eso_alpha0" else 1.0, method.startswith("eso_compiled")
         fn = lambda: model.generate(1, steps, alpha_0=alpha_0, kv_cache=method != "eso_uncached",  # noqa: E731
-                                    generator=gen())
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
+                                   compile=compiled, generator=gen())
+        if compiled:  # the first run compiles; it also records each step's (tokens fed, keys attended)
+            windows, window = [], eso.static_window
+            eso.static_window = lambda lo, hi, n: windows.append((hi - lo, window(lo, hi, n)[2])) or window(lo, hi, n)
+            with torch.no_grad(), cli.precision(dev)[1]:
+                extra["compile_s"] = timed(fn, 1, dev, False)[0]
+            eso.static_window, rows = window, max(2, round(sum(p for p, _ in windows) / len(windows)))
+            extra["floor_rows"], others = rows, [weight_pass(model, rows, dev), kv_reads(model, windows, dev)]
+    _ = dev.type == "cuda" and torch.cuda.reset_peak_memory_stats(dev)
     with torch.no_grad(), cli.precision(dev)[1]:
-        seconds, runs, (_, nfe) = timed(fn, case["repeats"], dev, warmup=method != "eso_uncached")
+        seconds, runs, (_, nfe), *floors = timed(fn, case["repeats"], dev, method != "eso_uncached", *others)
+        if floors:  # per step: a weight pass, and the run's KV reads spread over its steps
+            extra |= {"floor_weights_ms": 1e3 * floors[0], "floor_kv_ms": 1e3 * floors[1] / nfe, "compile_s":
+                      extra["compile_s"] - seconds, "step_over_floor": seconds / (nfe * floors[0] + floors[1])}
         if method == "gpt2_vocab":  # what share of a step is sample_tokens, float64 over 50,257 logits?
             logits, g = torch.randn(1, 1, c["big_vocab"], device=dev), gen()
             draw = timed(lambda: [eso.sample_tokens(logits, generator=g) for _ in range(20)], 3, dev)[0] / 20
-            extra["sampling_share"] = draw / (seconds / nfe)
-    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            extra["sampling_share"] = draw * nfe / seconds
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports KiB)
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else rss
     return case | extra | {"nfe": nfe, "seconds": seconds, "runs": runs, "peak_mb": round(peak / 2 ** 20, 1),
                            "per_step_ms": 1e3 * seconds / max(nfe, 1), "tokens_per_s": L / seconds}
 
@@ -168,7 +194,7 @@ def main(argv):
     if min(Ls) < 16 or min(c["repeats"], c["uncached_repeats"]) < 1 or c["train_batch"] < 2:
         raise cli.UserError("lengths must be at least 16, repeats at least 1 and --train_batch at least 2")
     if not (peer := importlib.util.find_spec("transformers") is not None):
-        print("# note: transformers is not installed, so the Hugging Face GPT-2 peer is skipped")
+        print("# note: transformers is not installed (pip install transformers): the GPT-2 peer is skipped")
     cpu = [ln.split(":")[1].strip() for ln in open("/proc/cpuinfo") if "model name" in ln] if os.path.exists(
         "/proc/cpuinfo") else []
     env = {"device": str(dev), "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (cpu + [
@@ -183,33 +209,37 @@ def main(argv):
                   for m in ("floor_2row", "floor_1row", "floor_32row", "eso_cached", "eso_alpha0", "ar")
                   + ("hf_gpt2",) * peer]
         cases += [dict(L=L, method=f"eso_T=L/{k}", steps=max(1, L // k), repeats=c["repeats"]) for k in ks]
+        cases += [dict(L=L, method=m, steps=s, repeats=c["repeats"]) for m, s in (("eso_compiled", big),
+                  ("eso_compiled_T=L/16", max(1, L // 16)))] * c["compile"]
         cases += [dict(L=L, method="eso_uncached", steps=big, repeats=c["uncached_repeats"])] * (L <= c["uncached_max"])
         cases += [dict(L=L, method="gpt2_vocab", steps=big, repeats=max(1, c["repeats"] // 2))] * (L == Ls[0])
-    print(f"{'L':>6} {'method':<14} {'NFE':>6} {'median s':>10} {'ms/step':>8} {'tok/s':>9} {'peak MB':>8}")
+    print(f"{'L':>6} {'method':<19} {'NFE':>6} {'median s':>10} {'ms/step':>8} {'tok/s':>9} {'peak MB':>8}")
     results = []
     for case in cases:
         r = in_fresh_process(run_sampling, case, c)
         results.append(r)
-        print(f"{r['L']:>6} {r['method']:<14} {r['nfe']:>6} {r['seconds']:>10.4f} {r['per_step_ms']:>8.2f} "
-              f"{r['tokens_per_s']:>9.1f} {r['peak_mb']:>8.0f}", flush=True)
+        print(f"{r['L']:>6} {r['method']:<19} {r['nfe']:>6} {r['seconds']:>10.4f} {r['per_step_ms']:>8.2f} "
+              f"{r['tokens_per_s']:>9.1f} {r['peak_mb']:>8.0f}" + (f"   compiling {r['compile_s']:.1f} s once; step "
+              f"{r['step_over_floor']:.2f}x its floor: {r['floor_rows']}-row weight pass {r['floor_weights_ms']:.2f} "
+              f"ms + KV reads {r['floor_kv_ms']:.2f} ms" if "compile_s" in r else ""), flush=True)
     pairs = [("step_over_2row_floor", "eso_cached", "floor_2row", "per_step_ms"), ("cached_over_ar", "eso_cached", "ar",
              "seconds"), ("cached_over_hf_gpt2", "eso_cached", "hf_gpt2", "seconds"), ("uncached_over_cached",
-             "eso_uncached", "eso_cached", "seconds")] + [(f"nfe_L_over_T=L/{k}", "eso_cached", f"eso_T=L/{k}",
-                                                          "seconds") for k in ks]
+             "eso_uncached", "eso_cached", "seconds"), ("compiled_over_eager", "eso_compiled", "eso_cached", "seconds"),
+             ("compiled_over_hf_gpt2", "eso_compiled", "hf_gpt2", "seconds")] + [
+             (f"nfe_L_over_T=L/{k}", "eso_cached", f"eso_T=L/{k}", "seconds") for k in ks]
     ratios = {}
     for L in Ls:
         t = {r["method"]: r for r in results if r["L"] == L}
         ratios[L] = {name: t[a][key] / t[b][key] for name, a, b, key in pairs if a in t and b in t}
         ratios[L] |= {"gpt2_vocab_sampling_share": t["gpt2_vocab"]["sampling_share"]} if "gpt2_vocab" in t else {}
+        ratios[L] |= {f"{m}_over_floor": t[m]["step_over_floor"] for m in t if "step_over_floor" in t[m]}
         print(f"L={L}: " + ", ".join(f"{k} {v:.3g}" for k, v in ratios[L].items()), flush=True)
-    training = []
+    training = []  # the step time of each alpha_0, and as a multiple of the first one's
     for a in alphas:
-        r = in_fresh_process(run_training, dict(L=Ls[0], alpha_0=a, repeats=c["repeats"]), c)
-        training.append(r)
+        training.append(r := in_fresh_process(run_training, dict(L=Ls[0], alpha_0=a, repeats=c["repeats"]), c))
         base = training[0]["fast"]
         print(f"training L={r['L']}, batch {c['train_batch']}, alpha_0={a}: {r['fast']:.3f} s/step "
-              f"({r['fast'] / base:.2f}x the first alpha_0; dense reference {r['dense']:.3f} s, "
-              f"{r['dense'] / base:.2f}x), "
+              f"({r['fast'] / base:.2f}x the first alpha_0; dense {r['dense']:.3f} s, {r['dense'] / base:.2f}x), "
               f"{r['tokens_per_s']:,.0f} tokens/s, fast - dense: loss {r['loss_diff']:.1e}, grads {r['grad_diff']:.1e}"
               + (f", MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""), flush=True)
     print(json.dumps({"env": env, "config": c, "sampling": results, "ratios": ratios, "training": training}))

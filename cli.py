@@ -34,6 +34,7 @@ SAMPLING = dict(
     top_p=(0.8, "nucleus sampling (1 = off)"),
     temperature=(0.6, "below 1 sharpens the distribution (chosen by measurement, see RESULTS.md)"),
     block_order=(False, "the paper's block order: each diffusion step decodes a stream of evenly spaced positions"),
+    compile=(False, "compile the cached step (torch.compile; CUDA graphs on CUDA): pays off on long samples"),
     seed=(1337, "seed of the sampler's generator"),
 )
 

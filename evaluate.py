@@ -98,7 +98,8 @@ def main(argv):
         generator = torch.Generator(dev).manual_seed(seed)
         with ctx:
             tokens, nfe = model.generate(c["num_samples"], steps, alpha_0=a0, temperature=c["temperature"],
-                                         top_p=c["top_p"], block_order=c["block_order"], generator=generator)
+                                         top_p=c["top_p"], block_order=c["block_order"], compile=c["compile"],
+                                         generator=generator)
         texts = [enc.decode(row.tolist()) for row in tokens]
         (f3, n3), (f4, n4) = word_share(texts, vocab, 3), word_share(texts, vocab, 4)
         run = {"seed": seed, "nfe": nfe, "words3": f3 / max(n3, 1), "words4": f4 / max(n4, 1),

@@ -99,7 +99,7 @@ def main(argv):
     with ctx:
         tokens, nfe = model.generate(c["num_samples"], steps, alpha_0=a0, temperature=c["temperature"],
                                      top_p=c["top_p"], canvas=canvas, block_order=c["block_order"],
-                                     kv_cache=c["kv_cache"], generator=generator,
+                                     kv_cache=c["kv_cache"], compile=c["compile"], generator=generator,
                                      callback=show if c["show_steps"] else None)
     cli.synchronize(dev)
     seconds = time.perf_counter() - t0
@@ -107,7 +107,8 @@ def main(argv):
         print(enc.decode(row.tolist()) + "\n" + "-" * 60)
     new = c["num_samples"] * int((canvas == mask_id).sum())
     print(f"{c['num_samples']} samples x {L} tokens, alpha_0={a0}, T={steps}: NFE {nfe}, {seconds:.2f} s, "
-          f"{new / seconds:,.0f} tokens/s ({dev})")
+          f"{new / seconds:,.0f} tokens/s ({dev}" + (", compiling included: paid once per process)" if c["compile"]
+                                                     else ")"))
     return 0
 
 

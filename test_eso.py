@@ -729,7 +729,8 @@ def test_bf16_autocast_trains_evaluates_and_samples_from_float32_logits(dataset,
     model = tiny(0.5, big=False)
     x = torch.randint(0, 11, (4, 24), generator=gen(0))
     seen, real = [], eso.sample_tokens
-    monkeypatch.setattr(eso, "sample_tokens", lambda logits, *a, **k: seen.append(logits.dtype) or real(logits, *a, **k))
+    monkeypatch.setattr(eso, "sample_tokens",
+                        lambda logits, *a, **k: seen.append(logits.dtype) or real(logits, *a, **k))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _ = model.loss(x, generator=gen(1))
         loss.backward()
@@ -871,7 +872,8 @@ def test_prepare_interrupted_says_so(monkeypatch, capsys):
     monkeypatch.setattr(prepare, "prepare", interrupted)
     with pytest.raises(SystemExit) as e:
         prepare.main(["--name", "never"])
-    assert e.value.code == 130 and capsys.readouterr().err == "data/prepare.py: error: interrupted; nothing was written\n"
+    assert e.value.code == 130
+    assert capsys.readouterr().err == "data/prepare.py: error: interrupted; nothing was written\n"
 
 
 def test_scripts_stand_on_eso_and_the_data_floor_only():
@@ -917,8 +919,16 @@ def test_word_and_blank_shares():
 
 
 def test_evaluate_draws_what_sample_draws():
-    for key in ("steps", "alpha_0", "top_p", "temperature", "block_order", "seed", "device", "dtype"):
+    for key in ("steps", "alpha_0", "top_p", "temperature", "block_order", "compile", "seed", "device", "dtype"):
         assert evaluate.CONFIG[key] == sample.CONFIG[key], key
+
+
+def test_sample_compiled_prints_the_samples_of_the_eager_step(trained, run, dynamo_eager):
+    out, _ = trained
+    eager = run(sample, f"--out_dir={out}", "--num_samples=2", "--steps=8")
+    compiled = run(sample, f"--out_dir={out}", "--num_samples=2", "--steps=8", "--compile=True")
+    assert eager[0] == compiled[0] == 0 and "compiling included" in compiled[1]
+    assert eager[1].splitlines()[:-1] == compiled[1].splitlines()[:-1]  # all but the summary line
 
 
 def test_train_sample_evaluate_pipeline(dataset, trained, run):
@@ -1079,8 +1089,9 @@ def test_without_float64_sampling_and_validation_need_none(dataset, monkeypatch)
     assert narrow == pytest.approx(wide, rel=1e-6)
 
 
-def test_bench_runs_at_tiny_sizes(run):
-    """bench.py end to end (in this process, tiny sizes) so that it cannot rot; its JSON has every figure."""
+def test_bench_runs_at_tiny_sizes(run, dynamo_eager):
+    """bench.py end to end (in this process, tiny sizes, the compiled cases through Dynamo's eager
+    backend) so that it cannot rot; its JSON has every figure."""
     import bench
     code, stdout, err = run(bench, "--lengths=32", "--n_layer=1", "--n_head=2", "--n_embd=32", "--repeats=1",
                             "--parallel=4", "--train_alphas=1,0.5,0", "--big_vocab=500", "--fresh=False")
@@ -1088,9 +1099,13 @@ def test_bench_runs_at_tiny_sizes(run):
     res = json.loads(stdout.strip().splitlines()[-1])
     methods = {r["method"] for r in res["sampling"]}
     assert {"floor_2row", "floor_1row", "eso_cached", "eso_alpha0", "ar", "eso_T=L/4", "eso_uncached",
-            "gpt2_vocab"} <= methods
+            "gpt2_vocab", "eso_compiled", "eso_compiled_T=L/16"} <= methods
     ratios = res["ratios"]["32"]
     assert ratios["step_over_2row_floor"] > 0 and 0 < ratios["gpt2_vocab_sampling_share"] < 1
+    assert ratios["eso_compiled_over_floor"] > 0 and ratios["compiled_over_eager"] > 0
+    compiled = next(r for r in res["sampling"] if r["method"] == "eso_compiled_T=L/16")
+    assert compiled["floor_rows"] > 2 and compiled["floor_kv_ms"] > 0 and "compile_s" in compiled
+    assert eso.static_window.__name__ == "static_window"  # nothing left patched
     assert ("cached_over_hf_gpt2" in ratios) == ("hf_gpt2" in methods)
     for r in res["training"]:
         assert r["fast"] > 0 and r["dense"] > 0 and r["loss_diff"] < 1e-4 and r["grad_diff"] < 1e-4
