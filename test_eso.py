@@ -25,7 +25,12 @@ import train
 from data import prepare
 
 
-def tiny(alpha_0=0.5, variant="B", L=24, V=11, big=True, seed=0, **kw):
+# The tests that a GPU can break (the cached sampler, the fast sequential term, compile, bf16) run on every
+# device torch sees here: the CPU, and CUDA or MPS where present (.ci/gpu-check runs them on a GPU).
+DEVICES = ["cpu"] + ["cuda"] * torch.cuda.is_available() + ["mps"] * torch.backends.mps.is_available()
+
+
+def tiny(alpha_0=0.5, variant="B", L=24, V=11, big=True, seed=0, device="cpu", **kw):
     """A tiny model; big=True gives large random weights, so that no sampler looks exact by accident."""
     torch.manual_seed(seed)
     cfg = eso.EsoConfig(block_size=L, vocab_size=V, n_layer=2, n_head=2, n_embd=32, alpha_0=alpha_0,
@@ -34,11 +39,11 @@ def tiny(alpha_0=0.5, variant="B", L=24, V=11, big=True, seed=0, **kw):
     if big:
         for p in model.parameters():
             torch.nn.init.normal_(p, std=1.0)
-    return model
+    return model.to(device)
 
 
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
+def gen(seed, device="cpu"):
+    return torch.Generator(device).manual_seed(seed)
 
 
 ROOT = Path(__file__).resolve().parent
@@ -211,30 +216,33 @@ def test_alpha0_one_loss_is_mdlm_nelbo(loss_type, variant):
         torch.testing.assert_close(elbo, (ce * masked * ((1 - 1e-3) / (1 - alpha_t))[:, None]).sum() / 30)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", ["B", "A"])
 @pytest.mark.parametrize("alpha_0", [0.0, 0.25, 1.0])
-def test_fast_sequential_term_equals_the_dense_2l_reference(variant, alpha_0, monkeypatch):
+def test_fast_sequential_term_equals_the_dense_2l_reference(variant, alpha_0, device, monkeypatch):
     """The fast path (no z slots before s0, blocks that the mask rules out skipped) gives the dense
     [z_0 ; x] pass's loss and gradients, and the same likelihood bound, to float32 rounding."""
     monkeypatch.setattr(eso.SequentialPattern, "CHUNK", 5)  # several chunks of z queries, a ragged last one
     model = tiny(alpha_0, variant, L=23, big=False, seed=1)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
-    x = torch.randint(0, 11, (4, 23), generator=gen(0))
+    model.to(device)
+    x = torch.randint(0, 11, (4, 23), generator=gen(0)).to(device)
     masked = torch.rand(4, 23, generator=gen(1)) < 1 - alpha_0
     masked[1] = masked[1] & (torch.arange(23) > 9)  # rows with different clean counts: s0 = the smallest
     order = eso.sequential_order(masked, torch.rand(4, 23, generator=gen(2)))
+    masked, order = masked.to(device), order.to(device)
     runs = []
     for dense in (True, False):
         model.zero_grad()
-        total = model.sequential_nll(x, masked, order, dense) + model.loss(x, generator=gen(3), dense=dense)[0]
+        total = model.sequential_nll(x, masked, order, dense) + model.loss(x, generator=gen(3, device), dense=dense)[0]
         total.backward()
         runs.append((total.detach(), [p.grad.clone() for p in model.parameters()]))
     torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(runs[0][1], runs[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     if variant == "B":
-        bounds = [model.likelihood(x, 3, gen(4), dense=dense) for dense in (True, False)]
+        bounds = [model.likelihood(x, 3, gen(4, device), dense=dense) for dense in (True, False)]
         torch.testing.assert_close(bounds[0], bounds[1], rtol=1e-5, atol=1e-6)
 
 
@@ -356,10 +364,11 @@ def test_block_order_decodes_evenly_spaced_streams():
 # ----------------------------------------------------------------------------- the sampler
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant, alpha_0, with_canvas, order",
                          list(itertools.product("BA", [0.0, 0.5, 1.0], [False, True], ["random", "block"])))
-def test_cached_sampling_equals_the_uncached_reference(variant, alpha_0, with_canvas, order):
-    model = tiny(alpha_0, variant)
+def test_cached_sampling_equals_the_uncached_reference(variant, alpha_0, with_canvas, order, device):
+    model = tiny(alpha_0, variant, device=device)
     canvas = None
     if with_canvas:  # a prompt and two infilling anchors
         canvas = torch.full((1, 24), model.mask_id)
@@ -369,7 +378,7 @@ def test_cached_sampling_equals_the_uncached_reference(variant, alpha_0, with_ca
         logits = []
         hook = model.lm_head.register_forward_hook(lambda m, i, out: logits.append(out.clone()))
         tokens, nfe = model.generate(3, 7, canvas=canvas, block_order=order == "block", kv_cache=kv_cache,
-                                     generator=gen(1))
+                                     generator=gen(1, device))
         hook.remove()
         runs.append((tokens, nfe, logits))
     (t1, n1, l1), (t2, n2, l2) = runs
@@ -379,7 +388,7 @@ def test_cached_sampling_equals_the_uncached_reference(variant, alpha_0, with_ca
     assert t1.shape == (3, 24) and (t1 < 11).all() and (t1 >= 0).all()
     assert len(set(map(tuple, t1.tolist()))) == 3  # rows differ: the draw is per sample
     if with_canvas:
-        assert (t1[:, [0, 1, 2, 13, 20]] == torch.tensor([1, 2, 3, 4, 5])).all()
+        assert t1[:, [0, 1, 2, 13, 20]].tolist() == [[1, 2, 3, 4, 5]] * 3
         assert n1 <= 24 - 5  # the known tokens cost no forward of their own
 
 
@@ -610,8 +619,9 @@ def test_every_tensor_is_made_on_the_models_device(variant):
     assert spy.calls == []
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", ["B", "A"])
-def test_training_and_evaluation_compile_once_per_shape(variant, monkeypatch):
+def test_training_and_evaluation_compile_once_per_shape(variant, device, monkeypatch):
     """torch.compile (the eager backend: Dynamo's tracing and guards, no code generation) over 30 training
     steps and 3 evaluations on fresh batches: one graph per (mode, n_skip) and no graph break. With
     chunks of 4 slots, n_skip takes several values here, which used to be one recompile each."""
@@ -619,13 +629,13 @@ def test_training_and_evaluation_compile_once_per_shape(variant, monkeypatch):
     monkeypatch.setattr(eso.SequentialPattern, "CHUNK", 4)
     torch._dynamo.reset()
     counters.clear()
-    model = tiny(0.5, variant, big=False)
+    model = tiny(0.5, variant, big=False, device=device)
     compiled = torch.compile(model, backend="eager", dynamic=False, fullgraph=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     shapes = set()
     for step in range(30):
-        x = torch.randint(0, 11, (4, 24), generator=gen(step))
-        draws = model.draws(x, gen(100 + step))
+        x = torch.randint(0, 11, (4, 24), generator=gen(step)).to(device)
+        draws = model.draws(x, gen(100 + step, device))
         model.train()
         loss, _ = compiled(x, draws)
         loss.backward()
@@ -635,7 +645,7 @@ def test_training_and_evaluation_compile_once_per_shape(variant, monkeypatch):
         if step % 10 == 9:
             model.eval()
             with torch.no_grad():
-                draws = model.draws(x, gen(0))
+                draws = model.draws(x, gen(0, device))
                 assert torch.isfinite(compiled(x, draws, "elbo")[0])
             shapes.add(("eval", draws.n_skip))
     assert len({n for _, n in shapes}) > 1  # the case that used to recompile
@@ -677,14 +687,16 @@ def prompt_canvas(model):
     return canvas
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant, alpha_0, with_canvas", list(itertools.product("BA", [0.0, 0.5, 1.0], [False, True])))
-def test_compiled_step_gives_the_eager_steps_logits(variant, alpha_0, with_canvas, dynamo_eager, monkeypatch):
+def test_compiled_step_gives_the_eager_steps_logits(variant, alpha_0, with_canvas, device, dynamo_eager, monkeypatch):
     """A whole sampling run of the compiled step (chunks widened to bucket sizes, the keys attended
     rounded up) against the eager step fed the same tokens: the logits agree at every step."""
-    model = tiny(alpha_0, variant)
+    model = tiny(alpha_0, variant, device=device)
     kw = dict(num_samples=3, steps=7, canvas=prompt_canvas(model) if with_canvas else None)
-    tokens, nfe, fast, drawn = logged_generate(model, monkeypatch, compile=True, generator=gen(1), **kw)
-    eager_tokens, eager_nfe, slow, _ = logged_generate(model, monkeypatch, forced=drawn, generator=gen(1), **kw)
+    tokens, nfe, fast, drawn = logged_generate(model, monkeypatch, compile=True, generator=gen(1, device), **kw)
+    eager_tokens, eager_nfe, slow, _ = logged_generate(model, monkeypatch, forced=drawn, generator=gen(1, device),
+                                                       **kw)
     assert nfe == eager_nfe == len(fast) == len(slow) and torch.equal(tokens, eager_tokens)
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
@@ -709,42 +721,46 @@ def test_compiled_sampling_compiles_a_handful_of_graphs_once(dynamo_eager, monke
     assert counters["stats"]["unique_graphs"] - graphs <= 2 * len(sizes - seen)
 
 
-def test_compiled_step_with_inductor_writes_the_cache_in_place(monkeypatch):
-    """The real compiler, once (seconds of C++): its generated kernels write the KV cache in place and
-    give the eager step's logits."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_step_with_inductor_writes_the_cache_in_place(device, monkeypatch):
+    """The real compiler (seconds of C++ on a CPU; CUDA graphs on CUDA): its kernels write the KV
+    cache in place and give the eager step's logits."""
     torch._dynamo.reset()
     monkeypatch.setattr(eso, "_COMPILED_STEPS", {})
-    model = tiny(0.5, L=16)
-    kw = dict(num_samples=2, steps=4, canvas=prompt_canvas(tiny(0.5))[:, :16])
-    tokens, nfe, fast, drawn = logged_generate(model, monkeypatch, compile=True, generator=gen(2), **kw)
-    _, _, slow, _ = logged_generate(model, monkeypatch, forced=drawn, generator=gen(2), **kw)
+    model = tiny(0.5, L=16, device=device)
+    kw = dict(num_samples=2, steps=4, canvas=prompt_canvas(model)[:, :16])
+    tokens, nfe, fast, drawn = logged_generate(model, monkeypatch, compile=True, generator=gen(2, device), **kw)
+    _, _, slow, _ = logged_generate(model, monkeypatch, forced=drawn, generator=gen(2, device), **kw)
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
     torch._dynamo.reset()
 
 
-def test_bf16_autocast_trains_evaluates_and_samples_from_float32_logits(dataset, tmp_path, run, monkeypatch):
-    """CPU bf16 autocast stands in for CUDA's: finite losses, valid tokens, and the logits that reach
-    sample_tokens and the likelihood are float32."""
-    model = tiny(0.5, big=False)
-    x = torch.randint(0, 11, (4, 24), generator=gen(0))
+@pytest.mark.parametrize("device", [d for d in DEVICES if d != "mps"])
+def test_bf16_autocast_trains_evaluates_and_samples_from_float32_logits(device, dataset, tmp_path, run, monkeypatch,
+                                                                         dynamo_eager):
+    """bf16 autocast (the CPU's stands in for CUDA's): finite losses, valid tokens from the eager and the
+    compiled cached step, and the logits that reach sample_tokens and the likelihood are float32."""
+    model = tiny(0.5, big=False, device=device)
+    x = torch.randint(0, 11, (4, 24), generator=gen(0)).to(device)
     seen, real = [], eso.sample_tokens
     monkeypatch.setattr(eso, "sample_tokens",
                         lambda logits, *a, **k: seen.append(logits.dtype) or real(logits, *a, **k))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, _ = model.loss(x, generator=gen(1))
+    with torch.autocast(device, dtype=torch.bfloat16):
+        loss, _ = model.loss(x, generator=gen(1, device))
         loss.backward()
         model.eval()
         with torch.no_grad():
-            val = model.loss(x, "elbo", gen(2))[0]
-            assert model.logits(model.hidden(x, torch.arange(24).expand(4, -1))).dtype == torch.float32
-            bound = model.likelihood(x, 2, gen(3))
-        tokens, nfe = model.generate(3, 6, generator=gen(4))
+            val = model.loss(x, "elbo", gen(2, device))[0]
+            assert model.logits(model.hidden(x, torch.arange(24, device=device).expand(4, -1))).dtype == torch.float32
+            bound = model.likelihood(x, 2, gen(3, device))
+        runs = [model.generate(3, 6, compile=compile, generator=gen(4, device)) for compile in (False, True)]
     assert all(torch.isfinite(v) for v in (loss, val, bound))
-    assert seen and set(seen) == {torch.float32} and len(seen) == nfe
-    assert tokens.shape == (3, 24) and (tokens >= 0).all() and (tokens < 11).all()
+    assert set(seen) == {torch.float32} and len(seen) == sum(nfe for _, nfe in runs)
+    for tokens, _ in runs:
+        assert tokens.shape == (3, 24) and (tokens >= 0).all() and (tokens < 11).all()
     code, out, err = run(train, f"--dataset={dataset}", f"--out_dir={tmp_path}", "--max_iters=2",
-                         "--eval_interval=2", "--dtype=bfloat16", *TINY)
+                         "--eval_interval=2", "--dtype=bfloat16", f"--device={device}", *TINY)
     assert code == 0 and "bfloat16" in out, err
 
 
