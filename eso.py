@@ -78,6 +78,7 @@ class EsoConfig:
     variant: str = "B"  # "B": causal everywhere, KV cache in both phases; "A": clean tokens attend bidirectionally
     loss_type: str = "elbo"  # "elbo" or "low_var" (diffusion weight 1 in training; the paper's choice at alpha_0 = 1)
     batch_split: Optional[float] = None  # kappa, fraction of a batch for the diffusion term; None = the paper's
+    bias: bool = False  # biases in the LayerNorms, the MLP and the head (the authors' models: EsoLM.from_reference)
 
     def __post_init__(self):
         if not 0.0 <= self.alpha_0 <= 1.0:
@@ -126,15 +127,16 @@ def apply_rotary(x, cos, sin):
 
 
 class Linear(nn.Module):
-    """y = x @ weight, no bias, the weight stored (in, out) as GPT-2's Conv1D: on CPUs, the one- and
+    """y = x @ weight (+ bias), the weight stored (in, out) as GPT-2's Conv1D: on CPUs, the one- and
     two-row products of cached decoding run about 20% faster in this layout than nn.Linear's (out, in)."""
 
-    def __init__(self, n_in, n_out):
+    def __init__(self, n_in, n_out, bias=False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
 
     def forward(self, x):
-        return x @ self.weight
+        return x @ self.weight if self.bias is None else x @ self.weight + self.bias
 
 
 class KVCache:
@@ -186,8 +188,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.fc = Linear(config.n_embd, 4 * config.n_embd)
-        self.proj = Linear(4 * config.n_embd, config.n_embd)
+        self.fc = Linear(config.n_embd, 4 * config.n_embd, config.bias)
+        self.proj = Linear(4 * config.n_embd, config.n_embd, config.bias)
         self.dropout = config.dropout
 
     def forward(self, x):
@@ -198,9 +200,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=False)
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = Attention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=False)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, cos, sin, attn_mask, cache=None, layer=0):
@@ -462,9 +464,9 @@ class EsoLM(nn.Module):
         self.wte = nn.Embedding(config.vocab_size + 1, config.n_embd)  # + [MASK] (id vocab_size)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=False)
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         # The head has no [MASK] output: the paper's "zero masking" holds by construction.
-        self.lm_head = Linear(config.n_embd, config.vocab_size)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, config.bias)
         cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -765,6 +767,77 @@ class EsoLM(nn.Module):
             log_p.append(self._sequential_logprobs(x, all_masks, sigma, dense, n_skip=0).sum(1))  # (B,)
         log_px = torch.logsumexp(torch.stack(log_p), 0) - math.log(num_orders)  # (B,)
         return -log_px.mean() / L
+
+
+# -----------------------------------------------------------------------------
+# The authors' released models, folded into this one
+
+
+def from_reference(state_dict, n_head, block_size, alpha_0, **config):
+    """An EsoLM holding the weights of the authors' EsoLMDiT (their released checkpoints' backbone).
+
+    state_dict: the backbone's tensors, keys with or without "backbone."; n_head, block_size and
+    alpha_0 (and any other EsoConfig field in **config) come from the checkpoint's config. Their
+    network is a DiT: every block is modulated by c = silu(sigma_map(sigma)) (adaLN). Eso-LMs run
+    without time conditioning, sigma = 0, so c is one constant vector and so is every modulation:
+        shift, scale, gate = adaLN(c)  (per block: for attention, then for the MLP)
+        LN(x) * w * (1 + scale) + shift   is a LayerNorm with weight w (1 + scale) and bias shift,
+        x + gate * (y @ W.T + b)          is a projection with W's rows and b scaled by gate.
+    So their model is a pre-norm transformer with biases in the LayerNorms, the MLP and the head
+    (config bias=True), which is what this function returns. Their output layer also scores [MASK],
+    whose logit their code sets to -1e6: its row is dropped. Their weights are stored (out, in).
+    """
+    sd = {k.removeprefix("backbone."): v.float() for k, v in state_dict.items()}
+    inv_freq = sd.pop("rotary_emb.inv_freq", None)  # their one buffer: the rotary frequencies, which must be ours
+    (V1, C), (cond, freq) = sd["vocab_embed.embedding"].shape, sd["sigma_map.mlp.0.weight"].shape
+    n_layer = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    layout = {"vocab_embed.embedding": (V1, C), "sigma_map.mlp.0.weight": (cond, freq), "sigma_map.mlp.0.bias": (cond,),
+              "sigma_map.mlp.2.weight": (cond, cond), "sigma_map.mlp.2.bias": (cond,),  # the timestep MLP
+              "output_layer.norm_final.weight": (C,), "output_layer.adaLN_modulation.weight": (2 * C, cond),
+              "output_layer.adaLN_modulation.bias": (2 * C,), "output_layer.linear.weight": (V1, C),
+              "output_layer.linear.bias": (V1,)}
+    for i in range(n_layer):
+        layout |= {f"blocks.{i}.{k}": v for k, v in {
+            "norm1.weight": (C,), "attn_qkv.weight": (3 * C, C), "attn_out.weight": (C, C), "norm2.weight": (C,),
+            "mlp.0.weight": (4 * C, C), "mlp.0.bias": (4 * C,), "mlp.2.weight": (C, 4 * C), "mlp.2.bias": (C,),
+            "adaLN_modulation.weight": (6 * C, cond), "adaLN_modulation.bias": (6 * C,)}.items()}
+    unknown, missing = sorted(set(sd) - set(layout)), sorted(set(layout) - set(sd))
+    shapes = [f"{k} {tuple(sd[k].shape)}, not {layout[k]}" for k in layout if k in sd and sd[k].shape != layout[k]]
+    if unknown or missing or shapes:
+        raise ValueError("not the authors' EsoLMDiT: " + "; ".join(
+            f"{what} {names[:3]}" for what, names in (("unknown keys", unknown), ("missing keys", missing),
+                                                     ("shapes", shapes)) if names))
+    model = EsoLM(EsoConfig(block_size=block_size, vocab_size=V1 - 1, n_layer=n_layer, n_head=n_head, n_embd=C,
+                            alpha_0=alpha_0, bias=True, **config))
+    base = 1.0 / 10000.0 ** (torch.arange(0, C // n_head, 2).float() / (C // n_head))
+    if inv_freq is not None and (inv_freq.shape != base.shape or not torch.allclose(inv_freq.float().cpu(), base)):
+        raise ValueError(f"its rotary frequencies are not those of base 10000 over {C // n_head} dimensions per head")
+    # c at sigma = 0: the timestep features cos(0 * f) and sin(0 * f) are ones then zeros
+    t = torch.cat([torch.ones(freq // 2), torch.zeros(freq - freq // 2)])
+    c = F.silu(F.linear(F.silu(F.linear(t, sd["sigma_map.mlp.0.weight"], sd["sigma_map.mlp.0.bias"])),
+                        sd["sigma_map.mlp.2.weight"], sd["sigma_map.mlp.2.bias"]))
+    ours = {"wte.weight": sd["vocab_embed.embedding"]}
+    for i in range(n_layer):
+        b = lambda name: sd[f"blocks.{i}.{name}"]  # noqa: E731
+        shift1, scale1, gate1, shift2, scale2, gate2 = F.linear(c, b("adaLN_modulation.weight"),
+                                                                b("adaLN_modulation.bias")).chunk(6)
+        ours |= {f"blocks.{i}.ln_1.weight": b("norm1.weight") * (1 + scale1), f"blocks.{i}.ln_1.bias": shift1,
+                 f"blocks.{i}.attn.qkv.weight": b("attn_qkv.weight").T,  # rows: q, k, v, each head by head
+                 f"blocks.{i}.attn.proj.weight": (b("attn_out.weight") * gate1[:, None]).T,
+                 f"blocks.{i}.ln_2.weight": b("norm2.weight") * (1 + scale2), f"blocks.{i}.ln_2.bias": shift2,
+                 f"blocks.{i}.mlp.fc.weight": b("mlp.0.weight").T, f"blocks.{i}.mlp.fc.bias": b("mlp.0.bias"),
+                 f"blocks.{i}.mlp.proj.weight": (b("mlp.2.weight") * gate2[:, None]).T,
+                 f"blocks.{i}.mlp.proj.bias": b("mlp.2.bias") * gate2}
+    shift, scale = F.linear(c, sd["output_layer.adaLN_modulation.weight"],
+                            sd["output_layer.adaLN_modulation.bias"]).chunk(2)
+    ours |= {"ln_f.weight": sd["output_layer.norm_final.weight"] * (1 + scale), "ln_f.bias": shift,
+             "lm_head.weight": sd["output_layer.linear.weight"][:-1].T,  # without the [MASK] row
+             "lm_head.bias": sd["output_layer.linear.bias"][:-1]}
+    model.load_state_dict(ours)
+    return model.eval()
+
+
+EsoLM.from_reference = staticmethod(from_reference)  # as nanoGPT's GPT.from_pretrained
 
 
 # -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import os
+import re
 import runpy
 import signal
 import subprocess
@@ -894,7 +895,6 @@ def test_prepare_interrupted_says_so(monkeypatch, capsys):
 
 def test_scripts_stand_on_eso_and_the_data_floor_only():
     """Two floors: no script imports another script, and nothing edits sys.path."""
-    import re
     for path in ["eso.py", "cli.py", "train.py", "sample.py", "evaluate.py", "bench.py", "data/prepare.py"]:
         text = (ROOT / path).read_text()
         assert not re.search(r"^(from|import) (train|sample|bench|evaluate)\b", text, re.M), path
@@ -1236,6 +1236,160 @@ def test_checkpoints_that_would_run_code_are_refused(tmp_path, run):
     assert not marker.exists()  # the code did not run...
     torch.load(path, weights_only=False)  # ...and it would have, with a plain unpickler
     assert marker.exists()
+
+
+# ----------------------------------------------------------------------------- the authors' released models
+
+
+def reference_dit(V=11, C=32, H=4, n_layer=2, cond=16, seed=0):
+    """A state dict in the layout of the authors' EsoLMDiT, random everywhere (adaLN included)."""
+    g = gen(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g) * 0.3  # noqa: E731
+    sd = {"vocab_embed.embedding": r(V + 1, C), "sigma_map.mlp.0.weight": r(cond, 256), "sigma_map.mlp.0.bias": r(cond),
+          "sigma_map.mlp.2.weight": r(cond, cond), "sigma_map.mlp.2.bias": r(cond),
+          "rotary_emb.inv_freq": 1.0 / 10000 ** (torch.arange(0, C // H, 2).float() / (C // H)),
+          "output_layer.norm_final.weight": 1 + r(C), "output_layer.adaLN_modulation.weight": r(2 * C, cond),
+          "output_layer.adaLN_modulation.bias": r(2 * C), "output_layer.linear.weight": r(V + 1, C),
+          "output_layer.linear.bias": r(V + 1)}
+    for i in range(n_layer):
+        sd |= {f"blocks.{i}.{k}": v for k, v in {
+            "norm1.weight": 1 + r(C), "attn_qkv.weight": r(3 * C, C), "attn_out.weight": r(C, C),
+            "norm2.weight": 1 + r(C),
+            "mlp.0.weight": r(4 * C, C), "mlp.0.bias": r(4 * C), "mlp.2.weight": r(C, 4 * C), "mlp.2.bias": r(C),
+            "adaLN_modulation.weight": r(6 * C, cond), "adaLN_modulation.bias": r(6 * C)}.items()}
+    return sd
+
+
+def reference_dit_logits(sd, tokens, pos, mask, H=4):
+    """The DiT with adaLN, written from its equations (sigma = 0; rotate-half rotary at pos; weight-only
+    LayerNorms; modulate(x) = x (1 + scale) + shift; x += gate * branch): logits over V + 1 tokens."""
+    C = sd["vocab_embed.embedding"].size(1)
+    half = sd["sigma_map.mlp.0.weight"].size(1) // 2
+    args = 0.0 * torch.exp(-math.log(10000) * torch.arange(half) / half)  # sigma = 0
+    feat = torch.cat([torch.cos(args), torch.sin(args)])
+    c = F.silu(F.linear(F.silu(F.linear(feat, sd["sigma_map.mlp.0.weight"], sd["sigma_map.mlp.0.bias"])),
+                        sd["sigma_map.mlp.2.weight"], sd["sigma_map.mlp.2.bias"]))
+    angles = pos[..., None].float() * sd["rotary_emb.inv_freq"]  # (B, T, d/2)
+    cos, sin = torch.cat([angles.cos()] * 2, -1)[:, :, None], torch.cat([angles.sin()] * 2, -1)[:, :, None]
+
+    def rotary(t):  # t: (B, T, H, d)
+        t1, t2 = t.chunk(2, -1)
+        return t * cos + torch.cat([-t2, t1], -1) * sin
+
+    def norm(x, w, shift, scale):
+        return F.layer_norm(x, [C]) * w * (1 + scale) + shift
+
+    x = sd["vocab_embed.embedding"][tokens]
+    for i in range(len({k.split(".")[1] for k in sd if k.startswith("blocks.")})):
+        b = lambda n: sd[f"blocks.{i}.{n}"]  # noqa: E731
+        sh1, sc1, g1, sh2, sc2, g2 = F.linear(c, b("adaLN_modulation.weight"), b("adaLN_modulation.bias")).chunk(6)
+        qkv = F.linear(norm(x, b("norm1.weight"), sh1, sc1), b("attn_qkv.weight"))
+        q, k, v = qkv.view(*x.shape[:2], 3, H, -1).unbind(2)  # (B, T, H, d) each
+        o = F.scaled_dot_product_attention(rotary(q).transpose(1, 2), rotary(k).transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=mask)
+        x = x + g1 * F.linear(o.transpose(1, 2).flatten(2), b("attn_out.weight"))
+        y = F.linear(norm(x, b("norm2.weight"), sh2, sc2), b("mlp.0.weight"), b("mlp.0.bias"))
+        y = F.gelu(y, approximate="tanh")
+        x = x + g2 * F.linear(y, b("mlp.2.weight"), b("mlp.2.bias"))
+    shift, scale = F.linear(c, sd["output_layer.adaLN_modulation.weight"],
+                            sd["output_layer.adaLN_modulation.bias"]).chunk(2)
+    return F.linear(norm(x, sd["output_layer.norm_final.weight"], shift, scale), sd["output_layer.linear.weight"],
+                    sd["output_layer.linear.bias"])
+
+
+def test_a_folded_reference_dit_gives_the_same_log_probabilities():
+    """EsoLM.from_reference folds the constant adaLN of a random DiT (written in this test from its
+    equations) into LayerNorm and projection weights: the same log-probabilities on sorted, partly masked
+    inputs, causal (the diffusion term) and through the 2L mask (the sequential term)."""
+    sd = reference_dit()
+    model = eso.EsoLM.from_reference({"backbone." + k: v for k, v in sd.items()}, n_head=4, block_size=16, alpha_0=0.5)
+    assert model.config.bias and model.config.vocab_size == 11 and model.config.n_layer == 2
+    tokens = torch.randint(0, 12, (2, 16), generator=gen(1))  # 11 = [MASK]
+    pos = torch.rand(2, 16, generator=gen(2)).argsort(1)
+    causal = eso.prefix_lm_mask(torch.arange(16), 16)
+    two_l = eso.sequential_mask(causal)
+    with torch.no_grad():
+        for idx, p, mask in ((tokens, pos, causal), (torch.cat([tokens, tokens], 1), torch.cat([pos, pos], 1), two_l)):
+            theirs = F.log_softmax(reference_dit_logits(sd, idx, p, mask)[..., :11], -1)
+            ours = F.log_softmax(model.logits(model.hidden(idx, p, mask)), -1)
+            assert (ours - theirs).abs().max() < 1e-4
+
+
+class _FakeNode:  # omegaconf's nodes pickle their __dict__, the value under _val
+    def __init__(self, value):
+        self._val = value
+
+
+class _FakeDictConfig:  # and its containers under _content
+    def __init__(self, d):
+        self._content = {k: _FakeDictConfig(v) if isinstance(v, dict) else _FakeNode(v) for k, v in d.items()}
+
+
+def lightning_file(path, sd, ema=True, marker=None, **algo):
+    """A file shaped like the authors' Lightning checkpoint: the backbone, its EMA (a list in the order of its
+    parameters), a config object, a tokenizer-like object from a module that is not installed, and, with
+    marker, an object whose unpickling would run a command."""
+    import types
+    module = types.ModuleType("not_installed_tokenizers")
+    module.Tokenizer = type("Tokenizer", (), {"__module__": "not_installed_tokenizers"})
+    sys.modules["not_installed_tokenizers"] = module
+    params = [k for k in sd if k != "rotary_emb.inv_freq"]
+    config = {"model": {"n_heads": 4, "length": 16}, "algo": {"alpha_0": 0.5, "batch_split": 0.5, **algo},
+              "data": {"tokenizer_name_or_path": "gpt2"}}
+    try:
+        torch.save({"state_dict": {"backbone." + k: v for k, v in sd.items()}, "global_step": 250_000,
+                    "hyper_parameters": {"config": _FakeDictConfig(config), "tokenizer": module.Tokenizer()},
+                    "ema": {"decay": 0.9999, "num_updates": 7, "shadow_params": [sd[k] + 1 for k in params]}
+                    if ema else None, "callbacks": {"x": Exploit(marker)} if marker else {}}, path)
+    finally:
+        del sys.modules["not_installed_tokenizers"]
+
+
+def test_the_authors_checkpoint_loads_with_its_ema_and_runs_nothing(tmp_path):
+    sd, marker = reference_dit(), tmp_path / "pwned"
+    lightning_file(tmp_path / "esolm.ckpt", sd, marker=marker)
+    model, ckpt = cli.load_checkpoint(tmp_path / "esolm.ckpt")
+    assert not marker.exists()  # the command was named, stood in for, and never run
+    ema = eso.EsoLM.from_reference({k: v + (k != "rotary_emb.inv_freq") for k, v in sd.items()}, 4, 16, 0.5)
+    for a, b in zip(model.state_dict().values(), ema.state_dict().values()):
+        assert torch.equal(a, b)  # the EMA weights (the shadow list follows the parameters, not the buffer)
+    assert (ckpt["tokenizer"], ckpt["iter_num"], model.config.alpha_0, model.config.batch_split) == ("gpt2", 250_000,
+                                                                                                      0.5, 0.5)
+    raw, _ = cli.load_checkpoint(tmp_path / "esolm.ckpt", ema=False)
+    assert torch.equal(raw.wte.weight, sd["vocab_embed.embedding"])
+    assert eso.EsoLM.from_reference(sd, 4, 16, 0.5, variant="A").config.variant == "A"
+
+
+def test_the_authors_checkpoint_problems_get_one_clear_line(tmp_path, capsys):
+    sd = reference_dit()
+    lightning_file(tmp_path / "no_ema.ckpt", sd, ema=False)
+    model, ckpt = cli.load_checkpoint(tmp_path / "no_ema.ckpt")
+    assert ckpt["ema"] is None and "holds no EMA weights" in capsys.readouterr().err
+    for case, broken, msg in [("unknown", sd | {"blocks.0.extra.weight": torch.ones(3)}, "unknown keys"),
+                              ("missing", {k: v for k, v in sd.items() if "mlp.2.bias" not in k}, "missing keys"),
+                              ("shape", sd | {"blocks.1.norm2.weight": torch.ones(7)}, "blocks.1.norm2.weight (7,)")]:
+        lightning_file(tmp_path / f"{case}.ckpt", broken, ema=case != "shape")
+        with pytest.raises(cli.CheckpointError, match=re.escape(msg)) as e:
+            cli.load_checkpoint(tmp_path / f"{case}.ckpt")
+        assert "\n" not in str(e.value)
+
+
+def test_sample_and_eval_take_the_authors_checkpoint(dataset, tmp_path, run, monkeypatch):
+    """sample.py --init_from and train.py --eval_only --init_from with an authors'-style file (byte tokens
+    stand in for GPT-2's, which need files this machine cannot download)."""
+    sd = reference_dit(V=256)
+    lightning_file(tmp_path / "esolm.ckpt", sd)
+    monkeypatch.setattr(sample, "get_tokenizer", lambda name: prepare.get_tokenizer("bytes"))
+    code, out, err = run(sample, f"--init_from={tmp_path / 'esolm.ckpt'}", "--num_samples=2", "--steps=4",
+                         "--prompt=The")
+    assert code == 0 and out.count("The") >= 2 and "NFE" in out, err
+    real_load = train.load_dataset
+    monkeypatch.setattr(train, "load_dataset",
+                        lambda *a: (*real_load(*a)[:2], real_load(*a)[2] | {"tokenizer": "gpt2"}))
+    code, out, err = run(train, "--eval_only=True", f"--init_from={tmp_path / 'esolm.ckpt'}", f"--dataset={dataset}",
+                         "--eval_iters=2", "--batch_size=4", "--num_orders=2", f"--out_dir={tmp_path}")
+    assert code == 0 and "EMA weights" in out and "IW bound (K=2)" in out, err
+    assert json.loads(out.strip().splitlines()[-1])["step"] == 250_000
 
 
 def test_bad_checkpoints_get_one_clear_line(dataset, trained, tmp_path, run):
