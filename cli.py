@@ -1,19 +1,21 @@
 """
-What train.py, sample.py, evaluate.py and bench.py share, in one place (the role of nanoGPT's
-configurator.py): the command line, the device and precision policy, and loading a checkpoint.
+What train.py, sample.py, evaluate.py and bench.py share (the role of nanoGPT's configurator.py): the
+command line, the device and precision policy, and loading a checkpoint (ours, or the authors').
 
-Each script keeps its defaults in one block, name=(default, note[, kind]), and gets:
-  --key=value (or --key value) for every default, checked against its type or choices;
-  --help, which lists every default with its note;
-  one-line refusals of unknown or mistyped options (with "did you mean"), exit status 2.
-From Python: model, ckpt = cli.load_checkpoint("out/ckpt.pt") gives a trained model to sample from.
-"""
+Each script keeps its defaults in one block, name=(default, note[, kind]), and gets --key=value (or
+--key value) for each, checked against its type or choices; --help, which lists them with their
+notes; and one-line refusals of unknown or mistyped options (with "did you mean"), exit status 2.
+From Python: model, ckpt = cli.load_checkpoint("out/ckpt.pt") gives a trained model to sample from."""
 
+import _compat_pickle
 import argparse
 import difflib
+import pickle
 import sys
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -21,8 +23,7 @@ import eso
 from data.prepare import PrepareError
 
 
-# The flags of every script that runs a model, and the sampler's, which sample.py and evaluate.py share
-# (so that evaluate.py scores exactly what sample.py prints).
+# The flags of every script that runs a model; the sampler's, shared so that evaluate.py scores what sample.py prints.
 SYSTEM = dict(
     device=("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
     dtype=("auto", "auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16 or float16",
@@ -52,24 +53,18 @@ class Diverged(UserError):
 def _converter(default, kind):
     """text -> value for --key; kind is a type (for None defaults) or a tuple of choices."""
     kind = kind if kind is not None else type(default)
+    truth = dict.fromkeys(("true", "1", "yes", "on"), True) | dict.fromkeys(("false", "0", "no", "off"), False)
 
     def convert(text):
-        if isinstance(kind, tuple):
-            if text not in kind:
-                raise argparse.ArgumentTypeError(f"must be one of {', '.join(map(repr, kind))}, not {text!r}")
-            return text
         if text.lower() == "none" and default is None:
             return None
-        if kind is bool:
-            if text.lower() in ("true", "1", "yes", "on"):
-                return True
-            if text.lower() in ("false", "0", "no", "off"):
-                return False
-            raise argparse.ArgumentTypeError(f"takes True or False, not {text!r}")
         try:
-            return int(text, 10) if kind is int else kind(text)
-        except ValueError:
-            what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+            if isinstance(kind, tuple):
+                return kind[kind.index(text)]
+            return truth[text.lower()] if kind is bool else int(text, 10) if kind is int else kind(text)
+        except (KeyError, ValueError):
+            what = {int: "an integer", float: "a number", bool: "True or False"}.get(kind) or (
+                f"one of {', '.join(map(repr, kind))}" if isinstance(kind, tuple) else kind.__name__)
             raise argparse.ArgumentTypeError(f"takes {what}, not {text!r}") from None
 
     return convert
@@ -81,10 +76,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse(defaults, argv, doc):
-    """The values of `defaults` ({name: (default, note[, kind])}) after the flags in argv.
-
-    Returns (config dict, set of the names the user gave).
-    """
+    """(config dict, the set of names the user gave): `defaults` ({name: (default, note[, kind])}) after argv."""
     if any(a in ("-h", "--help") for a in argv):
         print(doc.strip() + "\n\noptions (default):")
         for key, (default, note, *_) in defaults.items():
@@ -124,11 +116,9 @@ def device(name):
 
 
 def precision(device, dtype="auto"):
-    """(dtype name, autocast context): the one precision policy, for training, evaluation and sampling.
-
-    auto = bfloat16 autocast on CUDA (float16 where bf16 is missing), float32 elsewhere. bfloat16
-    also runs on CPUs; float16 needs CUDA (and a gradient scaler, which train.py adds).
-    """
+    """(dtype name, autocast context): the one precision policy, for training, evaluation and sampling. auto =
+    bf16 autocast on CUDA (float16 where bf16 is missing), float32 elsewhere; bf16 also runs on CPUs; float16
+    needs CUDA (and a gradient scaler, which train.py adds)."""
     device = torch.device(device)
     if dtype == "auto":
         cuda = device.type == "cuda"
@@ -143,8 +133,7 @@ def precision(device, dtype="auto"):
 
 
 def synchronize(device):
-    """Wait until `device` has run the work queued on it, so that a timer measures the work and
-    not its dispatch: CUDA (that very device, not cuda:0) and MPS run asynchronously."""
+    """Wait for the work queued on `device` (CUDA: on that device, not cuda:0; MPS), so that a timer measures it."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -157,12 +146,11 @@ class CheckpointError(UserError):
 
 
 def load_checkpoint(path, device="cpu", ema=True):
-    """(model, checkpoint dict) of a file written by train.py, on `device`, in eval mode.
-
-    The model holds the EMA weights when the checkpoint has them (they are the ones to
-    evaluate and sample with); ema=False gives the raw weights. weights_only=True: only
-    tensors and plain values load, so a file that would run code while unpickling is refused.
-    """
+    """(model, checkpoint dict) of a file written by train.py, or of one of the authors' released Eso-LMs
+    (their_checkpoint), on `device`, in eval mode, with the EMA weights when it has them (ema=False: the
+    raw ones). Ours load with weights_only=True: tensors and plain values only. A file that names any
+    other class or function is read by an inert unpickler, runs none of them, and is refused unless it
+    is the authors' checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is a folder, not a checkpoint" if path.is_dir() else f"no checkpoint at "
@@ -171,11 +159,10 @@ def load_checkpoint(path, device="cpu", ema=True):
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
         text = " ".join(str(e).split())
-        if "unsupported global" in text.lower():  # the file names a callable to run while unpickling
-            raise CheckpointError(f"refusing {path}: it needs arbitrary code to unpickle, which a checkpoint of "
-                                  "ours never does (only load files you trust, with other tools)") from None
-        why = text.split("WeightsUnpickler error: ")[-1] or type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {why[:160]}") from None
+        if "unsupported global" not in text.lower():
+            why = text.split("WeightsUnpickler error: ")[-1] or type(e).__name__
+            raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {why[:160]}") from None
+        ckpt = their_checkpoint(path, device)
     need = {"model", "config", "tokenizer", "iter_num"}
     if not isinstance(ckpt, dict) or not need <= set(ckpt):
         missing = ", ".join(sorted(need - set(ckpt))) if isinstance(ckpt, dict) else "a dict"
@@ -190,6 +177,77 @@ def load_checkpoint(path, device="cpu", ema=True):
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path}: the weights do not fit its config ({first[:160]})") from None
     return model.to(device).eval(), ckpt
+
+
+class _Inert(dict):
+    """Stands in for a class or function that a foreign pickle names: keeps what it is handed, runs nothing."""
+    state = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _InertUnpickler(pickle.Unpickler):  # resolves what rebuilds tensors and plain values; the rest: _Inert
+    SAFE = {("collections", "OrderedDict"), ("collections", "defaultdict"), ("torch._utils", "_rebuild_tensor_v2"),
+            ("torch._utils", "_rebuild_parameter"), ("torch", "Size"), ("torch", "device"), ("_codecs", "encode"),
+            *(("builtins", n) for n in "dict list tuple set frozenset int float bool str bytes bytearray".split())}
+    named = set()  # what the last file stood in for
+
+    def find_class(self, module, name):  # torch.save writes protocol 2, with Python 2's names for builtins
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (_compat_pickle.IMPORT_MAPPING.get(module,
+                                                                                                        module), name))
+        if (module, name) in self.SAFE or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        self.named.add(f"{module}.{name}")
+        return type(name, (_Inert,), {"__module__": module})
+
+
+def _plain(obj):
+    """The plain values behind stand-ins of omegaconf's containers and nodes (their state holds _content or _val)."""
+    if isinstance(obj, _Inert) and isinstance(obj.state, dict) and ({"_content", "_val"} & set(obj.state)):
+        return _plain(obj.state.get("_content", obj.state.get("_val")))
+    return {k: _plain(v) for k, v in obj.items()} if isinstance(obj, dict) else obj
+
+
+def their_checkpoint(path, device="cpu"):
+    """The authors' released Eso-LM (a Lightning file, read inertly) as a checkpoint of ours: their EsoLMDiT folded by
+    eso.from_reference, and its EMA (in the order of its parameters: its state dict's but rotary_emb.inv_freq)."""
+    _InertUnpickler.named.clear()
+    try:
+        raw = torch.load(path, map_location=device, weights_only=False, pickle_module=SimpleNamespace(
+            Unpickler=_InertUnpickler, __name__="inert"))
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint: {type(e).__name__} {e}"[:200]) from None
+    if not (isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict) and "hyper_parameters" in raw):
+        raise CheckpointError(f"refusing {path}: unpickling it would run arbitrary code "
+                              f"({', '.join(sorted(_InertUnpickler.named)[:3])}), which neither a checkpoint of ours "
+                              "nor the authors' needs; none of it was run")
+    config = _plain(raw["hyper_parameters"]).get("config") if isinstance(raw["hyper_parameters"], dict) else None
+    model_cfg, algo, data = ((config or {}).get(k) or {} for k in ("model", "algo", "data"))
+    if data.get("tokenizer_name_or_path", "gpt2") != "gpt2":  # LM1B's BERT models keep [MASK] inside the vocabulary
+        raise CheckpointError(f"{path} uses the {data['tokenizer_name_or_path']} tokenizer: only GPT-2 ones load here")
+    kw = dict(n_head=model_cfg.get("n_heads"), block_size=model_cfg.get("length"), alpha_0=algo.get("alpha_0"),
+              variant="A" if algo.get("diffusion_attn_mode") == "mixed2" else "B", batch_split=algo.get("batch_split"),
+              loss_type=algo.get("loss_type", "elbo"))
+    state = {k: v for k, v in raw["state_dict"].items() if k.startswith("backbone.")} or raw["state_dict"]
+    names = [k for k in state if not k.endswith("rotary_emb.inv_freq")]  # the parameters, in their order
+    shadow = raw["ema"].get("shadow_params") if isinstance(raw.get("ema"), dict) else None
+    try:
+        folded = [eso.from_reference(state, **kw)]
+        if shadow is not None:
+            if len(shadow) != len(names):  # (a tensor of the wrong shape is named by from_reference)
+                raise ValueError(f"its EMA holds {len(shadow)} tensors for {len(names)} parameters")
+            folded.append(eso.from_reference({**state, **dict(zip(names, shadow))}, **kw))
+    except (TypeError, ValueError) as e:  # e.g. a config without model.n_heads, model.length or algo.alpha_0
+        raise CheckpointError(f"{path}: {e} (what its config gives: {kw})") from None
+    if shadow is None:
+        print(f"note: {path} holds no EMA weights (the paper's numbers use them): using the raw ones", file=sys.stderr)
+    return {"model": folded[0].state_dict(), "ema": folded[1].state_dict() if shadow is not None else None,
+            "config": asdict(folded[0].config), "tokenizer": "gpt2", "iter_num": int(raw.get("global_step") or 0),
+            "dataset": "openwebtext", "source": f"the authors' checkpoint {path}"}
 
 
 def run(main, prog, argv=None):

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 import cli
 import eso
@@ -26,6 +27,7 @@ from data.prepare import get_tokenizer
 # Defaults: each is a flag, --key=value; `python sample.py --help` lists them with their notes.
 CONFIG = dict(
     out_dir=("out", "folder of ckpt.pt (written by train.py)"),
+    init_from=("", "a checkpoint file to sample from instead (ours, or one of the authors' released Eso-LMs)"),
     num_samples=(3, "samples to draw"),
     **cli.SAMPLING,  # steps, alpha_0, top_p, temperature, block_order, seed
     kv_cache=(True, "False: the slow reference, a full forward per step (same tokens)"),
@@ -71,7 +73,7 @@ def main(argv):
         raise cli.UserError("use --prompt or --infill, not both (a prompt is a template without spans)")
     dev = cli.device(c["device"])
     _, ctx = cli.precision(dev, c["dtype"])
-    model, ckpt = cli.load_checkpoint(Path(c["out_dir"]) / "ckpt.pt", dev)  # the EMA weights when there are some
+    model, ckpt = cli.load_checkpoint(c["init_from"] or Path(c["out_dir"]) / "ckpt.pt", dev)  # EMA weights if any
     L, mask_id, enc = model.config.block_size, model.mask_id, get_tokenizer(ckpt["tokenizer"])
     a0 = model.config.alpha_0 if c["alpha_0"] is None else c["alpha_0"]
     try:
@@ -93,6 +95,7 @@ def main(argv):
 
     if c["show_steps"]:
         show(canvas, 0)
+    bar = tqdm(unit="step", leave=False, disable=True if c["show_steps"] else None)  # a long run shows progress
     generator = torch.Generator(dev).manual_seed(c["seed"])
     cli.synchronize(dev)
     t0 = time.perf_counter()
@@ -100,7 +103,8 @@ def main(argv):
         tokens, nfe = model.generate(c["num_samples"], steps, alpha_0=a0, temperature=c["temperature"],
                                      top_p=c["top_p"], canvas=canvas, block_order=c["block_order"],
                                      kv_cache=c["kv_cache"], compile=c["compile"], generator=generator,
-                                     callback=show if c["show_steps"] else None)
+                                     callback=show if c["show_steps"] else lambda tokens, nfe: bar.update())
+    bar.close()
     cli.synchronize(dev)
     seconds = time.perf_counter() - t0
     for row in [] if c["quiet"] else tokens:

@@ -5,15 +5,16 @@ Train an Eso-LM.
   python train.py --alpha_0=0.25 --max_iters=5000       # any default below, as --key=value
   python train.py --init_from=resume                    # continue out/ckpt.pt where it stopped
   python train.py --eval_only=True --num_orders=100     # NELBO and the IW likelihood bound of out/ckpt.pt
+  python train.py --eval_only=True --init_from=FILE     # the same for another checkpoint (the authors' too)
   torchrun --standalone --nproc_per_node=4 train.py     # DDP: NCCL on GPUs, gloo on CPUs
 
-Batch: each iteration takes batch_size x gradient_accumulation_steps sequences in total,
-shared out over the processes in micro-batches of batch_size (nanoGPT's convention; the
-accumulation steps are rounded up to a multiple of the process count). Every random draw of
-an iteration (which sequences, the noise of the loss, dropout) is a function of (seed,
-iteration, micro-batch), so a run gives the same result on 1 or N processes and resumes exactly.
-Ctrl-C or SIGTERM saves a checkpoint before exiting; checkpoints are written atomically and
-hold only tensors and plain values (they load with torch.load(weights_only=True)).
+Batch: each iteration takes batch_size x gradient_accumulation_steps sequences in total, shared out
+over the processes in micro-batches of batch_size (nanoGPT's convention; the accumulation steps are
+rounded up to a multiple of the process count). Every random draw of an iteration (which sequences,
+the noise of the loss, dropout) is a function of (seed, iteration, micro-batch), so a run gives the
+same result on 1 or N processes and resumes exactly, on any number of processes. Ctrl-C or SIGTERM
+saves a checkpoint before exiting; checkpoints are written atomically and hold only tensors and plain
+values (they load with torch.load(weights_only=True)).
 """
 
 import copy
@@ -42,7 +43,8 @@ CONFIG = dict(
     # I/O
     out_dir=("out", "checkpoint folder (sample.py reads it)"),
     dataset=("python_prose", "data/NAME, prepared by data/prepare.py (the default is prepared on first use)"),
-    init_from=("scratch", "scratch, or resume from out_dir/ckpt.pt", ("scratch", "resume")),
+    init_from=("scratch", "scratch; resume (out_dir/ckpt.pt); or a checkpoint file (ours or the authors'): its "
+               "weights, a fresh optimizer"),
     eval_interval=(400, "iterations between validation runs and checkpoints"),
     eval_iters=(20, "validation batches (the same sequences and noise every time)"),
     log_interval=(10, "iterations between log lines (out_dir/log.jsonl)"),
@@ -57,6 +59,7 @@ CONFIG = dict(
     n_embd=(128, "width"),
     dropout=(0.0, "dropout rate"),
     alpha_0=(0.0625, "expected fraction of tokens made by the diffusion phase (0 = AR, 1 = MDM)"),
+    bias=(False, "biases in the LayerNorms, the MLP and the head (as the authors' models)"),
     variant=("B", "B (KV cache in both phases) or A (bidirectional clean tokens; the paper's ablation)", ("A", "B")),
     loss_type=("elbo", "elbo, or low_var (diffusion weight 1; the paper's choice at alpha_0 = 1)", ("elbo", "low_var")),
     batch_split=(None, "kappa, the share of each batch for the diffusion term (None: 1, 0 or 0.5 by alpha_0)", float),
@@ -208,16 +211,18 @@ def main(argv):
     out, ckpt_path = Path(c["out_dir"]), Path(c["out_dir"]) / "ckpt.pt"
 
     # the model: from scratch, or from the checkpoint (which then decides the model and the run's settings)
-    ckpt = None
-    if c["init_from"] == "resume" or c["eval_only"]:
-        raw_model, ckpt = cli.load_checkpoint(ckpt_path, device, ema=False)
+    ckpt, resuming = None, c["init_from"] == "resume"
+    if c["init_from"] != "scratch" or c["eval_only"]:
+        src = ckpt_path if c["init_from"] in ("scratch", "resume") else Path(c["init_from"])
+        raw_model, ckpt = cli.load_checkpoint(src, device, ema=False)
         config = raw_model.config
         for k in MODEL_KEYS:
             if k in given and c[k] != getattr(config, k):
                 raise cli.UserError(f"--{k}={c[k]} conflicts with the checkpoint ({k}={getattr(config, k)}): "
                                     f"drop the flag, or train from scratch in another --out_dir")
         per_run = ("init_from", "eval_only", "num_orders", "out_dir", "device", "dtype", "compile")
-        c |= {k: v for k, v in ckpt.get("train_config", {}).items() if k in CONFIG and k not in given | set(per_run)}
+        settings = ckpt.get("train_config", {}) if src == ckpt_path else {"dataset": ckpt.get("dataset")}
+        c |= {k: v for k, v in settings.items() if k in CONFIG and v is not None and k not in given | set(per_run)}
         c |= {k: getattr(config, k) for k in MODEL_KEYS}
     if c["dataset"] == "python_prose" and master and not (DATA_DIR / "python_prose" / "meta.json").exists():
         prepare("python_prose", overwrite=True)  # the offline default, prepared on first use
@@ -242,22 +247,21 @@ def main(argv):
         raise cli.UserError(f"--batch_size must be at least 2 when batch_split is {config.batch_split} "
                             "(both terms need rows)")
     raw_model.train()
-    ema_model = None
-    if c["ema"] > 0 or (ckpt and ckpt.get("ema")):
-        ema_model = copy.deepcopy(raw_model).requires_grad_(False)
-        if ckpt and ckpt.get("ema"):
-            ema_model.load_state_dict(ckpt["ema"])
+    has_ema = bool(ckpt and ckpt.get("ema"))
+    ema_model = copy.deepcopy(raw_model).requires_grad_(False) if c["ema"] > 0 or has_ema else None
+    if has_ema:
+        ema_model.load_state_dict(ckpt["ema"])
 
     if c["eval_only"]:
         res = evaluate(ema_model or raw_model, val_data, c, ctx, rank, world, c["num_orders"])
-        say(f"{ckpt_path} (step {ckpt['iter_num']}, alpha_0={config.alpha_0}, kappa={config.batch_split}, "
+        say(f"{src} (step {ckpt['iter_num']}, alpha_0={config.alpha_0}, kappa={config.batch_split}, "
             f"variant {config.variant}, {'EMA' if ema_model else 'raw'} weights) on data/{c['dataset']} val, "
             f"{c['eval_iters']} x {c['batch_size']} sequences of {config.block_size} tokens:")
         say(f"  NELBO {res['nelbo']:.4f} nats/token (diffusion {res['diffusion']:.4f} + sequential "
             f"{res['sequential']:.4f}), perplexity {res['ppl']:.4g}")
         if c["num_orders"]:
             say(f"  IW bound (K={c['num_orders']}) {res['iw_bound']:.4f} nats/token, perplexity {res['iw_ppl']:.4g}")
-        say(json.dumps({"checkpoint": str(ckpt_path), "step": ckpt["iter_num"], "alpha_0": config.alpha_0,
+        say(json.dumps({"checkpoint": str(src), "step": ckpt["iter_num"], "alpha_0": config.alpha_0,
                         "variant": config.variant, **res}))
         if ddp:
             dist.barrier()
@@ -269,7 +273,7 @@ def main(argv):
     iter_num, best_val, train_s = 0, float("inf"), 0.0  # train_s: seconds spent training (not evaluating)
     B, L = c["batch_size"], config.block_size
     accum = -(-c["gradient_accumulation_steps"] // world)  # micro-batches per process and iteration
-    if ckpt:
+    if resuming:
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
@@ -281,7 +285,7 @@ def main(argv):
                 raise cli.UserError(f"the checkpoint's global batch of {ckpt['global_batch']} sequences does not split "
                                     f"into micro-batches of {B} on each of {world} process(es): resume with a "
                                     "--batch_size and a process count whose product divides it")
-        del ckpt
+    ckpt = None  # its tensors live in the models now
     global_batch = B * accum * world
     c["gradient_accumulation_steps"] = accum * world  # as used (nanoGPT's convention: over all processes)
     # one graph per shape: the loss's draws are made outside (EsoLM.draws), and dynamic=False keeps

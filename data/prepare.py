@@ -6,8 +6,7 @@ The data floor: tokenize a corpus into data/NAME/{train.bin, val.bin, meta.json}
   python data/prepare.py --dataset openwebtext            # downloads ~13 GB; GPT-2 BPE
 
 Document i goes to val.bin when i = k - 1 mod k, k = round(1 / val_fraction). Files are written under
-temporary names, meta.json last: an interrupted run leaves nothing half-written.
-"""
+temporary names, meta.json last: an interrupted run leaves nothing half-written."""
 
 import argparse
 import ast
@@ -50,9 +49,9 @@ def get_tokenizer(name):
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # offline: say what failed and how to fix it
         names = [hashlib.sha1((GPT2_URL + f).encode()).hexdigest() for f in ("vocab.bpe", "encoder.json")]
-        raise PrepareError(f"tiktoken could not load the GPT-2 encoding ({type(e).__name__}; offline?): use "
-                           f"--tokenizer bytes, or save {GPT2_URL}{{vocab.bpe,encoder.json}} as {names[0]} and "
-                           f"{names[1]} in a folder and set TIKTOKEN_CACHE_DIR to it") from None
+        raise PrepareError(f"tiktoken could not load the GPT-2 encoding ({type(e).__name__}; offline?): save "
+                           f"{GPT2_URL}{{vocab.bpe,encoder.json}} as {names[0]} and {names[1]} in a folder and set "
+                           "TIKTOKEN_CACHE_DIR to it (to prepare data, --tokenizer bytes needs no files)") from None
 
 
 def python_prose():
@@ -229,12 +228,10 @@ def main(argv=None):
     args, t0 = p.parse_args(argv), time.time()
     try:
         out, meta = prepare(args.dataset, args.input, args.name, args.tokenizer, args.val_fraction, args.overwrite)
-    except PrepareError as e:
-        print(f"data/prepare.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:  # an exception object is always truthy: say it in words
-        print("data/prepare.py: error: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(130)
+    except (PrepareError, KeyboardInterrupt) as e:  # str() of a KeyboardInterrupt is empty: say it in words
+        interrupted = isinstance(e, KeyboardInterrupt)
+        print(f"data/prepare.py: error: {'interrupted; nothing was written' if interrupted else e}", file=sys.stderr)
+        sys.exit(130 if interrupted else 2)
     print(f"wrote {out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens of {meta['documents']:,} "
           f"documents ({meta['tokenizer']}) in {time.time() - t0:.1f}s")
 
