@@ -1,50 +1,58 @@
 """
 Esoteric Language Models (Eso-LMs), in one file.
 
-Sahoo, Yang, Akhauri, Liu, Singh, Cheng, Liu, Xing, Thickstun, Vahdat,
-"Esoteric Language Models", arXiv 2506.01928 (ICML 2026).
+Sahoo, Yang, Akhauri, Liu, Singh, Cheng, Liu, Xing, Thickstun, Vahdat: "Esoteric Language Models",
+arXiv 2506.01928 (ICML 2026). Equations, figures, algorithms and appendices cited below are the paper's.
 
-One causal transformer that is an autoregressive LM (alpha_0 = 0), a masked diffusion LM
-(alpha_0 = 1) or anything between, trained with one loss and sampled with one KV cache.
+One causal transformer that is an autoregressive language model (alpha_0 = 0), a masked diffusion
+language model (alpha_0 = 1) or anything between, trained with one loss and sampled with one KV cache.
 
-Notation, used everywhere below:
-  x          a clean sequence of L tokens (positions 0..L-1). [MASK] is one extra token id.
-  z          a partially masked copy of x. A position is *clean* in z when it holds x's token,
-             *masked* when it holds [MASK].
-  time t     noising runs from t = 0 to t = 1, sampling back from 1 (almost every token masked)
-             to 0. z_t keeps each token of x with probability alpha_t = alpha_0 (1 - (1 - EPS) t)
-             and masks it otherwise: alpha_1 = EPS alpha_0 ~ 0, alpha at t = 0 is alpha_0, and
-             alpha'_t = d alpha_t / dt = -alpha_0 (1 - EPS).
-  z_0        what the diffusion (MDM: masked diffusion model) phase hands to the sequential phase:
-             each token clean with probability alpha_0, the rest still masked. The sequential
-             (AR: autoregressive) phase fills those masks one at a time, left to right.
-  sigma      an order: sigma[b, i] is the position decoded i-th in row b. Tokens are laid out
-             ("sorted") in decode order, clean before masked, and keep their *original*
-             positions through rotary embeddings; a *slot* is an index in that layout. "Before"
-             and "to its left" below mean earlier in decode order.
-  NFE        number of function evaluations: transformer forwards spent by a sampler.
-  eq. 7      the paper's hybrid NELBO, an upper bound on -log p(x) with two terms:
-             sequential: E_{z_0} [ sum over masked l of -log p(x_l | clean of z_0, x at masked positions < l) ]
-             diffusion:  E_{t, z_t} [ -alpha'_t / (1 - alpha_t) sum over masked l of -log p(x_l | z_t) ]
-             (NELBO: negative evidence lower bound). p(x) = sum over z_0 of p_AR(x | z_0) p_MDM(z_0):
-             the first term is the exact AR likelihood given z_0, the second MDLM's (the masked
-             diffusion LM's) continuous-time bound for the diffusion part, E_q[log q(z_0 | x) -
-             log p_MDM(z_0)]; on average a token is scored with weight alpha_0 there, 1 - alpha_0 in the first.
-  kappa      the share of a batch's rows that estimate the diffusion term (the rest: sequential).
+Words, each defined here and used in this one sense:
+  x, [MASK], z  x: a clean sequence of L tokens at positions 0..L-1 (1..L in the examples). [MASK]: one more
+                token id. z: a copy of x in which some positions are masked (hold [MASK]), the others clean.
+  phases        sampling runs a diffusion phase (MDM: masked diffusion model), which decodes a random subset
+                of the positions, several per step, then a sequential phase (AR: autoregressive), which
+                decodes every other position, one per step, left to right.
+  alpha_0       the expected share of the positions that the diffusion phase decodes.
+  t, z_t        diffusion time, from t = 0 (clean) to 1 (masked): z_t keeps each token of x with probability
+                alpha_t = alpha_0 (1 - (1 - EPS) t), alpha'_t its derivative. z_0 keeps a share alpha_0: what
+                the diffusion phase hands to the sequential phase.
+  sigma, slot   an order: sigma[b, i] is the position decoded i-th in batch row b. Sorted by sigma, a sequence
+                lists its tokens in decode order, each at its original position (through rotary embeddings);
+                a slot is an index in that list; "before" means at an earlier slot.
+  T, NFE        T: the steps of the diffusion schedule. NFE: the transformer forwards a sampler spends.
+  NELBO         negative evidence lower bound, an upper bound on -log p(x); the paper's (eq. 7) has two terms:
+                  sequential  E_{z_0} [ sum over masked l: -log p(x_l | clean tokens of z_0, x at masked l' < l) ]
+                  diffusion   E_{t, z_t} [ sum over masked l: -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ]
+                the exact AR likelihood of the sequential phase given z_0, and MDLM's (the masked diffusion
+                LM's) continuous-time bound on the diffusion phase's.
+  kappa         the share of a batch's rows that estimate the diffusion term; the others: the sequential.
+  zero masking  the model never predicts [MASK]: its output layer has no [MASK] row.
+  IW bound      an importance-weighted bound on -log p(x), tighter than the NELBO (EsoLM.likelihood).
 
-Variant B (the paper's main model) is causal in decode order everywhere, so a clean token never
-attends to anything decoded after it: its keys and values never change, and one KV cache serves
-both phases. Variant A (an ablation) lets clean tokens see each other both ways.
+Variant B (the paper's model) is causal in decode order everywhere: a clean token never sees anything
+decoded after it, so its keys and values never change and one KV cache serves both phases. Variant A
+(an ablation) lets the clean tokens see each other both ways: a different mask, the same model.
 
-Read top to bottom:
-  1. config                       EsoConfig
-  2. transformer parts            rotary embedding, Linear, KVCache, Attention, MLP, Block
-  3. noise schedule and orders    alpha, sample_t, diffusion_order, sequential_order
-  4. attention patterns           prefix_lm_mask, sequential_mask, SequentialPattern
-  5. sampling pieces              unmask_schedule, sampling_order, sample_tokens
-  6. the model, EsoLM             hidden (the transformer); loss = diffusion_loss + sequential_loss;
-                                  generate (kv_cache=False is the slow reference); likelihood
-  7. `python eso.py` prints the attention patterns of the paper's worked example.
+A worked example (Figs. 6-9), printed by `python eso.py` from the functions below, with its masks:
+x = ABCDEF at positions 1..6, z_0 = A_C__F (B, D and E masked).
+  Diffusion term, sigma = (3, 1, 6, 4, 5, 2): the transformer reads C A F M M M at positions 3 1 6 4 5 2
+  under a plain causal mask; the M slots predict D, E, B from the clean tokens and the earlier masks.
+  Sequential term, sigma = (3, 1, 6, 2, 4, 5), masks left to right: two streams at the same positions,
+  z_0 sorted = C A F M M M and x sorted = C A F B D E. The M at position 4 sees itself and the x slots
+  before it, C A F B (the clean tokens and the true tokens to its left), and predicts D.
+  The cached sampler along that order (2, then 1 diffusion tokens, then 3 sequential ones):
+    step 1 feeds M3 M1       keeps -      decodes C3 A1 (diffusion)
+    step 2 feeds C3 A1 M6    keeps C3 A1  decodes F6 (diffusion)
+    step 3 feeds F6 M2       keeps F6     decodes B2 (sequential)
+    step 4 feeds B2 M4       keeps B2     decodes D4 (sequential)
+    step 5 feeds D4 M5       keeps D4     decodes E5 (sequential)
+  NFE = 5. A step feeds the tokens decoded at the step before (now clean: the cache keeps their keys and
+  values, one step late) and the masks to decode now; the last token is never fed.
+
+Read top to bottom: 1 config; 2 the transformer, KV cache; 3 noise schedule, orders; 4 attention patterns;
+5 sampling pieces; 6 the model: loss, sampler, likelihood; 7 the authors' released models; 8 making it fast
+(each fast path beside the plain one it equals, bound by a test); 9 `python eso.py`.
 """
 
 import itertools
@@ -58,7 +66,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-EPS = 1e-3  # alpha_t = alpha_0 (1 - (1 - EPS) t): the reference code's schedule (alpha_1 = EPS alpha_0)
+EPS = 1e-3  # alpha_t = alpha_0 (1 - (1 - EPS) t): the authors' schedule (alpha_1 = EPS alpha_0)
 T_EPS = 1e-3  # training draws t from [T_EPS, 1]
 
 
@@ -77,8 +85,8 @@ class EsoConfig:
     alpha_0: float = 0.5  # share of tokens clean in z_0 (the diffusion phase makes a hair less: unmask_schedule)
     variant: str = "B"  # "B": causal everywhere, KV cache in both phases; "A": clean tokens attend bidirectionally
     loss_type: str = "elbo"  # "elbo" or "low_var" (diffusion weight 1 in training; the paper's choice at alpha_0 = 1)
-    batch_split: Optional[float] = None  # kappa, fraction of a batch for the diffusion term; None = the paper's
-    bias: bool = False  # biases in the LayerNorms, the MLP and the head (the authors' models: EsoLM.from_reference)
+    batch_split: Optional[float] = None  # kappa; None = the paper's
+    bias: bool = False  # biases in the LayerNorms, the MLP and the head (the authors' models: from_reference)
 
     def __post_init__(self):
         if not 0.0 <= self.alpha_0 <= 1.0:
@@ -100,13 +108,9 @@ class EsoConfig:
             raise ValueError(f"batch_split {k} does not fit alpha_0 {a}: use 1 at alpha_0 = 1, 0 at alpha_0 = 0, "
                              "and a value strictly between 0 and 1 otherwise (the paper uses 0.5)")
 
-    @property
-    def mask_id(self):
-        return self.vocab_size
-
 
 # -----------------------------------------------------------------------------
-# 2. The transformer: pre-norm GPT blocks, rotary at original positions, a KV cache
+# 2. The transformer: pre-norm GPT blocks, rotary embeddings at original positions, a KV cache
 
 
 def rotary_tables(block_size, head_dim, base=10000.0):
@@ -117,18 +121,16 @@ def rotary_tables(block_size, head_dim, base=10000.0):
 
 
 def apply_rotary(x, cos, sin):
-    """Rotate pairs (x_i, x_{i + hd/2}) by each token's angle; in float32 (as the paper).
-
-    x: (..., T, hd); cos, sin: (B, 1, T, hd), gathered at each token's *original* position.
-    x.roll(hd/2) is [x2, x1]: with sin's first half negated, x cos + roll(x) sin rotates each pair.
-    """
+    """Rotate pairs (x_i, x_{i + hd/2}) of x (..., n, hd) by each token's angle, in float32, with cos, sin
+    (B, 1, n, hd) gathered at each token's *original* position. x.roll(hd/2) is [x2, x1]: with sin's
+    first half negated, x cos + roll(x) sin rotates each pair."""
     xf = x.float()
     return torch.addcmul(xf * cos, xf.roll(x.size(-1) // 2, -1), sin).type_as(x)
 
 
 class Linear(nn.Module):
     """y = x @ weight (+ bias), the weight stored (in, out) as GPT-2's Conv1D: on CPUs, the one- and
-    two-row products of cached decoding run about 20% faster in this layout than nn.Linear's (out, in)."""
+    two-token products of cached decoding run about 20% faster in this layout than nn.Linear's."""
 
     def __init__(self, n_in, n_out, bias=False):
         super().__init__()
@@ -140,22 +142,19 @@ class Linear(nn.Module):
 
 
 class KVCache:
-    """The unified KV cache: one key and one value per decoded token per layer, in decode order
-    (slot i holds the token decoded i-th), allocated once for all L slots.
-
-    A forward over tokens at the decode slots `slots` (a 1-D tensor, set before the forward) writes
-    their keys and values there, then attends over as many slots from 0 as its mask has columns.
-    Slots [0, length) hold clean tokens for good; what a forward writes past them (this step's mask
-    tokens) is overwritten by the forward that feeds those slots again. The buffers start at zero,
-    so the unwritten slots that a mask hides hold finite numbers (a NaN would leak through softmax).
-    """
+    """The unified KV cache: a key and a value per decoded token and layer, in decode order (slot i holds
+    the token decoded i-th), for all L slots. A forward over tokens at the decode slots `slots` (a 1-D
+    tensor, set before it) writes their keys and values there, then attends over as many slots from 0
+    as its mask has columns. Slots [0, length) hold clean tokens for good; what a forward writes past
+    them (its masks) the next forward overwrites. The buffers start at zero: the slots a mask hides
+    hold finite numbers (a NaN would leak through the softmax)."""
 
     def __init__(self, n_layer, shape, dtype, device):  # shape: (B, nh, L, hd)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.length, self.slots = 0, None
 
-    def update(self, layer, k, v):  # k, v: (B, nh, T, hd) at self.slots
+    def update(self, layer, k, v):  # k, v: (B, nh, n, hd) at self.slots
         self.k[layer][:, :, self.slots] = k  # written at a tensor of slots: no shape depends on where
         self.v[layer][:, :, self.slots] = v
         return self.k[layer], self.v[layer]  # (B, nh, L, hd)
@@ -169,19 +168,19 @@ class Attention(nn.Module):
         self.proj = Linear(config.n_embd, config.n_embd)
 
     def forward(self, x, cos, sin, attn_mask, cache=None, layer=0):
-        B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hd)
+        B, n, C = x.shape  # n tokens
+        qkv = self.qkv(x).view(B, n, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, nh, n, hd)
         q, k = apply_rotary(qkv[:2], cos, sin)  # rotary on q and k (not v), before k enters the cache
         v = qkv[2]
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, L, hd): every slot
             k, v = k[:, :, :attn_mask.size(-1)], v[:, :, :attn_mask.size(-1)]  # the slots the mask covers
         p = self.dropout if self.training else 0.0
-        if isinstance(attn_mask, SequentialPattern):  # the sequential term's fast path (section 4)
+        if isinstance(attn_mask, SequentialPattern):  # the sequential term's fast path (section 8)
             y = attn_mask.attend(q, k, v, p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None, dropout_p=p)
-        y = self.proj(y.transpose(1, 2).reshape(B, T, C))
+        y = self.proj(y.transpose(1, 2).reshape(B, n, C))
         return F.dropout(y, p, True) if p else y
 
 
@@ -220,17 +219,14 @@ def alpha(t, alpha_0):
 
 
 def sample_t(n, device, generator=None):
-    """n stratified times in [T_EPS, 1], t_i = ((u + i) / n) mod 1 (the reference calls them antithetic)."""
+    """n stratified times in [T_EPS, 1], t_i = ((u + i) / n) mod 1 (the authors call them antithetic)."""
     u = torch.rand(1, device=device, generator=generator)
     t = ((u + torch.arange(n, device=device)) / n) % 1
     return (1 - T_EPS) * t + T_EPS
 
 
 def diffusion_order(masked, u):
-    """sigma (B, L): clean positions first, then masked ones, each group sorted by the random keys u.
-
-    masked: (B, L) bool; u: (B, L) in [0, 1).
-    """
+    """sigma (B, L): clean positions first, then masked ones (masked (B, L) bool), each group by the keys u."""
     return torch.argsort(masked * 2.0 + u, dim=1)
 
 
@@ -241,23 +237,19 @@ def sequential_order(masked, u):
     return diffusion_order(masked, torch.where(masked, ascending, u))
 
 
-def unpermute(sorted_tokens, sigma):
-    """Inverse of gather(1, sigma): back to position order."""
+def unpermute(sorted_tokens, sigma):  # the inverse of gather(1, sigma): back to position order
     return torch.empty_like(sorted_tokens).scatter_(1, sigma, sorted_tokens)
 
 
 # -----------------------------------------------------------------------------
-# 4. The attention patterns (paper Figs. 6-9; after sorting by sigma, True = may attend)
+# 4. The attention patterns (Figs. 6-9): masks over slots, True = may attend
 
 
 def prefix_lm_mask(slots, n_keys, prefix=0):
-    """(B or 1, 1, len(slots), n_keys) bool, True = may attend, on the device of `slots`.
-
-    Queries at the decode slots `slots` (1-D LongTensor) against the keys at slots 0..n_keys-1:
-    causal in decode order (key slot <= query slot), plus a bidirectional block over the first
-    `prefix` slots, variant A's clean tokens (prefix: 0 for variant B, an int, or a (B,) tensor
-    with one count per row). Every mask of the model is this one or is built from it.
-    """
+    """(B or 1, 1, len(slots), n_keys) bool, on the device of `slots`: queries at the decode slots `slots`
+    (1-D LongTensor) against the keys at slots 0..n_keys-1, causal in decode order (key slot <= query
+    slot), plus a bidirectional block over the first `prefix` slots, variant A's clean tokens (prefix:
+    0 for B, an int, or a (B,) tensor, a count per row). Every mask of the model is this or built from it."""
     q = slots.view(1, 1, -1, 1)  # query slots
     k = torch.arange(n_keys, device=slots.device).view(1, 1, 1, -1)  # key slots
     if isinstance(prefix, int) and prefix == 0:
@@ -267,13 +259,10 @@ def prefix_lm_mask(slots, n_keys, prefix=0):
 
 
 def sequential_mask(x_mask):
-    """(B or 1, 1, 2L, 2L) mask over [z_0 sorted ; x sorted] (paper eq. 26-32, Fig. 9), built
-    from the x half's own mask x_mask (B or 1, 1, L, L): prefix_lm_mask over the x slots.
-
-    z slot i -> itself and x slots j < i (the clean tokens and the true tokens to its left);
-    x slot i -> as x_mask (causal; variant A: plus its bidirectional clean block);
-    nothing attends to the z half but itself. Outputs of the z half are the predictions.
-    """
+    """(B or 1, 1, 2L, 2L) mask over [z_0 sorted ; x sorted] (eq. 26-32, Fig. 9), from the x half's own
+    mask x_mask (B or 1, 1, L, L), a prefix_lm_mask. z slot i -> itself and x slots j < i (the clean
+    tokens and the true tokens to its left); x slot i -> as x_mask (causal; variant A: plus its clean
+    block); nothing attends to a z slot but itself. The outputs of the z half are the predictions."""
     L = x_mask.size(-1)
     i = torch.arange(L, device=x_mask.device)
     z_rows = torch.cat([i[:, None] == i[None, :], i[:, None] > i[None, :]], dim=1)  # (L, 2L)
@@ -282,51 +271,8 @@ def sequential_mask(x_mask):
     return torch.cat([z_rows, x_rows], dim=-2)
 
 
-class SequentialPattern:
-    """sequential_mask's pattern without its waste, over [x sorted ; z slots n_skip..L-1] (L + m tokens).
-
-    The loss reads only the z slots of masked tokens, and no slot attends to a z slot but
-    itself, so the z slots before n_skip (clean in every row: costless to drop) are not fed at all.
-    What is left runs as attention calls that skip the blocks sequential_mask rules out:
-      x slot i -> x slots j <= i: SDPA's causal kernel (variant A: its prefix-LM mask, x_mask);
-      z slot i -> x slots j < i, and itself: chunks of z queries, each against the x keys
-                  before its last slot plus its own keys: of the ruled-out scores, only each chunk's
-                  own triangle is computed.
-    sequential_mask with the z outputs of the slots >= n_skip is the reference (dense=True).
-    """
-    CHUNK = 128  # z queries per attention call
-
-    @classmethod
-    def skippable(cls, masked):
-        """n_skip for z_0 masks (B, L): the slots clean in every row (clean tokens come first), rounded
-        down to whole chunks, so that a compiled loss meets a handful of values (one graph each)."""
-        return int((~masked).sum(1).min()) // cls.CHUNK * cls.CHUNK
-
-    def __init__(self, L, n_skip, x_mask, device):
-        self.L, self.n_skip, self.x_mask = L, n_skip, x_mask
-        self.z_sizes = [min(self.CHUNK, L - n_skip - a) for a in range(0, L - n_skip, self.CHUNK)]  # z slots per chunk
-        ends = [n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)]  # chunk c's last slot: it sees x < it
-        self.x_sizes = [e - s for s, e in zip([0] + ends, ends + [L])]  # x slots as pieces: [0, ends[0]), ...
-        self.masks = []  # chunk c: its z queries against [x slots < ends[c] ; its own z keys]
-        for size, end in zip(self.z_sizes, ends):
-            slot = end + 1 - size + torch.arange(size, device=device)[:, None]  # (size, 1): the queries' slots
-            to_x = torch.arange(end, device=device) < slot  # strictly earlier x slots
-            self.masks.append(torch.cat([to_x, torch.eye(size, dtype=torch.bool, device=device)], 1))
-
-    def attend(self, q, k, v, dropout_p=0.0):  # q, k, v: (B, nh, L + m, hd); m = L - n_skip
-        sdpa = F.scaled_dot_product_attention
-        (qx, qz), (kx, kz), (vx, vz) = (t.split([self.L, t.size(2) - self.L], 2) for t in (q, k, v))
-        ys = [sdpa(qx, kx, vx, attn_mask=self.x_mask, is_causal=self.x_mask is None, dropout_p=dropout_p)]
-        # Split, not slice: the backward of a slice fills a zero tensor of the full size, per chunk.
-        kx, vx = kx.split(self.x_sizes, 2), vx.split(self.x_sizes, 2)
-        for c, (qc, kc, vc) in enumerate(zip(*(t.split(self.z_sizes, 2) for t in (qz, kz, vz)))):
-            keys, values = torch.cat([*kx[:c + 1], kc], 2), torch.cat([*vx[:c + 1], vc], 2)  # (B, nh, end + size, hd)
-            ys.append(sdpa(qc, keys, values, attn_mask=self.masks[c], dropout_p=dropout_p))
-        return torch.cat(ys, 2)  # (B, nh, L + m, hd)
-
-
 # -----------------------------------------------------------------------------
-# 5. Sampling pieces: the step sizes, the order, one token draw
+# 5. Sampling pieces: the arguments, the schedule, the order, one token draw
 
 
 def whole(name, value, minimum=1):
@@ -342,18 +288,16 @@ def whole(name, value, minimum=1):
 
 def check_sampling_args(steps, alpha_0, temperature, top_p):
     """The sampling arguments, checked: returns steps as an int; anything else is a ValueError."""
-    steps = whole("steps", steps)
-    if not 0.0 <= alpha_0 <= 1.0:
-        raise ValueError(f"alpha_0 must lie in [0, 1], got {alpha_0}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be above 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-    return steps
+    for ok, why in ((0.0 <= alpha_0 <= 1.0, f"alpha_0 must lie in [0, 1], got {alpha_0}"),
+                    (temperature > 0, f"temperature must be above 0, got {temperature}"),
+                    (0.0 < top_p <= 1.0, f"top_p must lie in (0, 1], got {top_p}")):
+        if not ok:
+            raise ValueError(why)
+    return whole("steps", steps)
 
 
 def unmask_schedule(n_masked, steps, alpha_0, generator, device):
-    """Sizes of the non-empty diffusion steps, in time order (paper Alg. 2), in one vectorised draw.
+    """Sizes of the non-empty diffusion steps, in time order (Alg. 2), in one vectorised draw.
 
     Step i = 0..T-1 runs t from t_i = 1 - i/T to s_i = t_i - 1/T = t_{i+1} and unmasks
     n ~ Binomial(remaining masks, p_i), p_i = (alpha_s - alpha_t) / (1 - alpha_t). A binomial
@@ -363,13 +307,14 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
         prod_{j<i} (1 - p_j) = (1 - alpha_{t_i}) / (1 - alpha_1),
         P(step i) = (1 - alpha_{t_i}) / (1 - alpha_1) * p_i = (alpha_{s_i} - alpha_{t_i}) / (1 - alpha_1).
     alpha is linear in t and the steps are equal, so this is the same for every step: each mask
-    is unmasked at all with probability sum_i P(step i) = (alpha_0 - alpha_1) / (1 - alpha_1), then at a uniformly
-    random step, independently of the others. That is two draws per mask, however large T is
-    (the paper's speed protocol uses T = 1e6). Masks not drawn go to the sequential phase.
+    is unmasked at all with probability (alpha_0 - alpha_1) / (1 - alpha_1), then at a uniformly
+    random step, independently of the others: two draws per mask, however large T is (the paper's
+    speed protocol uses T = 1e6). Masks not drawn go to the sequential phase. This draws how many
+    masks each step unmasks, and sampling_order which ones: masks are exchangeable, so the two
+    draws have the law of the step-by-step one. The sizes are shared by the rows of a batch.
 
-    Why alpha_0 (1 - EPS) / (1 - EPS alpha_0), not alpha_0: the chain starts at t = 1 from all
-    masks, but the schedule would have a share alpha_1 = EPS alpha_0 clean there already, so the
-    diffusion phase makes (alpha_0 - alpha_1) / (1 - alpha_1), a hair less than alpha_0 (0.49975
+    The chain starts at t = 1 from all masks, where the schedule would have alpha_1 = EPS alpha_0 clean,
+    so the diffusion phase makes (alpha_0 - alpha_1) / (1 - alpha_1), a hair less than alpha_0 (0.49975
     for 0.5); training and the likelihood use alpha_0 itself.
     """
     p_mdm = (alpha_0 - alpha(1.0, alpha_0)) / (1 - alpha(1.0, alpha_0))  # 1 exactly at alpha_0 = 1
@@ -378,36 +323,37 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
     return step[in_mdm].unique(return_counts=True)[1].tolist()
 
 
-def sampling_order(known, n_mdm, n_diffusion_steps, block_order=False, generator=None):
-    """sigma (B, L) for sampling: sigma[b, i] = the position decoded i-th in row b.
+def sampling_order(known, sizes, block_order=False, generator=None):
+    """(sigma, sizes): sigma (B, L), sigma[b, i] = the position decoded i-th in row b, and the diffusion
+    step sizes (the schedule's, or with block_order the streams'). sigma lists the known tokens first,
+    left to right (fed once, as the first step's clean tokens); then the diffusion positions, sum(sizes)
+    of the masks, a random subset per row in random order, cut into steps by sizes; then the
+    sequential positions, the other masks, left to right.
 
-    1. Known tokens first, left to right (fed once, as the first chunk's clean tokens).
-    2. The diffusion positions: n_mdm of the masks, a uniformly random subset per row, in
-       random order; the step sizes then cut this list into steps.
-    3. The sequential positions: the other masks, left to right.
-    block_order=True generalises the paper's block ("subcontext", App. E.10) order to any L,
-    alpha_0 and T: with S = the number of non-empty diffusion steps, the diffusion positions,
-    sorted left to right, are dealt into S streams, the r-th to stream r mod S (8 positions
-    p0 < ... < p7 and S = 3 give {p0, p3, p6}, {p1, p4, p7}, {p2, p5}); the streams follow one
-    another in random order, shuffled inside. A stream holds about n_mdm / S positions, a step's
-    expected size, so a step decodes about one stream of positions far apart; step sizes are
-    random, so a step may also end inside a stream. The sequential positions stay a random
-    subset, as in training. (Training orders clean tokens randomly, not in streams.)
+    block_order=True is the authors' block ("subcontext", App. E.10) order for any L, alpha_0, prompt
+    and T: the diffusion positions, sorted, are dealt into S streams, S = the number of diffusion
+    steps, the r-th to stream r mod S (p0 < ... < p7 and S = 3 give {p0, p3, p6}, {p1, p4, p7}, {p2, p5}),
+    and each step decodes one stream, in random order: no two tokens of a step are closer than S
+    positions. The larger streams go first; each row draws which stream a step decodes among those
+    of its size. At alpha_0 = 1, S dividing L, step j decodes {p, p + S, ...}, as the authors' code.
     """
     B, L = known.shape
-    pos = torch.arange(L, device=known.device)
+    dev, n = known.device, sum(sizes)
+    pos = torch.arange(L, device=dev)
     base = torch.argsort(torch.where(known, pos - L, pos), dim=1)  # (B, L): known ascending, then masks ascending
     n_known = int(known[0].sum())
     masks = base[:, n_known:]  # (B, N) masked positions, ascending
-    drawn = masks.gather(1, torch.rand(masks.shape, device=known.device, generator=generator).argsort(1))
-    diffusion, sequential = drawn[:, :n_mdm], drawn[:, n_mdm:].sort(1).values  # (B, n_mdm), (B, N - n_mdm)
-    if block_order and n_mdm:
-        diffusion, S = diffusion.sort(1).values, max(n_diffusion_steps, 1)
-        stream_rank = torch.rand(B, S, device=known.device, generator=generator).argsort(1)  # (B, S) random ranks
-        stream = (torch.arange(n_mdm, device=known.device) % S).expand(B, n_mdm)  # the stream of each
-        key = stream_rank.gather(1, stream) + torch.rand(B, n_mdm, device=known.device, generator=generator)
-        diffusion = diffusion.gather(1, key.argsort(1))  # sorted by (stream's rank, a random place inside it)
-    return torch.cat([base[:, :n_known], diffusion, sequential], dim=1)
+    drawn = masks.gather(1, torch.rand(masks.shape, device=dev, generator=generator).argsort(1))
+    diffusion, sequential = drawn[:, :n], drawn[:, n:].sort(1).values  # (B, n), (B, N - n)
+    if block_order and n:
+        S, big = len(sizes), n % len(sizes)  # streams 0..big-1 hold one position more than the others
+        sizes = [n // S + (step < big) for step in range(S)]
+        shuffle = lambda m: torch.rand(B, m, device=dev, generator=generator).argsort(1)  # noqa: E731
+        step_of_stream = torch.cat([shuffle(big), big + shuffle(S - big)], 1)  # (B, S): a size class each
+        stream = torch.arange(n, device=dev) % S  # (n,): the stream of the j-th diffusion position from the left
+        key = step_of_stream[:, stream] * n + shuffle(n)  # (B, n) integers: by step, at random inside one
+        diffusion = diffusion.sort(1).values.gather(1, key.argsort(1))
+    return torch.cat([base[:, :n_known], diffusion, sequential], dim=1), sizes
 
 
 def has_float64(device):
@@ -415,42 +361,38 @@ def has_float64(device):
     return torch.device(device).type != "mps"
 
 
-def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
-    """One token per row of logits (..., V) from softmax(logits / temperature), cut to the top-p nucleus.
+def top_p_filter(logits, top_p):
+    """logits (..., V) with -inf outside the top-p nucleus: the smallest set of most likely tokens
+    whose mass reaches top_p (Holtzman et al.). A token whose preceding mass is exactly top_p is
+    left out; the authors' code (Hugging Face's rule: out when that mass exceeds top_p) keeps it."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, idx = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs
+    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, -math.inf)  # the top token: always kept
+    return torch.full_like(logits, -math.inf).scatter(-1, idx, sorted_logits)
 
-    Gumbel-max in float64, as the paper: float32 Gumbel noise is capped near 16.6 (its uniforms
-    have 24 bits), which starves the tail of a large vocabulary. Without float64 (MPS), an
-    inverse CDF in float32, summed from the smallest probability up: each partial sum is then as
-    small as the mass summed so far, so a token's share of the CDF is off by at most 2^-24 of that
-    mass, and with the 2^-24 resolution of a float32 uniform each token is drawn with its
-    probability to within about 2^-23. Summed largest first, every token below 2^-25 would add
-    nothing to a running sum near 1 and never be drawn, however much mass the tail holds in all.
-    """
-    wide = has_float64(logits.device)
-    logits = logits.to(torch.float64 if wide else torch.float32) / temperature  # (..., V)
-    if top_p < 1.0:
-        sorted_logits, idx = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        mass_before = probs.cumsum(-1) - probs
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, -math.inf)  # the top token: always kept
-        logits = torch.full_like(logits, -math.inf).scatter(-1, idx, sorted_logits)
-    if wide:
-        u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
-        return (logits - torch.log(-torch.log(u))).argmax(-1)
-    probs, order = logits.softmax(-1).sort(dim=-1)  # (..., V) ascending: the tail first
-    cdf = probs.cumsum(-1)
-    u = 1 - torch.rand(*logits.shape[:-1], 1, device=logits.device, generator=generator)  # in (0, 1]
-    first = (cdf < u * cdf[..., -1:]).sum(-1, keepdim=True).clamp(max=logits.size(-1) - 1)  # first cdf >= u
-    return order.gather(-1, first).squeeze(-1)
+
+def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
+    """One token per row of logits (..., V) from softmax(logits / temperature), cut to the top-p
+    nucleus, by Gumbel-max in float64, as the paper: float32 Gumbel noise is capped near 16.6 (its
+    uniforms have 24 bits), which starves the tail of a large vocabulary. Without float64 (MPS):
+    sample_tokens_float32 (section 8)."""
+    if not has_float64(logits.device):
+        return sample_tokens_float32(logits, temperature, top_p, generator)
+    logits = top_p_filter(logits.double() / temperature, top_p)  # (..., V)
+    u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    return (logits - torch.log(-torch.log(u))).argmax(-1)
 
 
 # -----------------------------------------------------------------------------
-# 6. The model: the transformer, the hybrid NELBO, the samplers, the likelihood
+# 6. The model: the transformer, the hybrid NELBO, the sampler, the likelihood
 
 
 class Draws(NamedTuple):
-    """Every random draw of one evaluation of the loss (EsoLM.draws); the loss is a function of
-    the tokens and these, so that it compiles to one graph (the draws come from a generator)."""
+    """Every random draw of one evaluation of the loss (EsoLM.draws): with them the loss is a pure
+    function, one graph under torch.compile (a generator would break it)."""
     t: torch.Tensor  # (n_diff,) the times of the first n_diff rows, which estimate the diffusion term
     masked: torch.Tensor  # (B, L) bool: z_t in those rows, z_0 in the others (the sequential term)
     sigma: torch.Tensor  # (B, L) each row's order, clean tokens first
@@ -465,8 +407,7 @@ class EsoLM(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
-        # The head has no [MASK] output: the paper's "zero masking" holds by construction.
-        self.lm_head = Linear(config.n_embd, config.vocab_size, config.bias)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, config.bias)  # no [MASK] row: zero masking
         cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -481,19 +422,17 @@ class EsoLM(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     @property
-    def mask_id(self):
-        return self.config.mask_id
+    def mask_id(self):  # [MASK] is the id after the vocabulary's
+        return self.config.vocab_size
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
     def hidden(self, idx, pos, attn_mask=None, cache=None):
-        """Final hidden states (B, T, C) of tokens idx (B, T) at original positions pos (B, T).
-
-        attn_mask: None is causal over idx (SDPA's causal kernel); a bool mask (True = may
-        attend) broadcastable to (B, nh, T, cache.length + T); or a SequentialPattern.
-        """
-        cos = self.rope_cos[pos].unsqueeze(1)  # (B, 1, T, hd)
+        """Final hidden states (B, n, C) of tokens idx (B, n) at original positions pos (B, n). attn_mask:
+        None is causal over idx; a bool mask (True = may attend) broadcastable to (B, nh, n, keys); or a
+        SequentialPattern. With a cache, the tokens sit at its slots cache.slots (see KVCache)."""
+        cos = self.rope_cos[pos].unsqueeze(1)  # (B, 1, n, hd)
         sin = self.rope_sin[pos].unsqueeze(1)
         x = self.drop(self.wte(idx))
         for layer, block in enumerate(self.blocks):
@@ -501,20 +440,18 @@ class EsoLM(nn.Module):
         return self.ln_f(x)
 
     def logits(self, h):
-        """Float32 logits (..., V) of hidden states h. Under autocast the head would return bf16
-        logits, whose 8-bit mantissa moves token probabilities by percents, so wherever no gradient
-        is taken (sampling, likelihoods, validation) the head runs in float32; training keeps the
-        autocast head, which is faster, and its loss is computed from float32 upcasts."""
+        """Float32 logits (..., V) of hidden states h. Under autocast the head would return bf16 logits,
+        whose 8-bit mantissa moves probabilities by percents: wherever no gradient is taken (sampling,
+        likelihoods, validation) it runs in float32; training keeps the faster autocast head."""
         if torch.is_grad_enabled():
             return self.lm_head(h).float()
         with torch.autocast(h.device.type, enabled=False):
             return self.lm_head(h.float())
 
-    # The hybrid NELBO (paper eq. 7) ---------------------------------------------
+    # The hybrid NELBO (eq. 7) -----------------------------------------------------
 
     def diffusion_rows(self, B):
-        """How many of a batch's B rows estimate the diffusion term: round(kappa * B), and at
-        least one row for each term when 0 < kappa < 1."""
+        """How many of B rows estimate the diffusion term: round(kappa B), and one row per term at least."""
         kappa = self.config.batch_split
         if not 0 < kappa < 1:
             return round(kappa * B)
@@ -523,12 +460,10 @@ class EsoLM(nn.Module):
         return min(max(round(kappa * B), 1), B - 1)
 
     def draws(self, x, generator=None):
-        """Every random draw of the loss of clean tokens x (B, L), from `generator`: see Draws.
-
-        The first diffusion_rows(B) rows get a time t and z_t (each token masked with probability
-        1 - alpha_t), ordered clean first, both groups shuffled; the other rows get z_0 (masked with
-        probability 1 - alpha_0), clean first (shuffled; variant A: left to right), masks left to right.
-        """
+        """Every random draw of the loss of x (B, L) (see Draws). The first diffusion_rows(B) rows get a time
+        t and z_t (each token masked with probability 1 - alpha_t), clean first, both groups shuffled; the
+        others z_0 (masked with probability 1 - alpha_0), clean first (shuffled; variant A: left to
+        right), masks left to right."""
         (B, L), dev, cfg = x.shape, x.device, self.config
         n_diff = self.diffusion_rows(B)
         t, masked, sigma = torch.zeros(0, device=dev), [], []
@@ -549,12 +484,10 @@ class EsoLM(nn.Module):
     def forward(self, x, draws, loss_type=None, dense=False):
         """Per-token hybrid NELBO (nats) of clean tokens x (B, L) for given draws, and its two parts.
 
-        The first rows (as many as draws.t holds) estimate the diffusion term, the rest the
-        sequential term; each part is a sum over masked tokens divided by all tokens of its rows,
-        and the loss is their sum: an estimate of the per-token NELBO (t from [T_EPS, 1]). Pass
-        loss_type="elbo" for validation whatever the training loss type. No randomness and no
-        value read back from a tensor: under torch.compile this is one graph per shape.
-        """
+        The first rows (as many as draws.t holds) estimate the diffusion term, the rest the sequential
+        term; each part is a sum over masked tokens divided by all tokens of its rows, and the loss is
+        their sum: an estimate of the per-token NELBO. Validation passes loss_type="elbo". No randomness
+        and no value read back from a tensor: under torch.compile this is one graph per shape."""
         B, n_diff = x.size(0), draws.t.size(0)
         zero = x.new_zeros((), dtype=torch.float32)
         diffusion = self.diffusion_nll(x[:n_diff], draws.t, draws.masked[:n_diff], draws.sigma[:n_diff],
@@ -564,12 +497,11 @@ class EsoLM(nn.Module):
         return diffusion + sequential, {"diffusion": diffusion.detach(), "sequential": sequential.detach()}
 
     def loss(self, x, loss_type=None, generator=None, dense=False):
-        """forward with fresh draws: the loss of x (B, L) and its parts, in one call."""
+        """forward with fresh draws: the loss of x (B, L) and its parts."""
         return self(x, self.draws(x, generator), loss_type, dense)
 
     def diffusion_nll(self, x, t, masked, sigma, loss_type=None):
-        """The MDM term, E_t E_{z_t} [ -alpha'_t / (1 - alpha_t) * sum over masked of -log p ] / L,
-        for given draws: t (B,), masked (B, L) bool (z_t), sigma (B, L) clean first."""
+        """The diffusion term (eq. 7) / L for given draws: t (B,), masked (B, L) bool (z_t), sigma clean first."""
         B, L = x.shape
         z = torch.where(masked, self.mask_id, x)
         z_sorted, x_sorted, m_sorted = (a.gather(1, sigma) for a in (z, x, masked))  # (B, L) in decode order
@@ -584,28 +516,22 @@ class EsoLM(nn.Module):
         return (nll * m_sorted * weight[:, None]).sum() / (B * L)
 
     def sequential_nll(self, x, masked, sigma, dense=False, n_skip=None):
-        """The AR term, E_{z_0} [ sum over masked l of -log p(x_l | clean of z_0, x at masked
-        positions < l) ] / L, for given draws: masked (B, L) bool (z_0), sigma (B, L) clean first,
-        masked ascending.
+        """The sequential term (eq. 7) / L for given draws: masked (B, L) bool (z_0), sigma (B, L) with the
+        clean tokens first (as sequential_order makes it; the fast path counts on it), masks ascending.
 
-        Why the 2L input [z_0 sorted ; x sorted] and not a shift by one: in a permuted order the
-        previous slot does not know where the next target sits, so the prediction for masked
-        position l is made at a [MASK] token carrying l's position, as the sampler does; that
-        slot cannot also hold x_l for later slots to read. So the true tokens come from a second
-        stream: the z slot of l sees itself and the x slots before it in decode order (all clean
-        tokens of z_0, and x at the masked positions left of l). The fast path (dense=False) feeds
-        no z slot before n_skip, clean in every row (SequentialPattern.skippable when None).
-        """
+        Why two streams, [z_0 sorted ; x sorted], not a shift by one as in GPT: in a permuted order the
+        previous slot does not know where the next target sits, so masked position l is predicted at a
+        [MASK] token carrying l's position, as the sampler does; that slot cannot also hold x_l for later
+        slots to read. So the true tokens come from a second stream: the z slot of l sees itself and the
+        x slots before it (the clean tokens, and x at the masked positions left of l). dense=True: the
+        dense path, 2L tokens through sequential_mask; else the fast one (section 8)."""
         B, L = x.shape
         logp = self._sequential_logprobs(x, masked, sigma, dense, n_skip)
         return -(logp * masked.gather(1, sigma)).sum() / (B * L)
 
     def _sequential_logprobs(self, x, masked, sigma, dense=False, n_skip=None):
-        """log p(x at each sorted slot) (B, L) from one forward of [z_0 sorted ; x sorted].
-
-        dense=True is the reference: all 2L tokens through sequential_mask. The fast path feeds
-        [x sorted ; z slots n_skip..L-1] through SequentialPattern; slots before n_skip get log p = 0.
-        """
+        """log p(x at each sorted slot) (B, L) from one forward of [z_0 sorted ; x sorted]; the fast path
+        leaves the slots before n_skip (clean in every row, never scored) at log p = 0."""
         L = x.size(1)
         z = torch.where(masked, self.mask_id, x)
         z_sorted, x_sorted = z.gather(1, sigma), x.gather(1, sigma)  # (B, L) in decode order
@@ -622,49 +548,50 @@ class EsoLM(nn.Module):
         logp = F.log_softmax(self.logits(h), dim=-1)
         return F.pad(logp.gather(-1, x_sorted[:, n_skip:, None]).squeeze(-1), (n_skip, 0))
 
-    # Sampling (paper Alg. 3) ------------------------------------------------------
+    # Sampling (Alg. 3) --------------------------------------------------------------
 
     @torch.no_grad()
     def generate(self, num_samples, steps, *, alpha_0=None, temperature=1.0, top_p=1.0, canvas=None,
                  block_order=False, kv_cache=True, compile=False, generator=None, callback=None):
-        """Sample (num_samples, L) tokens. Returns (tokens, nfe): tokens never hold the mask id;
-        nfe is the number of transformer forwards spent.
+        """Sample (num_samples, L) tokens: (tokens, nfe), tokens without the mask id, nfe the forwards spent.
 
-        steps: T of the diffusion schedule (any value >= 1; steps are drawn independently, so only
-        T >> L, e.g. 1e6, gives about one token per step).
-        alpha_0: sampling-time alpha_0 (None = the model's). canvas: (num_samples or 1, L) with
-        known tokens kept exactly and the mask id elsewhere (a prompt, or an infilling
-        template); every row must have the same number of masks. block_order: the paper's
-        block ("subcontext") order, see sampling_order. kv_cache=False is the slow reference:
-        the whole permuted sequence through the transformer at every step; both paths return
-        identical tokens for the same generator. compile=True runs the cached step compiled
-        (torch.compile; CUDA graphs on CUDA): the same step in static shapes, whose logits match
-        the eager step's to float rounding (see compiled_decode_step). callback(tokens, nfe):
-        called after every step with the canvas (B, L) in position order.
+        steps: T (only T >> L, e.g. 1e6, gives about one token per step: steps are drawn independently).
+        alpha_0: sampling-time alpha_0 (None = the model's); the model has no time input, so any runs: a
+        lower one leaves more to the sequential phase (better text, more NFE). canvas: (num_samples or 1,
+        L), known tokens kept exactly and the mask id elsewhere (a prompt, an infilling template), as many
+        masks in every row. block_order: see sampling_order; the rest: decode. Every path draws this plan.
         """
         cfg, device = self.config, self.wte.weight.device
-        L = cfg.block_size
         alpha_0 = cfg.alpha_0 if alpha_0 is None else alpha_0
         steps = check_sampling_args(steps, alpha_0, temperature, top_p)
         canvas = self._check_canvas(num_samples, canvas, device)
-        # The plan, drawn identically for both paths: step sizes, then the order.
         known = canvas != self.mask_id  # (B, L)
-        n_known = int(known[0].sum())
-        sizes = unmask_schedule(L - n_known, steps, alpha_0, generator, device)  # diffusion steps
-        n_mdm, n_diffusion_steps = sum(sizes), len(sizes)
-        sizes += [1] * (L - n_known - n_mdm)  # the sequential phase: one token per step
-        sigma = sampling_order(known, n_mdm, n_diffusion_steps, block_order, generator)  # (B, L)
+        sizes = unmask_schedule(int((~known[0]).sum()), steps, alpha_0, generator, device)  # diffusion steps
+        sigma, sizes = sampling_order(known, sizes, block_order, generator)  # (B, L)
+        return self.decode(canvas, sigma, sizes, temperature=temperature, top_p=top_p, kv_cache=kv_cache,
+                           compile=compile, generator=generator, callback=callback)
+
+    @torch.no_grad()
+    def decode(self, canvas, sigma, sizes, *, temperature=1.0, top_p=1.0, kv_cache=True, compile=False,
+               generator=None, callback=None):
+        """Decode the masks of canvas (B, L) in the order sigma (B, L): the known tokens come first (fed as
+        the first step's clean tokens), then diffusion steps of sizes[i] tokens, then one token per step.
+        kv_cache=False is the uncached path, all L slots through the transformer at every step, clean then
+        masked in decode order: the same tokens. compile=True compiles the cached step (section 8).
+        callback(tokens, nfe): after every step, with the canvas in position order."""
+        L, n_known = self.config.block_size, int((canvas[0] != self.mask_id).sum())
+        n_clean0 = n_known + sum(sizes)  # the clean tokens of z_0: known and diffusion tokens
+        sizes = list(sizes) + [1] * (L - n_clean0)  # the sequential phase: one token per step
         canvas = canvas.gather(1, sigma)  # (B, L): canvas[b, i] = the token at position sigma[b, i]
-        cache = self.kv_cache(canvas.size(0), keep=compile) if kv_cache else None
-        step = compiled_decode_step(device) if compile and kv_cache else None
-        n_clean0 = n_known + n_mdm  # the clean tokens of z_0: known and diffusion tokens
-        done, nfe = n_known, 0  # canvas[:, :done] is decoded; the first step feeds the known tokens
+        cache = (kept_cache(self, canvas.size(0)) if compile else self.kv_cache(canvas.size(0))) if kv_cache else None
+        step = compiled_decode_step(canvas.device) if compile and kv_cache else None
+        done, nfe = n_known, 0  # canvas[:, :done] is decoded
         for k in sizes:  # k = the number of tokens this step decodes
             if kv_cache:
                 h = self._cached_step(canvas, sigma, done, k, cache, n_clean0, step)
-            else:  # the reference: all L slots, clean then masked in decode order, every step
-                mask = prefix_lm_mask(torch.arange(L, device=device), L, min(done, n_clean0)) \
-                    if cfg.variant == "A" else None  # B: plain causal
+            else:
+                mask = prefix_lm_mask(torch.arange(L, device=canvas.device), L, min(done, n_clean0)) \
+                    if self.config.variant == "A" else None  # B: plain causal
                 h = self.hidden(canvas, sigma, mask)[:, done:done + k]
             canvas[:, done:done + k] = sample_tokens(self.logits(h), temperature, top_p, generator)
             done, nfe = done + k, nfe + 1
@@ -675,19 +602,15 @@ class EsoLM(nn.Module):
     def _cached_step(self, canvas, sigma, done, k, cache, n_clean0, compiled=None):
         """One forward with the KV cache; returns the hidden states (B, k, C) of this step's k masks.
 
-        Variant B reads as AR decoding with a cache. The cache holds every token decoded before
-        the last step; feed the tokens decoded at the last step (now clean: their keys and
-        values are written one step late) followed by this step's k masks, causal in decode
-        order, then keep the clean tokens' entries and let the masks' be overwritten. Exact,
-        because attention is causal in decode order: a clean token's keys and values depend
-        only on tokens decoded before it, which never change, and a mask's entries are never
-        read by a later step.
-
-        Variant A differs by a mask: its clean block (the first min(done, n_clean0) slots) attends
-        both ways, so while it grows (the diffusion phase) its keys and values change with every
-        token that joins it. Each such step feeds the whole block again and keeps nothing; the
-        first sequential step feeds it complete and keeps it (App. D.3), and from then on A decodes
-        as B does. At alpha_0 = 1 that step never comes, and A never caches.
+        Variant B reads as AR decoding with a cache. The cache holds every token decoded before the last
+        step; feed the tokens decoded at the last step (now clean: their keys and values are written one
+        step late), then this step's k masks, causal in decode order; keep the clean tokens' entries and
+        let the masks' be overwritten. Exact, because attention is causal in decode order: a clean
+        token's keys and values depend only on tokens decoded before it, which never change, and no
+        later step reads a mask's entries. Variant A differs by a mask: its clean block (the first
+        min(done, n_clean0) slots) attends both ways, so while it grows (the diffusion phase) its keys
+        and values change with every token that joins it: each such step feeds it all and keeps nothing,
+        the first sequential step keeps it (App. D.3), and A then decodes as B (at alpha_0 = 1, never).
         """
         a = self.config.variant == "A"
         prefix = min(done, n_clean0) if a else 0
@@ -701,26 +624,11 @@ class EsoLM(nn.Module):
         cache.length = done if not a or done >= n_clean0 else 0  # keep the clean tokens (A: once complete)
         return h[:, done - lo:done + k - lo]
 
-    def kv_cache(self, batch, keep=False):
-        """An empty KVCache for `batch` rows, in the dtype the keys will have (the autocast dtype under
-        autocast). keep=True returns the model's own cache, zeroed for reuse when its shape and dtype
-        fit: a compiled step is then fed the same buffers, at the same addresses, every call."""
+    def kv_cache(self, batch):
+        """An empty KVCache for `batch` rows, in the dtype of the keys (the autocast dtype under autocast)."""
         dev, cfg = self.wte.weight.device, self.config
         dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else self.wte.weight.dtype
-        shape = (batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
-        kept = _KEPT_CACHES.get(self) if keep else None
-        if kept is not None and kept.k[0].shape == shape and kept.k[0].dtype == dtype and kept.k[0].device == dev:
-            for buffer in kept.k + kept.v:
-                buffer.zero_()
-            kept.length = 0
-            return kept
-        cache = KVCache(cfg.n_layer, shape, dtype, dev)
-        if keep:
-            if dev.type == "cuda":  # CUDA graphs then read and write the buffers in place, never a copy
-                for buffer in cache.k + cache.v:
-                    torch._dynamo.mark_static_address(buffer)
-            _KEPT_CACHES[self] = cache
-        return cache
+        return KVCache(cfg.n_layer, (batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head), dtype, dev)
 
     def _check_canvas(self, num_samples, canvas, device):
         L, mask_id = self.config.block_size, self.mask_id
@@ -739,20 +647,19 @@ class EsoLM(nn.Module):
             raise ValueError("every canvas row must hold the same number of masks (the step schedule is shared)")
         return canvas.expand(num_samples, L).clone()
 
-    # Likelihood (paper Thm 3.1) --------------------------------------------------
+    # Likelihood (Thm 3.1) --------------------------------------------------------------
 
     @torch.no_grad()
     def likelihood(self, x, num_orders, generator=None, dense=False):
-        """Importance-weighted any-order bound on the NLL of x (B, L), in nats per token (paper Thm 3.1).
+        """The importance-weighted (IW) bound on the NLL of x (B, L), in nats per token (Thm 3.1).
 
         Decoding one token per step along an order sigma gives p(x | sigma) = prod_l p(x_sigma(l) |
-        x_sigma(<l)), and one forward of [all masks ; x sorted by sigma] through the sequential
-        pattern gives all L factors. The model's p(x) is, by definition of its generative process
-        (one token per step, no prompt), the average of p(x | sigma) over the sampler's orders: a
-        random subset first (each position with probability alpha_0 here; the sampler's share is a
-        hair lower, see unmask_schedule), in random order, then the rest left to right. So for K
-        orders drawn that way the mean of p(x | sigma_k) estimates p(x) without bias, and by Jensen
-        E[-log mean] >= -log p(x): an upper bound on the NLL of that process, tighter as K grows.
+        x_sigma(<l)), and one forward of [all masks ; x sorted by sigma] through the sequential pattern
+        gives all L factors. The model's p(x) (one token per step, no prompt) is the mean of p(x | sigma)
+        over the sampler's orders: a random subset first (each position with probability alpha_0 here;
+        the sampler's share is a hair lower, see unmask_schedule), in random order, then the rest left
+        to right. So for K orders drawn that way the mean of p(x | sigma_k) estimates p(x) without bias,
+        and by Jensen E[-log mean] >= -log p(x): an upper bound, tighter as K grows.
         """
         if self.config.variant != "B" and self.config.alpha_0 > 0:  # at alpha_0 = 0, A has no clean block: A = B
             raise ValueError("the one-forward any-order bound needs variant B (or alpha_0 = 0): under variant A "
@@ -770,27 +677,23 @@ class EsoLM(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# The authors' released models, folded into this one
+# 7. The authors' released models, folded into this one
 
 
 def from_reference(state_dict, n_head, block_size, alpha_0, **config):
-    """An EsoLM holding the weights of the authors' EsoLMDiT (their released checkpoints' backbone).
+    """An EsoLM with the weights of the authors' EsoLMDiT (keys with or without "backbone."); n_head,
+    block_size, alpha_0 and any other EsoConfig field come from their checkpoint's config.
 
-    state_dict: the backbone's tensors, keys with or without "backbone."; n_head, block_size and
-    alpha_0 (and any other EsoConfig field in **config) come from the checkpoint's config. Their
-    network is a DiT: every block is modulated by c = silu(sigma_map(sigma)) (adaLN). Eso-LMs run
-    without time conditioning, sigma = 0, so c is one constant vector and so is every modulation:
-        shift, scale, gate = adaLN(c)  (per block: for attention, then for the MLP)
-        LN(x) * w * (1 + scale) + shift   is a LayerNorm with weight w (1 + scale) and bias shift,
-        x + gate * (y @ W.T + b)          is a projection with W's rows and b scaled by gate.
-    So their model is a pre-norm transformer with biases in the LayerNorms, the MLP and the head
-    (config bias=True), which is what this function returns. Their output layer also scores [MASK],
-    whose logit their code sets to -1e6: its row is dropped. Their weights are stored (out, in).
-    """
+    Their DiT modulates each block by c = silu(sigma_map(sigma)) (adaLN). Eso-LMs run with sigma = 0,
+    so c and every modulation (shift, scale, gate = adaLN(c)) are constants, which fold exactly:
+        LN(x) w (1 + scale) + shift  is a LayerNorm with weight w (1 + scale) and bias shift;
+        x + gate (y W^T + b)         is a projection with W's rows and b scaled by gate.
+    So theirs is a pre-norm transformer with biases in the LayerNorms, the MLP and the head (bias=True). The
+    [MASK] row of their output layer (its logit is set to -1e6) is dropped; weights go (out, in) -> (in, out)."""
     sd = {k.removeprefix("backbone."): v.float() for k, v in state_dict.items()}
     inv_freq = sd.pop("rotary_emb.inv_freq", None)  # their one buffer: the rotary frequencies, which must be ours
     (V1, C), (cond, freq) = sd["vocab_embed.embedding"].shape, sd["sigma_map.mlp.0.weight"].shape
-    n_layer = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    n_layer = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})  # their network, name by name:
     layout = {"vocab_embed.embedding": (V1, C), "sigma_map.mlp.0.weight": (cond, freq), "sigma_map.mlp.0.bias": (cond,),
               "sigma_map.mlp.2.weight": (cond, cond), "sigma_map.mlp.2.bias": (cond,),  # the timestep MLP
               "output_layer.norm_final.weight": (C,), "output_layer.adaLN_modulation.weight": (2 * C, cond),
@@ -841,25 +744,63 @@ EsoLM.from_reference = staticmethod(from_reference)  # as nanoGPT's GPT.from_pre
 
 
 # -----------------------------------------------------------------------------
-# Making it fast: the cached step compiled
+# 8. Making it fast. Each fast path computes what a plain path above computes, and a test binds them.
+
+
+class SequentialPattern:
+    """The sequential term's attention without the waste of the dense path's sequential_mask, whose
+    z-to-z block is its diagonal and x-to-z block empty. It feeds [x sorted ; the z slots from n_skip
+    on], L + m tokens (m = L - n_skip), and computes
+      x slot i -> x slots j <= i: SDPA's causal kernel (variant A: its prefix-LM mask, x_mask);
+      z slot i -> x slots j < i, and itself: chunks of CHUNK z queries, each against the x slots
+                  before its last query and its own z keys (a size x size block of z-to-z scores, of
+                  which the mask keeps the diagonal).
+    x comes first, so every chunk's x keys are a leading piece of the x half (x_sizes cuts it). Nothing
+    attends to a z slot but itself, so leaving some out changes no other output: the z slots before
+    n_skip, clean in every row (orders list clean tokens first), are not fed; clean ones after it are,
+    and the loss zeroes them.
+    """
+    CHUNK = 128  # z queries per attention call
+
+    @classmethod
+    def skippable(cls, masked):
+        """n_skip for z_0 masks (B, L): the slots clean in every row, in whole chunks (few graphs compiled)."""
+        return int((~masked).sum(1).min()) // cls.CHUNK * cls.CHUNK
+
+    def __init__(self, L, n_skip, x_mask, device):
+        self.L, self.n_skip, self.x_mask = L, n_skip, x_mask
+        self.z_sizes = [min(self.CHUNK, L - n_skip - a) for a in range(0, L - n_skip, self.CHUNK)]  # z slots per chunk
+        ends = [n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)]  # chunk c's last slot: it sees x < it
+        self.x_sizes = [e - s for s, e in zip([0] + ends, ends + [L])]  # the x slots in pieces [0, ends[0]), ...
+        self.masks = []  # chunk c: its z queries against [x slots < ends[c] ; its own z keys]
+        for size, end in zip(self.z_sizes, ends):
+            slot = end + 1 - size + torch.arange(size, device=device)[:, None]  # (size, 1): the queries' slots
+            to_x = torch.arange(end, device=device) < slot  # strictly earlier x slots
+            self.masks.append(torch.cat([to_x, torch.eye(size, dtype=torch.bool, device=device)], 1))
+
+    def attend(self, q, k, v, dropout_p=0.0):  # q, k, v: (B, nh, L + m, hd)
+        sdpa = F.scaled_dot_product_attention
+        (qx, qz), (kx, kz), (vx, vz) = (t.split([self.L, t.size(2) - self.L], 2) for t in (q, k, v))
+        ys = [sdpa(qx, kx, vx, attn_mask=self.x_mask, is_causal=self.x_mask is None, dropout_p=dropout_p)]
+        # Split, not slice: the backward of a slice fills a zero tensor of the full size, per chunk.
+        kx, vx = kx.split(self.x_sizes, 2), vx.split(self.x_sizes, 2)
+        for c, (qc, kc, vc) in enumerate(zip(*(t.split(self.z_sizes, 2) for t in (qz, kz, vz)))):
+            keys, values = torch.cat([*kx[:c + 1], kc], 2), torch.cat([*vx[:c + 1], vc], 2)  # (B, nh, end + size, hd)
+            ys.append(sdpa(qc, keys, values, attn_mask=self.masks[c], dropout_p=dropout_p))
+        return torch.cat(ys, 2)  # (B, nh, L + m, hd)
 
 
 KEY_BLOCK = 128  # the compiled step attends over a multiple of this many cache slots
-_COMPILED_STEPS = {}  # torch.compile mode -> the compiled EsoLM.decode_step
+_COMPILED_STEPS = {}  # torch.compile mode -> the compiled cached step
 _KEPT_CACHES = weakref.WeakKeyDictionary()  # model -> the KVCache its compiled steps write
 
 
 def static_window(lo, hi, L):
-    """(lo, hi, n_keys) of the compiled step for the chunk of slots [lo, hi): static shapes.
-
-    A compiled graph has fixed shapes, and the eager step's change every step (the chunk's size,
-    the keys attended). So the chunk is widened to the next size P in 1, 2, 3, 4, 6, 8, 12, 16, ...
-    (powers of two and 1.5 times them; at most L) by feeding earlier slots again (clean tokens,
-    whose keys and values come out the same, up to rounding, from the same tokens and cache) or,
-    near the start, the next slots (not decoded yet: what they write is overwritten before it is
-    read); and the keys attended are rounded up to a multiple of KEY_BLOCK (the causal mask hides
-    the slots past each query). A sampling run then meets a handful of (P, n_keys) pairs.
-    """
+    """(lo, hi, n_keys) of the compiled cached step for the chunk of slots [lo, hi): static shapes. The
+    chunk is widened to the next size in 1, 2, 3, 4, 6, 8, 12, 16, ... (at most L) by feeding earlier
+    slots again (clean tokens: the same keys and values, up to rounding) or, near the start, the next
+    ones (not decoded yet: what they write is overwritten before it is read); the keys attended are
+    rounded up to a multiple of KEY_BLOCK (the causal mask hides those past each query)."""
     n = hi - lo
     P = 1 << (n - 1).bit_length()  # the next power of two
     P = min(3 * P // 4 if 3 * P // 4 >= n else P, L)
@@ -867,12 +808,24 @@ def static_window(lo, hi, L):
     return hi - P, hi, min(-(-hi // KEY_BLOCK) * KEY_BLOCK, L)
 
 
+def kept_cache(model, batch):
+    """The model's own KV cache, zeroed: its compiled steps see the same buffers every call (CUDA graphs: static)."""
+    kept, dev = _KEPT_CACHES.get(model), model.wte.weight.device
+    dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else model.wte.weight.dtype
+    if kept is None or (kept.k[0].size(0), kept.k[0].dtype, kept.k[0].device) != (batch, dtype, dev):
+        kept = _KEPT_CACHES[model] = model.kv_cache(batch)
+        for buffer in (kept.k + kept.v) * (dev.type == "cuda"):
+            torch._dynamo.mark_static_address(buffer)
+    for buffer in kept.k + kept.v:
+        buffer.zero_()
+    kept.length = 0
+    return kept
+
+
 def compiled_decode_step(device):
-    """EsoLM.hidden under torch.compile, for the cached sampler: inductor, and on CUDA
-    mode="reduce-overhead" (CUDA graphs: a step replays with one launch; the cache buffers are
-    marked static, see EsoLM.kv_cache). The tokens fed have static shapes (static_window); the
-    number of keys attended, the mask's last dimension, is marked dynamic: one graph serves every
-    length. One compiled function for all models; Dynamo compiles it once per model and chunk size."""
+    """EsoLM.hidden under torch.compile for the cached sampler: inductor; on CUDA mode="reduce-overhead" (CUDA
+    graphs: a step replays in one launch). The tokens fed have static shapes (static_window); the keys
+    attended, the mask's last dimension, are dynamic: Dynamo compiles once per model and chunk size."""
     mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
     if mode not in _COMPILED_STEPS:
         hidden = torch.compile(EsoLM.hidden, mode=mode, dynamic=False, fullgraph=True)
@@ -888,38 +841,60 @@ def compiled_decode_step(device):
     return _COMPILED_STEPS[mode]
 
 
+def sample_tokens_float32(logits, temperature=1.0, top_p=1.0, generator=None):
+    """sample_tokens without float64 (MPS): an inverse CDF in float32, summed from the smallest
+    probability up, so that each partial sum is as small as the mass summed so far and a token's share
+    is off by at most 2^-24 of it; with the 2^-24 resolution of a float32 uniform, each token is drawn
+    with its probability to within about 2^-23. Summed largest first, every token below 2^-25 would add
+    nothing to a running sum near 1 and never be drawn, whatever mass the tail holds in all."""
+    logits = top_p_filter(logits.float() / temperature, top_p)
+    probs, order = logits.softmax(-1).sort(dim=-1)  # (..., V) ascending: the tail first
+    cdf = probs.cumsum(-1)
+    u = 1 - torch.rand(*logits.shape[:-1], 1, device=logits.device, generator=generator)  # in (0, 1]
+    first = (cdf < u * cdf[..., -1:]).sum(-1, keepdim=True).clamp(max=logits.size(-1) - 1)  # first cdf >= u
+    return order.gather(-1, first).squeeze(-1)
+
+
 # -----------------------------------------------------------------------------
-# 7. `python eso.py`: the attention patterns of the paper's worked example (Figs. 6-9)
+# 9. `python eso.py`: the worked example of the docstring, from the functions above
 
 
-def show_masks():
-    """Print the diffusion and sequential masks of variants A and B for x = ABCDEF, z = A_C__F.
-
-    Rows are queries and columns keys, both in decode order, labelled token+position
-    (M = [MASK]); '█' = may attend. Built by the functions above, not drawn by hand.
-    """
+def show_example():
+    """Print the masks of variants A and B for x = ABCDEF, z_0 = A_C__F (rows are queries, columns keys,
+    both in decode order, labelled token + position, M = [MASK]; '█' = may attend), then the cached
+    sampler's steps along the sequential term's order: the docstring's worked example."""
     x, masked = list("ABCDEF"), torch.tensor([[0, 1, 0, 1, 1, 0]], dtype=torch.bool)
     u = torch.tensor([[0.2, 0.9, 0.1, 0.3, 0.5, 0.4]])  # random keys giving the paper's orders
-    n_clean = int((~masked).sum())
 
     def grid(title, labels, mask):
         print(f"\n{title}\n      " + " ".join(f"{s:>3}" for s in labels))
         for label, row in zip(labels, mask.tolist()):
             print(f"  {label:>3} " + " ".join("  █" if a else "  ·" for a in row))
 
-    def label(sigma, half="z"):
-        return [("M" if masked[0, p] and half == "z" else x[p]) + str(p + 1) for p in sigma.tolist()]
+    def label(positions, half="z"):
+        return [("M" if masked[0, p] and half == "z" else x[p]) + str(p + 1) for p in positions]
 
     for variant in ("B", "A"):
-        x_mask = prefix_lm_mask(torch.arange(6), 6, n_clean if variant == "A" else 0)  # (1, 1, 6, 6)
-        sigma = diffusion_order(masked, u)[0]
-        grid(f"Eso-LM ({variant}), diffusion phase: z sorted by sigma = {tuple(sigma.add(1).tolist())}",
+        x_mask = prefix_lm_mask(torch.arange(6), 6, 3 if variant == "A" else 0)  # (1, 1, 6, 6); A: 3 clean
+        sigma = diffusion_order(masked, u)[0].tolist()
+        grid(f"Eso-LM ({variant}), diffusion term: z sorted by sigma = {tuple(p + 1 for p in sigma)}",
              label(sigma), x_mask[0, 0])
-        keys = torch.arange(6.0)[None] / 6 if variant == "A" else u  # A: clean tokens in position order
-        sigma = sequential_order(masked, keys)[0]
-        grid(f"Eso-LM ({variant}), sequential phase (training): [z ; x] sorted by sigma = "
-             f"{tuple(sigma.add(1).tolist())}", label(sigma) + label(sigma, "x"), sequential_mask(x_mask)[0, 0])
+        sigma = sequential_order(masked, torch.arange(6.0)[None] / 6 if variant == "A" else u)[0].tolist()
+        grid(f"Eso-LM ({variant}), sequential term: [z_0 ; x] sorted by sigma = {tuple(p + 1 for p in sigma)}",
+             label(sigma) + label(sigma, "x"), sequential_mask(x_mask)[0, 0])  # A: clean tokens in position order
+    print("\nThe cached sampler along that order (2, then 1 diffusion tokens, then 3 sequential ones):")
+    torch.manual_seed(0)
+    model = EsoLM(EsoConfig(block_size=6, vocab_size=6, n_layer=1, n_head=2, n_embd=16))
+    order, canvases = sequential_order(masked, u), [torch.full((1, 6), model.mask_id)]
+    model.decode(canvases[0], order, [2, 1], callback=lambda tokens, nfe: canvases.append(tokens))
+    steps = [[p for p in order[0].tolist() if a[0, p] != b[0, p]] for a, b in zip(canvases, canvases[1:])]
+    for i, now in enumerate(steps):  # the positions decoded at each step, in decode order
+        clean = label(steps[i - 1], "x") if i else []
+        feeds, keeps = " ".join(clean + [f"M{p + 1}" for p in now]), " ".join(clean) or "-"
+        print(f"    step {i + 1} feeds {feeds:<11} keeps {keeps:<6} decodes {' '.join(label(now, 'x'))} "
+              f"({'diffusion' if i < 2 else 'sequential'})")
+    print(f"  NFE = {len(steps)}.")
 
 
 if __name__ == "__main__":
-    show_masks()
+    show_example()

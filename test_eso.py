@@ -348,18 +348,44 @@ def test_sampling_example_from_the_paper(monkeypatch):
 
 
 def test_block_order_decodes_evenly_spaced_streams():
+    """Each diffusion step decodes one stream: no two of its tokens closer than S (the number of diffusion
+    steps) positions, whatever L, alpha_0, T and prompt; the sizes stay shared by the rows."""
     known = torch.zeros(2, 64, dtype=torch.bool)
-    sigma = eso.sampling_order(known, 64, 4, True, gen(0))
+    sigma, sizes = eso.sampling_order(known, [16, 15, 17, 16], True, gen(0))  # alpha_0 = 1, S = 4 divides L
+    assert sizes == [16] * 4
     for b in range(2):
         assert sorted(sigma[b].tolist()) == list(range(64))
-        for j in range(4):  # each run of 16 is one stream: positions congruent mod 4
+        for j in range(4):  # step j: one residue class mod 4, as the authors' code decodes
             assert len({p % 4 for p in sigma[b, 16 * j:16 * j + 16].tolist()}) == 1
-    # any L, alpha_0 and step count: a permutation, the sequential part left to right
-    known = torch.zeros(3, 37, dtype=torch.bool)
-    known[:, [0, 5]] = True
-    sigma = eso.sampling_order(known, 20, 6, True, gen(1))
-    assert all(sorted(r) == list(range(37)) for r in sigma.tolist())
-    assert sigma[:, :2].tolist() == [[0, 5]] * 3 and (sigma[:, 22:].diff(dim=1) > 0).all()
+    for L, alpha_0, T, prompt in itertools.product([37, 64, 100], [1.0, 0.5, 0.2], [3, 8, 30], [False, True]):
+        known = torch.zeros(3, L, dtype=torch.bool)
+        known[:, :5 * prompt] = True
+        n_masked = L - 5 * prompt
+        schedule = eso.unmask_schedule(n_masked, T, alpha_0, gen(L + T), "cpu")
+        sigma, sizes = eso.sampling_order(known, schedule, True, gen(1))
+        S, n = len(schedule), sum(schedule)
+        assert len(sizes) == S and sum(sizes) == n and max(sizes) - min(sizes) <= 1
+        assert all(sorted(r) == list(range(L)) for r in sigma.tolist())
+        start = 5 * prompt
+        for size in sizes:  # within a step, every two tokens are S or more positions apart
+            step = sigma[:, start:start + size].sort(1).values
+            assert size < 2 or (step.diff(dim=1) >= S).all(), (L, alpha_0, T, prompt)
+            start += size
+        assert (sigma[:, start:].diff(dim=1) > 0).all()  # the sequential positions, left to right
+
+
+def test_sequential_fast_path_needs_the_clean_tokens_first(monkeypatch):
+    """The fast path skips the first n_skip slots by count: an order that puts a mask among them (which
+    sequential_order never does) gives another result than the dense path, so the precondition is real."""
+    monkeypatch.setattr(eso.SequentialPattern, "CHUNK", 2)
+    model = tiny(0.5, L=12, big=False)
+    x = torch.randint(0, 11, (2, 12), generator=gen(0))
+    masked = torch.tensor([[0, 0, 0, 0, 1, 1] * 2] * 2, dtype=torch.bool)  # 8 clean: n_skip = 8
+    good = eso.sequential_order(masked, torch.rand(2, 12, generator=gen(1)))
+    bad = good.flip(1)  # masks first
+    for sigma, same in ((good, True), (bad, False)):
+        fast, dense = (model.sequential_nll(x, masked, sigma, dense) for dense in (False, True))
+        assert torch.allclose(fast, dense, atol=1e-6) == same
 
 
 # ----------------------------------------------------------------------------- the sampler
@@ -518,14 +544,19 @@ def test_iw_bound_with_enough_orders_is_the_exact_any_order_likelihood():
     assert single > exact + 0.01
 
 
-def test_python_eso_py_prints_the_attention_patterns(capsys):
+def test_python_eso_py_prints_the_worked_example_of_its_docstring(capsys):
+    """`python eso.py` prints the masks and the cached sampler's steps, computed by the model's own
+    functions; the docstring's worked example quotes that output line by line."""
     runpy.run_path(str(ROOT / "eso.py"), run_name="__main__")  # python eso.py
     stdout = capsys.readouterr().out
     assert stdout.count("Eso-LM (") == 4
     lines = stdout.splitlines()
-    i = lines.index("Eso-LM (B), diffusion phase: z sorted by sigma = (3, 1, 6, 4, 5, 2)")
+    i = lines.index("Eso-LM (B), diffusion term: z sorted by sigma = (3, 1, 6, 4, 5, 2)")
     assert lines[i + 1].split() == ["C3", "A1", "F6", "M4", "M5", "M2"]
     assert lines[i + 6].split() == ["M5", "█", "█", "█", "█", "█", "·"]  # causal in decode order
+    trace = [line for line in lines if line.startswith("    step ")]
+    assert len(trace) == 5 and all(line in eso.__doc__.splitlines() for line in trace)
+    assert trace[1].split()[:6] == ["step", "2", "feeds", "C3", "A1", "M6"]
 
 
 def test_likelihood_rejects_variant_a_except_at_alpha0_zero_where_a_is_b():
