@@ -13,42 +13,46 @@ Words, each defined here and used in this one sense:
   phases        sampling runs a diffusion phase (MDM: masked diffusion model), which decodes a random subset
                 of the positions, several per step, then a sequential phase (AR: autoregressive), which
                 decodes every other position, one per step, left to right.
-  alpha_0       the expected share of the positions that the diffusion phase decodes.
-  t, z_t        diffusion time, from t = 0 (clean) to 1 (masked): z_t keeps each token of x with probability
-                alpha_t = alpha_0 (1 - (1 - EPS) t), alpha'_t its derivative. z_0 keeps a share alpha_0: what
-                the diffusion phase hands to the sequential phase.
-  sigma, slot   an order: sigma[b, i] is the position decoded i-th in batch row b. Sorted by sigma, a sequence
-                lists its tokens in decode order, each at its original position (through rotary embeddings);
-                a slot is an index in that list; "before" means at an earlier slot.
+  t, z_t        diffusion time: z_t keeps each token of x with probability alpha_t = alpha_0 (1 - (1 - EPS) t)
+                (alpha'_t: its derivative), from z_0 to z_1, almost all masks. Sampling runs t from 1 to 0.
+  alpha_0       the share of clean tokens in z_0, which the diffusion phase makes and the sequential phase
+                completes: in sampling, the expected share of positions that the diffusion phase decodes.
+  sigma, slot   an order: sigma[b, i] is the position decoded i-th in batch row b. "In decode order" (the code
+                says sorted), a sequence lists its tokens by sigma, each at its original position (through
+                rotary embeddings); a slot is an index in that list; "before" means at an earlier slot.
   T, NFE        T: the steps of the diffusion schedule. NFE: the transformer forwards a sampler spends.
-  NELBO         negative evidence lower bound, an upper bound on -log p(x); the paper's (eq. 7) has two terms:
+  NELBO         negative evidence lower bound: an upper bound on -log p(x). The paper's (eq. 7) has two terms:
                   sequential  E_{z_0} [ sum over masked l: -log p(x_l | clean tokens of z_0, x at masked l' < l) ]
                   diffusion   E_{t, z_t} [ sum over masked l: -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ]
-                the exact AR likelihood of the sequential phase given z_0, and MDLM's (the masked diffusion
-                LM's) continuous-time bound on the diffusion phase's.
+                the exact NLL of the sequential phase given z_0, and the continuous-time bound of MDLM (a
+                masked diffusion LM, Sahoo et al. 2024) on the diffusion phase's, which omits, as theirs, the
+                prior term at t = 1 and draws t from [T_EPS, 1].
   kappa         the share of a batch's rows that estimate the diffusion term; the others: the sequential.
   zero masking  the model never predicts [MASK]: its output layer has no [MASK] row.
-  IW bound      an importance-weighted bound on -log p(x), tighter than the NELBO (EsoLM.likelihood).
+  IW bound      an importance-weighted bound on -log p(x), tightening as it averages more orders (likelihood).
+  canvas, chunk the canvas: the L tokens being sampled, known ones (a prompt) and [MASK]s; a chunk: the tokens
+                that one forward of the cached sampler feeds.
 
 Variant B (the paper's model) is causal in decode order everywhere: a clean token never sees anything
 decoded after it, so its keys and values never change and one KV cache serves both phases. Variant A
 (an ablation) lets the clean tokens see each other both ways: a different mask, the same model.
 
 A worked example (Figs. 6-9), printed by `python eso.py` from the functions below, with its masks:
-x = ABCDEF at positions 1..6, z_0 = A_C__F (B, D and E masked).
+x = ABCDEF at positions 1..6; B, D and E masked, as z_0 = A_C__F (and as z_t in the diffusion term).
   Diffusion term, sigma = (3, 1, 6, 4, 5, 2): the transformer reads C A F M M M at positions 3 1 6 4 5 2
   under a plain causal mask; the M slots predict D, E, B from the clean tokens and the earlier masks.
-  Sequential term, sigma = (3, 1, 6, 2, 4, 5), masks left to right: two streams at the same positions,
-  z_0 sorted = C A F M M M and x sorted = C A F B D E. The M at position 4 sees itself and the x slots
+  Sequential term, sigma = (3, 1, 6, 2, 4, 5), masks left to right: two halves at the same positions,
+  z_0 in decode order, C A F M M M, and x, C A F B D E. The M at position 4 sees itself and the x slots
   before it, C A F B (the clean tokens and the true tokens to its left), and predicts D.
-  The cached sampler along that order (2, then 1 diffusion tokens, then 3 sequential ones):
+  The cached sampler along that order (2, then 1 diffusion tokens, then 3 sequential ones), as its KV
+  cache records it (letters name positions; the model draws its own tokens):
     step 1 feeds M3 M1       keeps -      decodes C3 A1 (diffusion)
     step 2 feeds C3 A1 M6    keeps C3 A1  decodes F6 (diffusion)
     step 3 feeds F6 M2       keeps F6     decodes B2 (sequential)
     step 4 feeds B2 M4       keeps B2     decodes D4 (sequential)
     step 5 feeds D4 M5       keeps D4     decodes E5 (sequential)
-  NFE = 5. A step feeds the tokens decoded at the step before (now clean: the cache keeps their keys and
-  values, one step late) and the masks to decode now; the last token is never fed.
+  NFE = 5. A chunk holds the tokens decoded at the step before, now clean, whose keys and values the
+  cache keeps ("one step late"), and the masks to decode now; the last token is never fed.
 
 Read top to bottom: 1 config; 2 the transformer, KV cache; 3 noise schedule, orders; 4 attention patterns;
 5 sampling pieces; 6 the model: loss, sampler, likelihood; 7 the authors' released models; 8 making it fast
@@ -142,12 +146,11 @@ class Linear(nn.Module):
 
 
 class KVCache:
-    """The unified KV cache: a key and a value per decoded token and layer, in decode order (slot i holds
-    the token decoded i-th), for all L slots. A forward over tokens at the decode slots `slots` (a 1-D
-    tensor, set before it) writes their keys and values there, then attends over as many slots from 0
-    as its mask has columns. Slots [0, length) hold clean tokens for good; what a forward writes past
-    them (its masks) the next forward overwrites. The buffers start at zero: the slots a mask hides
-    hold finite numbers (a NaN would leak through the softmax)."""
+    """The sampler's KV cache: a key and a value per token and layer, in decode order (slot i holds the token
+    decoded i-th), for all L slots. The caller sets `slots` (1-D tensor), those of the tokens a forward feeds;
+    the forward writes their keys and values there, and its attention reads as many slots from 0 as its mask
+    has columns. Slots [0, length) hold clean tokens for good, the rest is provisional (overwritten when fed
+    again). The buffers start at zero: hidden slots hold finite numbers (a NaN would leak through softmax)."""
 
     def __init__(self, n_layer, shape, dtype, device):  # shape: (B, nh, L, hd)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
@@ -219,9 +222,9 @@ def alpha(t, alpha_0):
 
 
 def sample_t(n, device, generator=None):
-    """n stratified times in [T_EPS, 1], t_i = ((u + i) / n) mod 1 (the authors call them antithetic)."""
+    """n stratified times in [T_EPS, 1], t_i = (u + i) / n (the authors call them antithetic)."""
     u = torch.rand(1, device=device, generator=generator)
-    t = ((u + torch.arange(n, device=device)) / n) % 1
+    t = (u + torch.arange(n, device=device)) / n  # < 1: one time in each of n equal strata
     return (1 - T_EPS) * t + T_EPS
 
 
@@ -230,11 +233,12 @@ def diffusion_order(masked, u):
     return torch.argsort(masked * 2.0 + u, dim=1)
 
 
-def sequential_order(masked, u):
-    """sigma (B, L): clean positions first, sorted by u (random keys); then masked positions left to right."""
-    L = masked.size(1)
-    ascending = torch.arange(L, device=masked.device) / L
-    return diffusion_order(masked, torch.where(masked, ascending, u))
+def sequential_order(last, u):
+    """sigma (B, L): the positions not in `last` (B, L) bool first, sorted by the keys u; then those in it,
+    left to right: in training, z_0's clean tokens, then its masks (the sequential phase's positions)."""
+    L = last.size(1)
+    ascending = torch.arange(L, device=last.device) / L
+    return diffusion_order(last, torch.where(last, ascending, u))
 
 
 def unpermute(sorted_tokens, sigma):  # the inverse of gather(1, sigma): back to position order
@@ -249,7 +253,7 @@ def prefix_lm_mask(slots, n_keys, prefix=0):
     """(B or 1, 1, len(slots), n_keys) bool, on the device of `slots`: queries at the decode slots `slots`
     (1-D LongTensor) against the keys at slots 0..n_keys-1, causal in decode order (key slot <= query
     slot), plus a bidirectional block over the first `prefix` slots, variant A's clean tokens (prefix:
-    0 for B, an int, or a (B,) tensor, a count per row). Every mask of the model is this or built from it."""
+    0 for B, an int, or a (B,) tensor, a count per row). The x half of sequential_mask is this mask too."""
     q = slots.view(1, 1, -1, 1)  # query slots
     k = torch.arange(n_keys, device=slots.device).view(1, 1, 1, -1)  # key slots
     if isinstance(prefix, int) and prefix == 0:
@@ -265,10 +269,10 @@ def sequential_mask(x_mask):
     block); nothing attends to a z slot but itself. The outputs of the z half are the predictions."""
     L = x_mask.size(-1)
     i = torch.arange(L, device=x_mask.device)
-    z_rows = torch.cat([i[:, None] == i[None, :], i[:, None] > i[None, :]], dim=1)  # (L, 2L)
-    z_rows = z_rows.expand(x_mask.size(0), 1, L, 2 * L)
-    x_rows = torch.cat([torch.zeros_like(x_mask), x_mask], dim=-1)
-    return torch.cat([z_rows, x_rows], dim=-2)
+    z_queries = torch.cat([i[:, None] == i[None, :], i[:, None] > i[None, :]], dim=1)  # (L, 2L)
+    z_queries = z_queries.expand(x_mask.size(0), 1, L, 2 * L)
+    x_queries = torch.cat([torch.zeros_like(x_mask), x_mask], dim=-1)
+    return torch.cat([z_queries, x_queries], dim=-2)
 
 
 # -----------------------------------------------------------------------------
@@ -330,12 +334,12 @@ def sampling_order(known, sizes, block_order=False, generator=None):
     of the masks, a random subset per row in random order, cut into steps by sizes; then the
     sequential positions, the other masks, left to right.
 
-    block_order=True is the authors' block ("subcontext", App. E.10) order for any L, alpha_0, prompt
-    and T: the diffusion positions, sorted, are dealt into S streams, S = the number of diffusion
-    steps, the r-th to stream r mod S (p0 < ... < p7 and S = 3 give {p0, p3, p6}, {p1, p4, p7}, {p2, p5}),
-    and each step decodes one stream, in random order: no two tokens of a step are closer than S
-    positions. The larger streams go first; each row draws which stream a step decodes among those
-    of its size. At alpha_0 = 1, S dividing L, step j decodes {p, p + S, ...}, as the authors' code.
+    block_order=True is the authors' block ("subcontext", App. E.10) order, strided, for any L, alpha_0,
+    prompt and T: the diffusion positions, in ascending order, are dealt into S streams, S = the number of
+    non-empty diffusion steps, the r-th to stream r mod S (p0 < ... < p7 and S = 3 give {p0, p3, p6},
+    {p1, p4, p7}, {p2, p5}), and each step decodes one stream, in random order: no two tokens of a step
+    are closer than S positions. The larger streams go first; each row draws which stream a step decodes
+    among those of its size. At alpha_0 = 1, S dividing L, step j decodes {p, p + S, ...}, as theirs.
     """
     B, L = known.shape
     dev, n = known.device, sum(sizes)
@@ -391,9 +395,9 @@ def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
 
 
 class Draws(NamedTuple):
-    """Every random draw of one evaluation of the loss (EsoLM.draws): with them the loss is a pure
-    function, one graph under torch.compile (a generator would break it)."""
-    t: torch.Tensor  # (n_diff,) the times of the first n_diff rows, which estimate the diffusion term
+    """Every random draw of one evaluation of the loss (EsoLM.draws) but dropout's: with them the loss is a
+    pure function, one graph under torch.compile (a generator would break it)."""
+    t: torch.Tensor  # (n_diff,) the times of the first n_diff rows (diffusion_rows), which estimate the diffusion term
     masked: torch.Tensor  # (B, L) bool: z_t in those rows, z_0 in the others (the sequential term)
     sigma: torch.Tensor  # (B, L) each row's order, clean tokens first
     n_skip: int  # the sequential rows' slots clean in all of them, in whole chunks (SequentialPattern)
@@ -430,8 +434,8 @@ class EsoLM(nn.Module):
 
     def hidden(self, idx, pos, attn_mask=None, cache=None):
         """Final hidden states (B, n, C) of tokens idx (B, n) at original positions pos (B, n). attn_mask:
-        None is causal over idx; a bool mask (True = may attend) broadcastable to (B, nh, n, keys); or a
-        SequentialPattern. With a cache, the tokens sit at its slots cache.slots (see KVCache)."""
+        None (without a cache) is causal over idx; a bool mask (True = may attend) broadcastable to (B, nh,
+        n, keys); or a SequentialPattern. With a cache, the tokens sit at its slots cache.slots (KVCache)."""
         cos = self.rope_cos[pos].unsqueeze(1)  # (B, 1, n, hd)
         sin = self.rope_sin[pos].unsqueeze(1)
         x = self.drop(self.wte(idx))
@@ -440,16 +444,14 @@ class EsoLM(nn.Module):
         return self.ln_f(x)
 
     def logits(self, h):
-        """Float32 logits (..., V) of hidden states h. Under autocast the head would return bf16 logits,
-        whose 8-bit mantissa moves probabilities by percents: wherever no gradient is taken (sampling,
-        likelihoods, validation) it runs in float32; training keeps the faster autocast head."""
+        """Float32 logits (..., V) of h. bf16 logits (the head under autocast) move probabilities by percents:
+        with no gradient taken (sampling, likelihoods, validation) the head runs in float32; training's, faster, not."""
         if torch.is_grad_enabled():
             return self.lm_head(h).float()
         with torch.autocast(h.device.type, enabled=False):
             return self.lm_head(h.float())
 
     # The hybrid NELBO (eq. 7) -----------------------------------------------------
-
     def diffusion_rows(self, B):
         """How many of B rows estimate the diffusion term: round(kappa B), and one row per term at least."""
         kappa = self.config.batch_split
@@ -474,8 +476,8 @@ class EsoLM(nn.Module):
         if n_diff < B:
             masked.append(torch.rand(B - n_diff, L, device=dev, generator=generator) < 1 - cfg.alpha_0)
             u = torch.rand(B - n_diff, L, device=dev, generator=generator)
-            if cfg.variant == "A":  # A's clean block is bidirectional: its order does not matter
-                u = torch.arange(L, device=dev).expand(B - n_diff, L) / L
+            if cfg.variant == "A":  # clean tokens in position order, as the authors' code (A's clean block is
+                u = torch.arange(L, device=dev).expand(B - n_diff, L) / L  # bidirectional: the loss is the same)
             sigma.append(sequential_order(masked[-1], u))
         masked = torch.cat(masked)
         n_skip = SequentialPattern.skippable(masked[n_diff:]) if n_diff < B else 0
@@ -486,8 +488,8 @@ class EsoLM(nn.Module):
 
         The first rows (as many as draws.t holds) estimate the diffusion term, the rest the sequential
         term; each part is a sum over masked tokens divided by all tokens of its rows, and the loss is
-        their sum: an estimate of the per-token NELBO. Validation passes loss_type="elbo". No randomness
-        and no value read back from a tensor: under torch.compile this is one graph per shape."""
+        their sum: an estimate of the per-token NELBO (with loss_type elbo: validation's, whatever training
+        used). No randomness but dropout and no value read back from a tensor: one compiled graph per shape."""
         B, n_diff = x.size(0), draws.t.size(0)
         zero = x.new_zeros((), dtype=torch.float32)
         diffusion = self.diffusion_nll(x[:n_diff], draws.t, draws.masked[:n_diff], draws.sigma[:n_diff],
@@ -519,12 +521,12 @@ class EsoLM(nn.Module):
         """The sequential term (eq. 7) / L for given draws: masked (B, L) bool (z_0), sigma (B, L) with the
         clean tokens first (as sequential_order makes it; the fast path counts on it), masks ascending.
 
-        Why two streams, [z_0 sorted ; x sorted], not a shift by one as in GPT: in a permuted order the
-        previous slot does not know where the next target sits, so masked position l is predicted at a
-        [MASK] token carrying l's position, as the sampler does; that slot cannot also hold x_l for later
-        slots to read. So the true tokens come from a second stream: the z slot of l sees itself and the
-        x slots before it (the clean tokens, and x at the masked positions left of l). dense=True: the
-        dense path, 2L tokens through sequential_mask; else the fast one (section 8)."""
+        Why two halves, [z_0 ; x] in decode order, not a shift by one as in GPT: the sampler predicts the
+        token at position l from a [MASK] token carrying l's position, so training must too; and that
+        slot cannot also hold x_l for the later slots to read (it would see its own answer). So the true
+        tokens come from a second half: the z slot of l sees itself and the x slots before it (the clean
+        tokens, and x at the masked positions left of l). dense=True: the dense path, 2L tokens through
+        sequential_mask; else the fast one (section 8)."""
         B, L = x.shape
         logp = self._sequential_logprobs(x, masked, sigma, dense, n_skip)
         return -(logp * masked.gather(1, sigma)).sum() / (B * L)
@@ -549,7 +551,6 @@ class EsoLM(nn.Module):
         return F.pad(logp.gather(-1, x_sorted[:, n_skip:, None]).squeeze(-1), (n_skip, 0))
 
     # Sampling (Alg. 3) --------------------------------------------------------------
-
     @torch.no_grad()
     def generate(self, num_samples, steps, *, alpha_0=None, temperature=1.0, top_p=1.0, canvas=None,
                  block_order=False, kv_cache=True, compile=False, generator=None, callback=None):
@@ -559,7 +560,8 @@ class EsoLM(nn.Module):
         alpha_0: sampling-time alpha_0 (None = the model's); the model has no time input, so any runs: a
         lower one leaves more to the sequential phase (better text, more NFE). canvas: (num_samples or 1,
         L), known tokens kept exactly and the mask id elsewhere (a prompt, an infilling template), as many
-        masks in every row. block_order: see sampling_order; the rest: decode. Every path draws this plan.
+        masks in every row. block_order: see sampling_order; the rest: decode. The plan (step sizes, then
+        sigma) is drawn first, the same for every path.
         """
         cfg, device = self.config, self.wte.weight.device
         alpha_0 = cfg.alpha_0 if alpha_0 is None else alpha_0
@@ -602,16 +604,14 @@ class EsoLM(nn.Module):
     def _cached_step(self, canvas, sigma, done, k, cache, n_clean0, compiled=None):
         """One forward with the KV cache; returns the hidden states (B, k, C) of this step's k masks.
 
-        Variant B reads as AR decoding with a cache. The cache holds every token decoded before the last
-        step; feed the tokens decoded at the last step (now clean: their keys and values are written one
-        step late), then this step's k masks, causal in decode order; keep the clean tokens' entries and
-        let the masks' be overwritten. Exact, because attention is causal in decode order: a clean
-        token's keys and values depend only on tokens decoded before it, which never change, and no
-        later step reads a mask's entries. Variant A differs by a mask: its clean block (the first
-        min(done, n_clean0) slots) attends both ways, so while it grows (the diffusion phase) its keys
-        and values change with every token that joins it: each such step feeds it all and keeps nothing,
-        the first sequential step keeps it (App. D.3), and A then decodes as B (at alpha_0 = 1, never).
-        """
+        Variant B reads as AR decoding with a cache: it holds every token decoded before the last step; feed
+        the tokens decoded at the last step (now clean: their keys and values written one step late), then
+        this step's k masks, causal in decode order; keep the clean tokens' entries. Exact: a clean token's
+        keys and values depend only on the tokens decoded before it, which never change, and no later step
+        reads a mask's. Variant A differs by a mask: its clean block (the first min(done, n_clean0) slots)
+        attends both ways, so while it grows (the diffusion phase) its keys and values change with every
+        token that joins it: each such step feeds it all and keeps nothing, the first sequential step keeps
+        it (App. D.3), and A then decodes as B (at alpha_0 = 1, never)."""
         a = self.config.variant == "A"
         prefix = min(done, n_clean0) if a else 0
         lo, hi = cache.length, done + k  # the slots fed: the last step's tokens (A: the block), then k masks
@@ -648,19 +648,17 @@ class EsoLM(nn.Module):
         return canvas.expand(num_samples, L).clone()
 
     # Likelihood (Thm 3.1) --------------------------------------------------------------
-
     @torch.no_grad()
     def likelihood(self, x, num_orders, generator=None, dense=False):
         """The importance-weighted (IW) bound on the NLL of x (B, L), in nats per token (Thm 3.1).
 
         Decoding one token per step along an order sigma gives p(x | sigma) = prod_l p(x_sigma(l) |
         x_sigma(<l)), and one forward of [all masks ; x sorted by sigma] through the sequential pattern
-        gives all L factors. The model's p(x) (one token per step, no prompt) is the mean of p(x | sigma)
-        over the sampler's orders: a random subset first (each position with probability alpha_0 here;
-        the sampler's share is a hair lower, see unmask_schedule), in random order, then the rest left
-        to right. So for K orders drawn that way the mean of p(x | sigma_k) estimates p(x) without bias,
-        and by Jensen E[-log mean] >= -log p(x): an upper bound, tighter as K grows.
-        """
+        gives all L factors. The model's p(x) (one token per step, no prompt) is the mean of p(x | sigma) over
+        the sampler's orders: a random subset first (each position with probability alpha_0 here; a hair
+        more than the sampler's, see unmask_schedule), in random order, then the rest left to right. So for K
+        orders drawn that way the mean of p(x | sigma_k) estimates p(x) without bias, and by Jensen E[-log
+        mean] >= -log p(x): an upper bound, tighter as K grows."""
         if self.config.variant != "B" and self.config.alpha_0 > 0:  # at alpha_0 = 0, A has no clean block: A = B
             raise ValueError("the one-forward any-order bound needs variant B (or alpha_0 = 0): under variant A "
                              "the clean tokens' representations change as tokens arrive")
@@ -684,8 +682,8 @@ def from_reference(state_dict, n_head, block_size, alpha_0, **config):
     """An EsoLM with the weights of the authors' EsoLMDiT (keys with or without "backbone."); n_head,
     block_size, alpha_0 and any other EsoConfig field come from their checkpoint's config.
 
-    Their DiT modulates each block by c = silu(sigma_map(sigma)) (adaLN). Eso-LMs run with sigma = 0,
-    so c and every modulation (shift, scale, gate = adaLN(c)) are constants, which fold exactly:
+    Their DiT modulates each block by c = silu(sigma_map(s)) (adaLN), s a noise level (their "sigma", not an
+    order). Eso-LMs run with s = 0, so c and every modulation (shift, scale, gate = adaLN(c)) are constants:
         LN(x) w (1 + scale) + shift  is a LayerNorm with weight w (1 + scale) and bias shift;
         x + gate (y W^T + b)         is a projection with W's rows and b scaled by gate.
     So theirs is a pre-norm transformer with biases in the LayerNorms, the MLP and the head (bias=True). The
@@ -715,9 +713,9 @@ def from_reference(state_dict, n_head, block_size, alpha_0, **config):
     base = 1.0 / 10000.0 ** (torch.arange(0, C // n_head, 2).float() / (C // n_head))
     if inv_freq is not None and (inv_freq.shape != base.shape or not torch.allclose(inv_freq.float().cpu(), base)):
         raise ValueError(f"its rotary frequencies are not those of base 10000 over {C // n_head} dimensions per head")
-    # c at sigma = 0: the timestep features cos(0 * f) and sin(0 * f) are ones then zeros
-    t = torch.cat([torch.ones(freq // 2), torch.zeros(freq - freq // 2)])
-    c = F.silu(F.linear(F.silu(F.linear(t, sd["sigma_map.mlp.0.weight"], sd["sigma_map.mlp.0.bias"])),
+    # c at s = 0: the timestep features cos(0 f), then sin(0 f), are ones, then zeros
+    features = torch.cat([torch.ones(freq // 2), torch.zeros(freq - freq // 2)])
+    c = F.silu(F.linear(F.silu(F.linear(features, sd["sigma_map.mlp.0.weight"], sd["sigma_map.mlp.0.bias"])),
                         sd["sigma_map.mlp.2.weight"], sd["sigma_map.mlp.2.bias"]))
     ours = {"wte.weight": sd["vocab_embed.embedding"]}
     for i in range(n_layer):
@@ -756,10 +754,8 @@ class SequentialPattern:
                   before its last query and its own z keys (a size x size block of z-to-z scores, of
                   which the mask keeps the diagonal).
     x comes first, so every chunk's x keys are a leading piece of the x half (x_sizes cuts it). Nothing
-    attends to a z slot but itself, so leaving some out changes no other output: the z slots before
-    n_skip, clean in every row (orders list clean tokens first), are not fed; clean ones after it are,
-    and the loss zeroes them.
-    """
+    attends to a z slot but itself, so leaving some out changes no other output: the z slots before n_skip,
+    clean in every row (clean tokens come first), are not fed; clean ones after it are, and the loss zeroes them."""
     CHUNK = 128  # z queries per attention call
 
     @classmethod
@@ -772,6 +768,7 @@ class SequentialPattern:
         self.z_sizes = [min(self.CHUNK, L - n_skip - a) for a in range(0, L - n_skip, self.CHUNK)]  # z slots per chunk
         ends = [n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)]  # chunk c's last slot: it sees x < it
         self.x_sizes = [e - s for s, e in zip([0] + ends, ends + [L])]  # the x slots in pieces [0, ends[0]), ...
+        # e.g. L = 6, n_skip = 2, CHUNK = 2: z chunks (2, 3), (4, 5); ends 3, 5; x pieces [0, 3), [3, 5), [5, 6)
         self.masks = []  # chunk c: its z queries against [x slots < ends[c] ; its own z keys]
         for size, end in zip(self.z_sizes, ends):
             slot = end + 1 - size + torch.arange(size, device=device)[:, None]  # (size, 1): the queries' slots
@@ -860,9 +857,8 @@ def sample_tokens_float32(logits, temperature=1.0, top_p=1.0, generator=None):
 
 
 def show_example():
-    """Print the masks of variants A and B for x = ABCDEF, z_0 = A_C__F (rows are queries, columns keys,
-    both in decode order, labelled token + position, M = [MASK]; '█' = may attend), then the cached
-    sampler's steps along the sequential term's order: the docstring's worked example."""
+    """The docstring's worked example: the masks of variants A and B for x = ABCDEF, z_0 = A_C__F (queries by keys,
+    in decode order, labelled token + position, M = [MASK]; '█' = may attend), then the cached sampler's steps."""
     x, masked = list("ABCDEF"), torch.tensor([[0, 1, 0, 1, 1, 0]], dtype=torch.bool)
     u = torch.tensor([[0.2, 0.9, 0.1, 0.3, 0.5, 0.4]])  # random keys giving the paper's orders
 
@@ -879,20 +875,24 @@ def show_example():
         sigma = diffusion_order(masked, u)[0].tolist()
         grid(f"Eso-LM ({variant}), diffusion term: z sorted by sigma = {tuple(p + 1 for p in sigma)}",
              label(sigma), x_mask[0, 0])
-        sigma = sequential_order(masked, torch.arange(6.0)[None] / 6 if variant == "A" else u)[0].tolist()
+        sigma = sequential_order(masked, torch.arange(6.0)[None] / 6 if variant == "A" else u)[0].tolist()  # A: clean
         grid(f"Eso-LM ({variant}), sequential term: [z_0 ; x] sorted by sigma = {tuple(p + 1 for p in sigma)}",
-             label(sigma) + label(sigma, "x"), sequential_mask(x_mask)[0, 0])  # A: clean tokens in position order
+             label(sigma) + label(sigma, "x"), sequential_mask(x_mask)[0, 0])  # tokens in position order
     print("\nThe cached sampler along that order (2, then 1 diffusion tokens, then 3 sequential ones):")
     torch.manual_seed(0)
-    model = EsoLM(EsoConfig(block_size=6, vocab_size=6, n_layer=1, n_head=2, n_embd=16))
-    order, canvases = sequential_order(masked, u), [torch.full((1, 6), model.mask_id)]
-    model.decode(canvases[0], order, [2, 1], callback=lambda tokens, nfe: canvases.append(tokens))
-    steps = [[p for p in order[0].tolist() if a[0, p] != b[0, p]] for a, b in zip(canvases, canvases[1:])]
-    for i, now in enumerate(steps):  # the positions decoded at each step, in decode order
-        clean = label(steps[i - 1], "x") if i else []
-        feeds, keeps = " ".join(clean + [f"M{p + 1}" for p in now]), " ".join(clean) or "-"
-        print(f"    step {i + 1} feeds {feeds:<11} keeps {keeps:<6} decodes {' '.join(label(now, 'x'))} "
-              f"({'diffusion' if i < 2 else 'sequential'})")
+    model, sizes = EsoLM(EsoConfig(block_size=6, vocab_size=6, n_layer=1, n_head=2, n_embd=16)), [2, 1]
+    order, cache, steps = sequential_order(masked, u)[0].tolist(), model.kv_cache(1), []
+    model.kv_cache = lambda batch: cache  # watch the cache that decode fills: what each step fed, how much it keeps
+    model.decode(torch.full((1, 6), model.mask_id), torch.tensor([order]), sizes,
+                 callback=lambda tokens, nfe: steps.append((cache.slots.tolist(), cache.length)))
+    done = kept_before = 0  # tokens decoded, and slots kept, before the step
+    for i, (fed, kept) in enumerate(steps):
+        clean, new = [order[s] for s in fed if s < done], [order[s] for s in fed if s >= done]
+        feeds = " ".join(label(clean, "x") + [f"M{p + 1}" for p in new])  # the masks it decodes: fed as [MASK]
+        keeps = " ".join(label(clean[:kept - kept_before], "x"))
+        print(f"    step {i + 1} feeds {feeds:<11} keeps {keeps or '-':<6} decodes {' '.join(label(new, 'x'))} "
+              f"({'diffusion' if i < len(sizes) else 'sequential'})")
+        done, kept_before = fed[-1] + 1, kept
     print(f"  NFE = {len(steps)}.")
 
 
