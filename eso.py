@@ -10,17 +10,20 @@ language model (alpha_0 = 1) or anything between, trained with one loss and samp
 Words, each defined here and used in this one sense:
   x, [MASK], z  x: a clean sequence of L tokens at positions 0..L-1 (1..L in the examples). [MASK]: one more
                 token id. z: a copy of x in which some positions are masked (hold [MASK]), the others clean.
+  mask          a [MASK] token, at a masked position; "attention mask" is always said in full.
   phases        sampling runs a diffusion phase (MDM: masked diffusion model), which decodes a random subset
                 of the positions, several per step, then a sequential phase (AR: autoregressive), which
-                decodes every other position, one per step, left to right.
+                decodes all the remaining ones, one per step, left to right.
   t, z_t        diffusion time: z_t keeps each token of x with probability alpha_t = alpha_0 (1 - (1 - EPS) t)
-                (alpha'_t: its derivative), from z_0 to z_1, almost all masks. Sampling runs t from 1 to 0.
+                (EPS = 1e-3; alpha'_t: its derivative), from z_0 to z_1, almost all masks. Sampling runs t
+                from 1 to 0; training draws it uniformly from [T_EPS, 1] (T_EPS = 1e-3).
   alpha_0       the share of clean tokens in z_0, which the diffusion phase makes and the sequential phase
                 completes: in sampling, the expected share of positions that the diffusion phase decodes.
   sigma, slot   an order: sigma[b, i] is the position decoded i-th in batch row b. "In decode order" (the code
                 says sorted), a sequence lists its tokens by sigma, each at its original position (through
                 rotary embeddings); a slot is an index in that list; "before" means at an earlier slot.
-  T, NFE        T: the steps of the diffusion schedule. NFE: the transformer forwards a sampler spends.
+  T, NFE        T: the steps of the diffusion schedule (empty ones cost nothing). NFE: the transformer
+                forwards a sampler spends, one per non-empty step.
   NELBO         negative evidence lower bound: an upper bound on -log p(x). The paper's (eq. 7) has two terms:
                   sequential  E_{z_0} [ sum over masked l: -log p(x_l | clean tokens of z_0, x at masked l' < l) ]
                   diffusion   E_{t, z_t} [ sum over masked l: -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ]
@@ -30,12 +33,11 @@ Words, each defined here and used in this one sense:
   kappa         the share of a batch's rows that estimate the diffusion term; the others: the sequential.
   zero masking  the model never predicts [MASK]: its output layer has no [MASK] row.
   IW bound      an importance-weighted bound on -log p(x), tightening as it averages more orders (likelihood).
-  canvas, chunk the canvas: the L tokens being sampled, known ones (a prompt) and [MASK]s; a chunk: the tokens
-                that one forward of the cached sampler feeds.
+  canvas, chunk the L tokens being sampled (known ones, a prompt, and masks); the tokens one cached forward feeds.
 
 Variant B (the paper's model) is causal in decode order everywhere: a clean token never sees anything
 decoded after it, so its keys and values never change and one KV cache serves both phases. Variant A
-(an ablation) lets the clean tokens see each other both ways: a different mask, the same model.
+(an ablation) lets the clean tokens (its clean block) see each other both ways: another attention mask.
 
 A worked example (Figs. 6-9), printed by `python eso.py` from the functions below, with its masks:
 x = ABCDEF at positions 1..6; B, D and E masked, as z_0 = A_C__F (and as z_t in the diffusion term).
@@ -222,7 +224,7 @@ def alpha(t, alpha_0):
 
 
 def sample_t(n, device, generator=None):
-    """n stratified times in [T_EPS, 1], t_i = (u + i) / n (the authors call them antithetic)."""
+    """n stratified times in [T_EPS, 1]: (u + i) / n, i < n, mapped onto it (the authors call them antithetic)."""
     u = torch.rand(1, device=device, generator=generator)
     t = (u + torch.arange(n, device=device)) / n  # < 1: one time in each of n equal strata
     return (1 - T_EPS) * t + T_EPS
@@ -400,7 +402,7 @@ class Draws(NamedTuple):
     t: torch.Tensor  # (n_diff,) the times of the first n_diff rows (diffusion_rows), which estimate the diffusion term
     masked: torch.Tensor  # (B, L) bool: z_t in those rows, z_0 in the others (the sequential term)
     sigma: torch.Tensor  # (B, L) each row's order, clean tokens first
-    n_skip: int  # the sequential rows' slots clean in all of them, in whole chunks (SequentialPattern)
+    n_skip: int  # the sequential rows' slots clean in all of them, in whole groups (SequentialPattern)
 
 
 class EsoLM(nn.Module):
@@ -472,7 +474,7 @@ class EsoLM(nn.Module):
         if n_diff > 0:
             t = sample_t(n_diff, dev, generator)
             masked.append(torch.rand(n_diff, L, device=dev, generator=generator) < (1 - alpha(t, cfg.alpha_0))[:, None])
-            sigma.append(diffusion_order(masked[0], torch.rand(n_diff, L, device=dev, generator=generator)))
+            sigma.append(diffusion_order(masked[-1], torch.rand(n_diff, L, device=dev, generator=generator)))
         if n_diff < B:
             masked.append(torch.rand(B - n_diff, L, device=dev, generator=generator) < 1 - cfg.alpha_0)
             u = torch.rand(B - n_diff, L, device=dev, generator=generator)
@@ -488,8 +490,8 @@ class EsoLM(nn.Module):
 
         The first rows (as many as draws.t holds) estimate the diffusion term, the rest the sequential
         term; each part is a sum over masked tokens divided by all tokens of its rows, and the loss is
-        their sum: an estimate of the per-token NELBO (with loss_type elbo: validation's, whatever training
-        used). No randomness but dropout and no value read back from a tensor: one compiled graph per shape."""
+        their sum: an estimate of the per-token NELBO (with loss_type elbo, which validation always uses). No
+        randomness but dropout and no value read back from a tensor: one compiled graph per shape."""
         B, n_diff = x.size(0), draws.t.size(0)
         zero = x.new_zeros((), dtype=torch.float32)
         diffusion = self.diffusion_nll(x[:n_diff], draws.t, draws.masked[:n_diff], draws.sigma[:n_diff],
@@ -532,8 +534,8 @@ class EsoLM(nn.Module):
         return -(logp * masked.gather(1, sigma)).sum() / (B * L)
 
     def _sequential_logprobs(self, x, masked, sigma, dense=False, n_skip=None):
-        """log p(x at each sorted slot) (B, L) from one forward of [z_0 sorted ; x sorted]; the fast path
-        leaves the slots before n_skip (clean in every row, never scored) at log p = 0."""
+        """log p(x at each slot) (B, L) from one forward of both halves: [z_0 ; x] in decode order (dense) or
+        [x ; z_0 from slot n_skip on] (fast: the slots before n_skip, clean in every row, get log p = 0)."""
         L = x.size(1)
         z = torch.where(masked, self.mask_id, x)
         z_sorted, x_sorted = z.gather(1, sigma), x.gather(1, sigma)  # (B, L) in decode order
@@ -612,8 +614,8 @@ class EsoLM(nn.Module):
         attends both ways, so while it grows (the diffusion phase) its keys and values change with every
         token that joins it: each such step feeds it all and keeps nothing, the first sequential step keeps
         it (App. D.3), and A then decodes as B (at alpha_0 = 1, never)."""
-        a = self.config.variant == "A"
-        prefix = min(done, n_clean0) if a else 0
+        variant_a = self.config.variant == "A"
+        prefix = min(done, n_clean0) if variant_a else 0
         lo, hi = cache.length, done + k  # the slots fed: the last step's tokens (A: the block), then k masks
         n_keys = hi  # the slots attended
         if compiled is not None:  # a handful of shapes per run (see static_window)
@@ -621,7 +623,7 @@ class EsoLM(nn.Module):
         cache.slots = torch.arange(lo, hi, device=canvas.device)
         mask = prefix_lm_mask(cache.slots, n_keys, prefix)  # (1, 1, hi - lo, n_keys)
         h = (compiled or EsoLM.hidden)(self, canvas[:, lo:hi], sigma[:, lo:hi], mask, cache)
-        cache.length = done if not a or done >= n_clean0 else 0  # keep the clean tokens (A: once complete)
+        cache.length = done if not variant_a or done >= n_clean0 else 0  # keep the clean tokens (A: once complete)
         return h[:, done - lo:done + k - lo]
 
     def kv_cache(self, batch):
@@ -750,26 +752,26 @@ class SequentialPattern:
     z-to-z block is its diagonal and x-to-z block empty. It feeds [x sorted ; the z slots from n_skip
     on], L + m tokens (m = L - n_skip), and computes
       x slot i -> x slots j <= i: SDPA's causal kernel (variant A: its prefix-LM mask, x_mask);
-      z slot i -> x slots j < i, and itself: chunks of CHUNK z queries, each against the x slots
+      z slot i -> x slots j < i, and itself: groups of GROUP z queries, each against the x slots
                   before its last query and its own z keys (a size x size block of z-to-z scores, of
                   which the mask keeps the diagonal).
-    x comes first, so every chunk's x keys are a leading piece of the x half (x_sizes cuts it). Nothing
+    x comes first, so every group's x keys are a leading piece of the x half (x_sizes cuts it). Nothing
     attends to a z slot but itself, so leaving some out changes no other output: the z slots before n_skip,
     clean in every row (clean tokens come first), are not fed; clean ones after it are, and the loss zeroes them."""
-    CHUNK = 128  # z queries per attention call
+    GROUP = 128  # z queries per attention call
 
     @classmethod
     def skippable(cls, masked):
-        """n_skip for z_0 masks (B, L): the slots clean in every row, in whole chunks (few graphs compiled)."""
-        return int((~masked).sum(1).min()) // cls.CHUNK * cls.CHUNK
+        """n_skip for z_0 masks (B, L): the slots clean in every row, in whole groups (few graphs compiled)."""
+        return int((~masked).sum(1).min()) // cls.GROUP * cls.GROUP
 
     def __init__(self, L, n_skip, x_mask, device):
         self.L, self.n_skip, self.x_mask = L, n_skip, x_mask
-        self.z_sizes = [min(self.CHUNK, L - n_skip - a) for a in range(0, L - n_skip, self.CHUNK)]  # z slots per chunk
-        ends = [n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)]  # chunk c's last slot: it sees x < it
+        self.z_sizes = [min(self.GROUP, L - n_skip - a) for a in range(0, L - n_skip, self.GROUP)]  # z slots per group
+        ends = [n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)]  # group c's last slot: it sees x < it
         self.x_sizes = [e - s for s, e in zip([0] + ends, ends + [L])]  # the x slots in pieces [0, ends[0]), ...
-        # e.g. L = 6, n_skip = 2, CHUNK = 2: z chunks (2, 3), (4, 5); ends 3, 5; x pieces [0, 3), [3, 5), [5, 6)
-        self.masks = []  # chunk c: its z queries against [x slots < ends[c] ; its own z keys]
+        # e.g. L = 6, n_skip = 2, GROUP = 2: z groups (2, 3), (4, 5); ends 3, 5; x pieces [0, 3), [3, 5), [5, 6)
+        self.masks = []  # group c: its z queries against [x slots < ends[c] ; its own z keys]
         for size, end in zip(self.z_sizes, ends):
             slot = end + 1 - size + torch.arange(size, device=device)[:, None]  # (size, 1): the queries' slots
             to_x = torch.arange(end, device=device) < slot  # strictly earlier x slots
@@ -779,7 +781,7 @@ class SequentialPattern:
         sdpa = F.scaled_dot_product_attention
         (qx, qz), (kx, kz), (vx, vz) = (t.split([self.L, t.size(2) - self.L], 2) for t in (q, k, v))
         ys = [sdpa(qx, kx, vx, attn_mask=self.x_mask, is_causal=self.x_mask is None, dropout_p=dropout_p)]
-        # Split, not slice: the backward of a slice fills a zero tensor of the full size, per chunk.
+        # Split, not slice: the backward of a slice fills a zero tensor of the full size, per group.
         kx, vx = kx.split(self.x_sizes, 2), vx.split(self.x_sizes, 2)
         for c, (qc, kc, vc) in enumerate(zip(*(t.split(self.z_sizes, 2) for t in (qz, kz, vz)))):
             keys, values = torch.cat([*kx[:c + 1], kc], 2), torch.cat([*vx[:c + 1], vc], 2)  # (B, nh, end + size, hd)
@@ -811,7 +813,7 @@ def kept_cache(model, batch):
     dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else model.wte.weight.dtype
     if kept is None or (kept.k[0].size(0), kept.k[0].dtype, kept.k[0].device) != (batch, dtype, dev):
         kept = _KEPT_CACHES[model] = model.kv_cache(batch)
-        for buffer in (kept.k + kept.v) * (dev.type == "cuda"):
+        for buffer in kept.k + kept.v if dev.type == "cuda" else []:
             torch._dynamo.mark_static_address(buffer)
     for buffer in kept.k + kept.v:
         buffer.zero_()
@@ -822,7 +824,8 @@ def kept_cache(model, batch):
 def compiled_decode_step(device):
     """EsoLM.hidden under torch.compile for the cached sampler: inductor; on CUDA mode="reduce-overhead" (CUDA
     graphs: a step replays in one launch). The tokens fed have static shapes (static_window); the keys
-    attended, the mask's last dimension, are dynamic: Dynamo compiles once per model and chunk size."""
+    attended, the mask's last dimension, are dynamic: Dynamo compiles once per model and chunk size (CUDA
+    graphs record one per length: KEY_BLOCK keeps their count small)."""
     mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
     if mode not in _COMPILED_STEPS:
         hidden = torch.compile(EsoLM.hidden, mode=mode, dynamic=False, fullgraph=True)
@@ -857,8 +860,8 @@ def sample_tokens_float32(logits, temperature=1.0, top_p=1.0, generator=None):
 
 
 def show_example():
-    """The docstring's worked example: the masks of variants A and B for x = ABCDEF, z_0 = A_C__F (queries by keys,
-    in decode order, labelled token + position, M = [MASK]; '█' = may attend), then the cached sampler's steps."""
+    """The docstring's worked example: the masks of variants A and B for x = ABCDEF, z_0 = A_C__F (queries by
+    keys, in decode order, labelled token + position, M = [MASK]; '█' = may attend), then the sampler's steps."""
     x, masked = list("ABCDEF"), torch.tensor([[0, 1, 0, 1, 1, 0]], dtype=torch.bool)
     u = torch.tensor([[0.2, 0.9, 0.1, 0.3, 0.5, 0.4]])  # random keys giving the paper's orders
 
@@ -867,17 +870,14 @@ def show_example():
         for label, row in zip(labels, mask.tolist()):
             print(f"  {label:>3} " + " ".join("  █" if a else "  ·" for a in row))
 
-    def label(positions, half="z"):
-        return [("M" if masked[0, p] and half == "z" else x[p]) + str(p + 1) for p in positions]
-
     for variant in ("B", "A"):
         x_mask = prefix_lm_mask(torch.arange(6), 6, 3 if variant == "A" else 0)  # (1, 1, 6, 6); A: 3 clean
-        sigma = diffusion_order(masked, u)[0].tolist()
-        grid(f"Eso-LM ({variant}), diffusion term: z sorted by sigma = {tuple(p + 1 for p in sigma)}",
-             label(sigma), x_mask[0, 0])
-        sigma = sequential_order(masked, torch.arange(6.0)[None] / 6 if variant == "A" else u)[0].tolist()  # A: clean
-        grid(f"Eso-LM ({variant}), sequential term: [z_0 ; x] sorted by sigma = {tuple(p + 1 for p in sigma)}",
-             label(sigma) + label(sigma, "x"), sequential_mask(x_mask)[0, 0])  # tokens in position order
+        keys = torch.arange(6.0)[None] / 6 if variant == "A" else u  # A's sequential term: clean tokens by position
+        for term, sigma, mask in (("diffusion term: z", diffusion_order(masked, u), x_mask), ("sequential term: "
+                                  "[z_0 ; x]", sequential_order(masked, keys), sequential_mask(x_mask))):
+            labels = [("M" if masked[0, p] else x[p]) + str(p + 1) for p in sigma[0].tolist()]
+            grid(f"Eso-LM ({variant}), {term} sorted by sigma = {tuple(sigma[0].add(1).tolist())}",
+                 labels + [x[p] + str(p + 1) for p in sigma[0].tolist()] * (mask.size(-1) > 6), mask[0, 0])
     print("\nThe cached sampler along that order (2, then 1 diffusion tokens, then 3 sequential ones):")
     torch.manual_seed(0)
     model, sizes = EsoLM(EsoConfig(block_size=6, vocab_size=6, n_layer=1, n_head=2, n_embd=16)), [2, 1]
@@ -885,12 +885,12 @@ def show_example():
     model.kv_cache = lambda batch: cache  # watch the cache that decode fills: what each step fed, how much it keeps
     model.decode(torch.full((1, 6), model.mask_id), torch.tensor([order]), sizes,
                  callback=lambda tokens, nfe: steps.append((cache.slots.tolist(), cache.length)))
-    done = kept_before = 0  # tokens decoded, and slots kept, before the step
+    done = kept_before = 0  # tokens decoded, and slots kept, before the step; a slot >= done held a [MASK]
     for i, (fed, kept) in enumerate(steps):
-        clean, new = [order[s] for s in fed if s < done], [order[s] for s in fed if s >= done]
-        feeds = " ".join(label(clean, "x") + [f"M{p + 1}" for p in new])  # the masks it decodes: fed as [MASK]
-        keeps = " ".join(label(clean[:kept - kept_before], "x"))
-        print(f"    step {i + 1} feeds {feeds:<11} keeps {keeps or '-':<6} decodes {' '.join(label(new, 'x'))} "
+        tag = lambda s: f"{'M' if s >= done else x[order[s]]}{order[s] + 1}"  # noqa: E731
+        feeds, keeps = " ".join(map(tag, fed)), " ".join(map(tag, range(kept_before, kept))) or "-"
+        new = " ".join(x[order[s]] + str(order[s] + 1) for s in fed if s >= done)
+        print(f"    step {i + 1} feeds {feeds:<11} keeps {keeps:<6} decodes {new} "
               f"({'diffusion' if i < len(sizes) else 'sequential'})")
         done, kept_before = fed[-1] + 1, kept
     print(f"  NFE = {len(steps)}.")

@@ -223,7 +223,7 @@ def test_alpha0_one_loss_is_mdlm_nelbo(loss_type, variant):
 def test_fast_sequential_term_equals_the_dense_2l_reference(variant, alpha_0, device, monkeypatch):
     """The fast path (no z slots before s0, blocks that the mask rules out skipped) gives the dense
     [z_0 ; x] pass's loss and gradients, and the same likelihood bound, to float32 rounding."""
-    monkeypatch.setattr(eso.SequentialPattern, "CHUNK", 5)  # several chunks of z queries, a ragged last one
+    monkeypatch.setattr(eso.SequentialPattern, "GROUP", 5)  # several groups of z queries, a ragged last one
     model = tiny(alpha_0, variant, L=23, big=False, seed=1)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
@@ -249,7 +249,7 @@ def test_fast_sequential_term_equals_the_dense_2l_reference(variant, alpha_0, de
 
 def test_sequential_pattern_skips_what_the_2l_mask_rules_out(monkeypatch):
     """The chunks' masks, laid back into [z ; x] coordinates, are exactly sequential_mask's z rows >= s0."""
-    monkeypatch.setattr(eso.SequentialPattern, "CHUNK", 3)
+    monkeypatch.setattr(eso.SequentialPattern, "GROUP", 3)
     L, s0 = 11, 3
     pattern = eso.SequentialPattern(L, s0, None, "cpu")
     rows, z = [], 0
@@ -377,7 +377,7 @@ def test_block_order_decodes_evenly_spaced_streams():
 def test_sequential_fast_path_needs_the_clean_tokens_first(monkeypatch):
     """The fast path skips the first n_skip slots by count: an order that puts a mask among them (which
     sequential_order never does) gives another result than the dense path, so the precondition is real."""
-    monkeypatch.setattr(eso.SequentialPattern, "CHUNK", 2)
+    monkeypatch.setattr(eso.SequentialPattern, "GROUP", 2)
     model = tiny(0.5, L=12, big=False)
     x = torch.randint(0, 11, (2, 12), generator=gen(0))
     masked = torch.tensor([[0, 0, 0, 0, 1, 1] * 2] * 2, dtype=torch.bool)  # 8 clean: n_skip = 8
@@ -658,7 +658,7 @@ def test_training_and_evaluation_compile_once_per_shape(variant, device, monkeyp
     steps and 3 evaluations on fresh batches: one graph per (mode, n_skip) and no graph break. With
     chunks of 4 slots, n_skip takes several values here, which used to be one recompile each."""
     from torch._dynamo.utils import counters
-    monkeypatch.setattr(eso.SequentialPattern, "CHUNK", 4)
+    monkeypatch.setattr(eso.SequentialPattern, "GROUP", 4)
     torch._dynamo.reset()
     counters.clear()
     model = tiny(0.5, variant, big=False, device=device)
