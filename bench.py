@@ -1,7 +1,7 @@
 """
 Speed of Eso-LM sampling and training with random weights (the paper's Tables 11 and 13).
 
-  python bench.py                                   # CPU: L = 1024 (GPU: 1024, 2048, 8192); ~15 min on 2 cores
+  python bench.py                                   # CPU: L = 1024 (GPU: 1024, 2048, 8192); ~12 min on 2 cores
   python bench.py --lengths=1024,2048 --repeats=3   # more lengths, fewer runs
   python bench.py --peak_flops=989e12               # also MFU of training, against the peak you give
 

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Re-measures what RESULTS.md reports, on this version, and draws its figures: every number there comes
+# from a JSON file this script writes under results/. Parts, in order (all by default; or name some):
+#   train    the models, each with the defaults of `python train.py` (the README's run) but alpha_0 and the
+#            variant: B at alpha_0 = 0, 0.0625 (= the defaults), 0.125, 0.25, 0.5 and 1 (low_var, the paper's
+#            choice there), A at 0.25 and 1 (low_var). Their logs -> results/runs/NAME.jsonl, wall-clock
+#            seconds -> results/runs/times.jsonl. About 55 minutes on 2 CPU cores.
+#   table1   the paper's Table 1: validation NELBO of each, and the IW bound at K = 1, 10, 100 (B models)
+#            -> results/table1.jsonl. About 20 minutes.
+#   quality  Tables 13-15: the alpha_0 = 1, 0.25 and 0.0625 models sampled at alpha_0 1, 0.5, 0.25, T 16 to
+#            1024, random and block order, 64 samples each, judged by the alpha_0 = 0 model (evaluate.py)
+#            -> results/quality.jsonl. About 5 minutes.
+#   reference  the quality grid's yardsticks: the judge's own samples (alpha_0 = 0, the same settings) and
+#            128-byte windows of the validation text, scored alike -> results/reference.jsonl. A minute.
+#   default  what `python sample.py` and `python evaluate.py --seeds=21` print for the default run (the
+#            README's samples, word shares and step-by-step view) -> results/default_*.
+#   bench    `python bench.py` (Table 11's protocol) -> results/bench.json, and where a compiled step's time
+#            goes (python -m results.step_split) -> results/step_split.txt. About 14 minutes.
+#   figures  python -m results.figures: assets/*.png from the JSON above (needs matplotlib).
+# Run it on an otherwise idle machine: the seconds it records are the machine's. The side-by-side with
+# nanoGPT needs a clone of it and runs apart: results/nanogpt/run_compare.sh (see results/nanogpt/README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${RUNS:-out/results}
+parts=${*:-train table1 quality reference default bench figures}
+want() { [[ " $parts " == *" $1 "* ]]; }
+mkdir -p "$runs" results/runs
+
+train() {  # NAME FLAGS...: a model, trained unless its checkpoint exists
+    local name=$1 t0=$SECONDS; shift
+    [ -f "$runs/$name/ckpt.pt" ] && return
+    python train.py --out_dir="$runs/$name" "$@"
+    cp "$runs/$name/log.jsonl" "results/runs/$name.jsonl"
+    echo "{\"name\": \"$name\", \"flags\": \"$*\", \"wall_s\": $((SECONDS - t0))}" >> results/runs/times.jsonl
+}
+if want train; then
+    train b0.0625  # the defaults, as a new user runs them
+    train b0 --alpha_0=0
+    train b0.125 --alpha_0=0.125
+    train b0.25 --alpha_0=0.25
+    train b0.5 --alpha_0=0.5
+    train b1 --alpha_0=1 --loss_type=low_var
+    train a0.25 --variant=A --alpha_0=0.25
+    train a1 --variant=A --alpha_0=1 --loss_type=low_var
+fi
+if want table1; then
+    : > results/table1.jsonl
+    for m in b0 b0.0625 b0.125 b0.25 b0.5 b1; do
+        for K in 1 10 100; do
+            python train.py --eval_only=True --out_dir="$runs/$m" --num_orders=$K | tail -n 1 >> results/table1.jsonl
+        done
+    done
+    for m in a0.25 a1; do python train.py --eval_only=True --out_dir="$runs/$m" | tail -n 1 >> results/table1.jsonl; done
+fi
+if want quality; then
+    : > results/quality.jsonl
+    for m in b1 b0.25 b0.0625; do
+        for a in 1 0.5 0.25; do
+            for T in 16 64 256 1024; do
+                for block in False True; do
+                    python evaluate.py --out_dir="$runs/$m" --judge="$runs/b0" --alpha_0=$a --steps=$T --top_p=0.9 \
+                        --temperature=1 --num_samples=64 --block_order=$block --quiet=True >> results/quality.jsonl
+                done
+            done
+        done
+    done
+fi
+if want reference; then
+    python evaluate.py --out_dir="$runs/b0" --judge="$runs/b0" --alpha_0=0 --top_p=0.9 --temperature=1 \
+        --num_samples=64 --quiet=True > results/reference.jsonl
+    python - "$runs/b0/ckpt.pt" >> results/reference.jsonl <<'EOF'
+import json, math, sys, torch, cli, evaluate
+from data.prepare import load_dataset
+judge, _ = cli.load_checkpoint(sys.argv[1], torch.device("cpu"))
+val = torch.from_numpy(load_dataset("python_prose")[1][:].astype("int64"))
+windows = val[: len(val) // 128 * 128].view(-1, 128)
+print(json.dumps({"text": f"validation text, {len(windows)} windows of 128 bytes", "entropy":
+                  evaluate.unigram_entropy(windows), "gen_ppl": math.exp(evaluate.judge_nll(judge, windows))}))
+EOF
+fi
+if want default; then
+    python sample.py --out_dir="$runs/b0.0625" --num_samples=8 > results/default_samples.txt
+    python sample.py --out_dir="$runs/b0.0625" --show_steps=True --num_samples=1 --alpha_0=0.5 --steps=16 \
+        > results/default_steps.txt
+    python evaluate.py --out_dir="$runs/b0.0625" --seeds=21 --quiet=True > results/default_eval.json
+fi
+if want bench; then
+    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python bench.py | tee results/bench.txt  # compiling from a cold cache
+    tail -n 1 results/bench.txt > results/bench.json && rm results/bench.txt
+    python -m results.step_split | tee results/step_split.txt
+fi
+if want figures; then
+    python -m results.figures
+fi
