@@ -154,7 +154,7 @@ def load_checkpoint(path, device="cpu", ema=True):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is a folder, not a checkpoint" if path.is_dir() else f"no checkpoint at "
-                              f"{path}: train one with `python train.py` (or point --out_dir elsewhere)")
+                              f"{path}: train one with `python train.py` (or point --out_dir or --init_from elsewhere)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
