@@ -95,7 +95,8 @@ def main(argv):
 
     if c["show_steps"]:
         show(canvas, 0)
-    bar = tqdm(unit="step", leave=False, disable=True if c["show_steps"] else None)  # a long run shows progress
+    bar = tqdm(unit="step", leave=False, disable=c["show_steps"] or None)  # a long run shows progress (on a tty)
+    tick = None if bar.disable else lambda tokens, nfe: bar.update()  # no bar: no per-step callback at all
     generator = torch.Generator(dev).manual_seed(c["seed"])
     cli.synchronize(dev)
     t0 = time.perf_counter()
@@ -103,7 +104,7 @@ def main(argv):
         tokens, nfe = model.generate(c["num_samples"], steps, alpha_0=a0, temperature=c["temperature"],
                                      top_p=c["top_p"], canvas=canvas, block_order=c["block_order"],
                                      kv_cache=c["kv_cache"], compile=c["compile"], generator=generator,
-                                     callback=show if c["show_steps"] else lambda tokens, nfe: bar.update())
+                                     callback=show if c["show_steps"] else tick)
     bar.close()
     cli.synchronize(dev)
     seconds = time.perf_counter() - t0

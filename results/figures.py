@@ -74,8 +74,8 @@ def quality(plt):
     for ax, a_train in zip(axes[0], trained):
         for a_eval, color in zip(sorted({r["alpha_0"] for r in rows}, reverse=True), ("C0", "C1", "C2", "C3")):
             for block in (False, True):
-                pts = sorted((statistics_nfe(r), r["median"]["gen_ppl"]) for r in rows if r["alpha_0_train"] == a_train
-                             and r["alpha_0"] == a_eval and r["block_order"] == block)
+                pts = sorted((r["runs"][0]["nfe"], r["median"]["gen_ppl"]) for r in rows
+                             if (r["alpha_0_train"], r["alpha_0"], r["block_order"]) == (a_train, a_eval, block))
                 ax.plot(*zip(*pts), "o-" if not block else "s--", color=color,
                         label=f"alpha_0 = {a_eval} at sampling, {'block' if block else 'random'} order")
         ax.set_xscale("log")
@@ -86,16 +86,13 @@ def quality(plt):
     return fig
 
 
-def statistics_nfe(r):
-    return r["runs"][0]["nfe"]
-
-
 def speed(plt):
     """Seconds per sequence against NFE, batch 1 (the paper's Table 11 protocol)."""
     bench = json.loads((HERE / "bench.json").read_text())
     cases = [c for c in bench["sampling"] if c["L"] == min(c["L"] for c in bench["sampling"]) and c["nfe"]]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    cached = sorted((c["nfe"], c["seconds"]) for c in cases if c["method"] == "eso_cached" or c["method"].startswith("eso_T"))
+    cached = sorted((c["nfe"], c["seconds"]) for c in cases
+                    if c["method"] == "eso_cached" or c["method"].startswith("eso_T"))
     ax.plot(*zip(*cached), "o-", label="Eso-LM, KV cache (T = L/64 ... 1e6)")
     compiled = sorted((c["nfe"], c["seconds"]) for c in cases if c["method"].startswith("eso_compiled"))
     if compiled:
@@ -109,7 +106,8 @@ def speed(plt):
     ax.set_yscale("log")
     ax.set_xlabel("NFE")
     ax.set_ylabel("seconds per sequence")
-    ax.set_title(f"Sampling one sequence of L = {cases[0]['L']}, {bench['env']['name']}, {bench['env']['threads']} threads")
+    env = bench["env"]
+    ax.set_title(f"Sampling one sequence of L = {cases[0]['L']}, {env['name']}, {env['threads']} threads")
     ax.legend(fontsize=8)
     return fig
 
