@@ -88,7 +88,9 @@ class EsoConfig:
     n_head: int = 6
     n_embd: int = 384
     dropout: float = 0.0
-    alpha_0: float = 0.5  # share of tokens clean in z_0 (the diffusion phase makes a hair less: unmask_schedule)
+    alpha_0: float = (
+        0.5  # share of tokens clean in z_0 (the diffusion phase makes a hair less: unmask_schedule)
+    )
     variant: str = "B"  # "B": causal everywhere, KV cache in both phases; "A": clean tokens attend bidirectionally
     loss_type: str = "elbo"  # "elbo" or "low_var" (diffusion weight 1 in training; the paper's choice at alpha_0 = 1)
     batch_split: Optional[float] = None  # kappa; None = the paper's
@@ -98,21 +100,29 @@ class EsoConfig:
         if not 0.0 <= self.alpha_0 <= 1.0:
             raise ValueError(f"alpha_0 must lie in [0, 1], got {self.alpha_0}")
         if self.variant not in ("A", "B") or self.loss_type not in ("elbo", "low_var"):
-            raise ValueError(f"variant must be 'A' or 'B' (got {self.variant!r}) and loss_type 'elbo' or 'low_var' "
-                             f"(got {self.loss_type!r})")
+            raise ValueError(
+                f"variant must be 'A' or 'B' (got {self.variant!r}) and loss_type 'elbo' or 'low_var' "
+                f"(got {self.loss_type!r})"
+            )
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"n_embd ({self.n_embd}) must split into n_head ({self.n_head}) heads of even size")
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must split into n_head ({self.n_head}) heads of even size"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
-        if self.batch_split is None:  # the paper: kappa = 1 at alpha_0 = 1, 0 at alpha_0 = 0, else 0.5
+        if (
+            self.batch_split is None
+        ):  # the paper: kappa = 1 at alpha_0 = 1, 0 at alpha_0 = 0, else 0.5
             self.batch_split = 1.0 if self.alpha_0 == 1 else 0.0 if self.alpha_0 == 0 else 0.5
         k, a = self.batch_split, self.alpha_0
         if (a == 1 and k != 1) or (a == 0 and k != 0) or (0 < a < 1 and not 0 < k < 1):
-            raise ValueError(f"batch_split {k} does not fit alpha_0 {a}: use 1 at alpha_0 = 1, 0 at alpha_0 = 0, "
-                             "and a value strictly between 0 and 1 otherwise (the paper uses 0.5)")
+            raise ValueError(
+                f"batch_split {k} does not fit alpha_0 {a}: use 1 at alpha_0 = 1, 0 at alpha_0 = 0, "
+                "and a value strictly between 0 and 1 otherwise (the paper uses 0.5)"
+            )
 
 
 # -----------------------------------------------------------------------------
@@ -160,7 +170,9 @@ class KVCache:
         self.length, self.slots = 0, None
 
     def update(self, layer, k, v):  # k, v: (B, nh, n, hd) at self.slots
-        self.k[layer][:, :, self.slots] = k  # written at a tensor of slots: no shape depends on where
+        self.k[layer][:, :, self.slots] = (
+            k  # written at a tensor of slots: no shape depends on where
+        )
         self.v[layer][:, :, self.slots] = v
         return self.k[layer], self.v[layer]  # (B, nh, L, hd)
 
@@ -174,17 +186,26 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, attn_mask, cache=None, layer=0):
         B, n, C = x.shape  # n tokens
-        qkv = self.qkv(x).view(B, n, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, nh, n, hd)
-        q, k = apply_rotary(qkv[:2], cos, sin)  # rotary on q and k (not v), before k enters the cache
+        qkv = (
+            self.qkv(x).view(B, n, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        )  # (3, B, nh, n, hd)
+        q, k = apply_rotary(
+            qkv[:2], cos, sin
+        )  # rotary on q and k (not v), before k enters the cache
         v = qkv[2]
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, L, hd): every slot
-            k, v = k[:, :, :attn_mask.size(-1)], v[:, :, :attn_mask.size(-1)]  # the slots the mask covers
+            k, v = (
+                k[:, :, : attn_mask.size(-1)],
+                v[:, :, : attn_mask.size(-1)],
+            )  # the slots the mask covers
         p = self.dropout if self.training else 0.0
         if isinstance(attn_mask, SequentialPattern):  # the sequential term's fast path (section 8)
             y = attn_mask.attend(q, k, v, p)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None, dropout_p=p)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None, dropout_p=p
+            )
         y = self.proj(y.transpose(1, 2).reshape(B, n, C))
         return F.dropout(y, p, True) if p else y
 
@@ -284,7 +305,11 @@ def sequential_mask(x_mask):
 def whole(name, value, minimum=1):
     """value as an int if it is a whole number >= minimum (2.0 counts as 2), else a ValueError."""
     try:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == int(value) >= minimum
+        ok = (
+            isinstance(value, numbers.Real)
+            and not isinstance(value, bool)
+            and value == int(value) >= minimum
+        )
     except (ValueError, OverflowError):  # nan, inf
         ok = False
     if not ok:
@@ -294,9 +319,11 @@ def whole(name, value, minimum=1):
 
 def check_sampling_args(steps, alpha_0, temperature, top_p):
     """The sampling arguments, checked: returns steps as an int; anything else is a ValueError."""
-    for ok, why in ((0.0 <= alpha_0 <= 1.0, f"alpha_0 must lie in [0, 1], got {alpha_0}"),
-                    (temperature > 0, f"temperature must be above 0, got {temperature}"),
-                    (0.0 < top_p <= 1.0, f"top_p must lie in (0, 1], got {top_p}")):
+    for ok, why in (
+        (0.0 <= alpha_0 <= 1.0, f"alpha_0 must lie in [0, 1], got {alpha_0}"),
+        (temperature > 0, f"temperature must be above 0, got {temperature}"),
+        (0.0 < top_p <= 1.0, f"top_p must lie in (0, 1], got {top_p}"),
+    ):
         if not ok:
             raise ValueError(why)
     return whole("steps", steps)
@@ -346,18 +373,29 @@ def sampling_order(known, sizes, block_order=False, generator=None):
     B, L = known.shape
     dev, n = known.device, sum(sizes)
     pos = torch.arange(L, device=dev)
-    base = torch.argsort(torch.where(known, pos - L, pos), dim=1)  # (B, L): known ascending, then masks ascending
+    base = torch.argsort(
+        torch.where(known, pos - L, pos), dim=1
+    )  # (B, L): known ascending, then masks ascending
     n_known = int(known[0].sum())
     masks = base[:, n_known:]  # (B, N) masked positions, ascending
     drawn = masks.gather(1, torch.rand(masks.shape, device=dev, generator=generator).argsort(1))
     diffusion, sequential = drawn[:, :n], drawn[:, n:].sort(1).values  # (B, n), (B, N - n)
     if block_order and n:
-        S, big = len(sizes), n % len(sizes)  # streams 0..big-1 hold one position more than the others
+        S, big = (
+            len(sizes),
+            n % len(sizes),
+        )  # streams 0..big-1 hold one position more than the others
         sizes = [n // S + (step < big) for step in range(S)]
         shuffle = lambda m: torch.rand(B, m, device=dev, generator=generator).argsort(1)  # noqa: E731
-        step_of_stream = torch.cat([shuffle(big), big + shuffle(S - big)], 1)  # (B, S): a size class each
-        stream = torch.arange(n, device=dev) % S  # (n,): the stream of the j-th diffusion position from the left
-        key = step_of_stream[:, stream] * n + shuffle(n)  # (B, n) integers: by step, at random inside one
+        step_of_stream = torch.cat(
+            [shuffle(big), big + shuffle(S - big)], 1
+        )  # (B, S): a size class each
+        stream = (
+            torch.arange(n, device=dev) % S
+        )  # (n,): the stream of the j-th diffusion position from the left
+        key = step_of_stream[:, stream] * n + shuffle(
+            n
+        )  # (B, n) integers: by step, at random inside one
         diffusion = diffusion.sort(1).values.gather(1, key.argsort(1))
     return torch.cat([base[:, :n_known], diffusion, sequential], dim=1), sizes
 
@@ -376,7 +414,9 @@ def top_p_filter(logits, top_p):
     sorted_logits, idx = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.softmax(-1)
     mass_before = probs.cumsum(-1) - probs
-    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, -math.inf)  # the top token: always kept
+    sorted_logits = sorted_logits.masked_fill(
+        mass_before >= top_p, -math.inf
+    )  # the top token: always kept
     return torch.full_like(logits, -math.inf).scatter(-1, idx, sorted_logits)
 
 
@@ -399,10 +439,13 @@ def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
 class Draws(NamedTuple):
     """Every random draw of one evaluation of the loss (EsoLM.draws) but dropout's: with them the loss is a
     pure function, one graph under torch.compile (a generator would break it)."""
+
     t: torch.Tensor  # (n_diff,) the times of the first n_diff rows (diffusion_rows), which estimate the diffusion term
     masked: torch.Tensor  # (B, L) bool: z_t in those rows, z_0 in the others (the sequential term)
     sigma: torch.Tensor  # (B, L) each row's order, clean tokens first
-    n_skip: int  # the sequential rows' slots clean in all of them, in whole groups (SequentialPattern)
+    n_skip: (
+        int  # the sequential rows' slots clean in all of them, in whole groups (SequentialPattern)
+    )
 
 
 class EsoLM(nn.Module):
@@ -413,7 +456,9 @@ class EsoLM(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.lm_head = Linear(config.n_embd, config.vocab_size, config.bias)  # no [MASK] row: zero masking
+        self.lm_head = Linear(
+            config.n_embd, config.vocab_size, config.bias
+        )  # no [MASK] row: zero masking
         cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -460,7 +505,9 @@ class EsoLM(nn.Module):
         if not 0 < kappa < 1:
             return round(kappa * B)
         if B < 2:
-            raise ValueError(f"a batch of {B} row cannot be split between the two terms (batch_split {kappa})")
+            raise ValueError(
+                f"a batch of {B} row cannot be split between the two terms (batch_split {kappa})"
+            )
         return min(max(round(kappa * B), 1), B - 1)
 
     def draws(self, x, generator=None):
@@ -473,13 +520,24 @@ class EsoLM(nn.Module):
         t, masked, sigma = torch.zeros(0, device=dev), [], []
         if n_diff > 0:
             t = sample_t(n_diff, dev, generator)
-            masked.append(torch.rand(n_diff, L, device=dev, generator=generator) < (1 - alpha(t, cfg.alpha_0))[:, None])
-            sigma.append(diffusion_order(masked[-1], torch.rand(n_diff, L, device=dev, generator=generator)))
+            masked.append(
+                torch.rand(n_diff, L, device=dev, generator=generator)
+                < (1 - alpha(t, cfg.alpha_0))[:, None]
+            )
+            sigma.append(
+                diffusion_order(masked[-1], torch.rand(n_diff, L, device=dev, generator=generator))
+            )
         if n_diff < B:
-            masked.append(torch.rand(B - n_diff, L, device=dev, generator=generator) < 1 - cfg.alpha_0)
+            masked.append(
+                torch.rand(B - n_diff, L, device=dev, generator=generator) < 1 - cfg.alpha_0
+            )
             u = torch.rand(B - n_diff, L, device=dev, generator=generator)
-            if cfg.variant == "A":  # clean tokens in position order, as the authors' code (A's clean block is
-                u = torch.arange(L, device=dev).expand(B - n_diff, L) / L  # bidirectional: the loss is the same)
+            if (
+                cfg.variant == "A"
+            ):  # clean tokens in position order, as the authors' code (A's clean block is
+                u = (
+                    torch.arange(L, device=dev).expand(B - n_diff, L) / L
+                )  # bidirectional: the loss is the same)
             sigma.append(sequential_order(masked[-1], u))
         masked = torch.cat(masked)
         n_skip = SequentialPattern.skippable(masked[n_diff:]) if n_diff < B else 0
@@ -494,11 +552,24 @@ class EsoLM(nn.Module):
         randomness but dropout and no value read back from a tensor: one compiled graph per shape."""
         B, n_diff = x.size(0), draws.t.size(0)
         zero = x.new_zeros((), dtype=torch.float32)
-        diffusion = self.diffusion_nll(x[:n_diff], draws.t, draws.masked[:n_diff], draws.sigma[:n_diff],
-                                       loss_type) if n_diff > 0 else zero
-        sequential = self.sequential_nll(x[n_diff:], draws.masked[n_diff:], draws.sigma[n_diff:], dense,
-                                         draws.n_skip) if n_diff < B else zero
-        return diffusion + sequential, {"diffusion": diffusion.detach(), "sequential": sequential.detach()}
+        diffusion = (
+            self.diffusion_nll(
+                x[:n_diff], draws.t, draws.masked[:n_diff], draws.sigma[:n_diff], loss_type
+            )
+            if n_diff > 0
+            else zero
+        )
+        sequential = (
+            self.sequential_nll(
+                x[n_diff:], draws.masked[n_diff:], draws.sigma[n_diff:], dense, draws.n_skip
+            )
+            if n_diff < B
+            else zero
+        )
+        return diffusion + sequential, {
+            "diffusion": diffusion.detach(),
+            "sequential": sequential.detach(),
+        }
 
     def loss(self, x, loss_type=None, generator=None, dense=False):
         """forward with fresh draws: the loss of x (B, L) and its parts."""
@@ -508,12 +579,18 @@ class EsoLM(nn.Module):
         """The diffusion term (eq. 7) / L for given draws: t (B,), masked (B, L) bool (z_t), sigma clean first."""
         B, L = x.shape
         z = torch.where(masked, self.mask_id, x)
-        z_sorted, x_sorted, m_sorted = (a.gather(1, sigma) for a in (z, x, masked))  # (B, L) in decode order
+        z_sorted, x_sorted, m_sorted = (
+            a.gather(1, sigma) for a in (z, x, masked)
+        )  # (B, L) in decode order
         slots = torch.arange(L, device=x.device)
-        mask = prefix_lm_mask(slots, L, (~masked).sum(1)) if self.config.variant == "A" else None  # B: plain causal
+        mask = (
+            prefix_lm_mask(slots, L, (~masked).sum(1)) if self.config.variant == "A" else None
+        )  # B: plain causal
         logits = self.logits(self.hidden(z_sorted, sigma, mask))
         nll = F.cross_entropy(logits.flatten(0, 1), x_sorted.flatten(), reduction="none").view(B, L)
-        if (loss_type or self.config.loss_type) == "elbo":  # -alpha'_t / (1 - alpha_t), alpha'_t = -alpha_0 (1 - EPS)
+        if (
+            loss_type or self.config.loss_type
+        ) == "elbo":  # -alpha'_t / (1 - alpha_t), alpha'_t = -alpha_0 (1 - EPS)
             weight = self.config.alpha_0 * (1 - EPS) / (1 - alpha(t, self.config.alpha_0))
         else:  # low_var: plain masked cross-entropy (training only)
             weight = torch.ones_like(t)
@@ -540,22 +617,45 @@ class EsoLM(nn.Module):
         z = torch.where(masked, self.mask_id, x)
         z_sorted, x_sorted = z.gather(1, sigma), x.gather(1, sigma)  # (B, L) in decode order
         slots = torch.arange(L, device=x.device)
-        x_mask = prefix_lm_mask(slots, L, (~masked).sum(1)) if self.config.variant == "A" else None  # B: causal
+        x_mask = (
+            prefix_lm_mask(slots, L, (~masked).sum(1)) if self.config.variant == "A" else None
+        )  # B: causal
         if dense:
             mask = sequential_mask(prefix_lm_mask(slots, L) if x_mask is None else x_mask)
-            h, n_skip = self.hidden(torch.cat([z_sorted, x_sorted], 1), torch.cat([sigma, sigma], 1), mask)[:, :L], 0
+            h, n_skip = (
+                self.hidden(torch.cat([z_sorted, x_sorted], 1), torch.cat([sigma, sigma], 1), mask)[
+                    :, :L
+                ],
+                0,
+            )
         else:
             n_skip = SequentialPattern.skippable(masked) if n_skip is None else n_skip
             pattern = SequentialPattern(L, n_skip, x_mask, x.device)
-            h = self.hidden(torch.cat([x_sorted, z_sorted[:, n_skip:]], 1), torch.cat([sigma, sigma[:, n_skip:]], 1),
-                            pattern)[:, L:]  # (B, L - n_skip, C): the z slots
+            h = self.hidden(
+                torch.cat([x_sorted, z_sorted[:, n_skip:]], 1),
+                torch.cat([sigma, sigma[:, n_skip:]], 1),
+                pattern,
+            )[:, L:]  # (B, L - n_skip, C): the z slots
         logp = F.log_softmax(self.logits(h), dim=-1)
         return F.pad(logp.gather(-1, x_sorted[:, n_skip:, None]).squeeze(-1), (n_skip, 0))
 
     # Sampling (Alg. 3) --------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, num_samples, steps, *, alpha_0=None, temperature=1.0, top_p=1.0, canvas=None,
-                 block_order=False, kv_cache=True, compile=False, generator=None, callback=None):
+    def generate(
+        self,
+        num_samples,
+        steps,
+        *,
+        alpha_0=None,
+        temperature=1.0,
+        top_p=1.0,
+        canvas=None,
+        block_order=False,
+        kv_cache=True,
+        compile=False,
+        generator=None,
+        callback=None,
+    ):
         """Sample (num_samples, L) tokens: (tokens, nfe), tokens without the mask id, nfe the forwards spent.
 
         steps: T (only T >> L, e.g. 1e6, gives about one token per step: steps are drawn independently).
@@ -570,14 +670,36 @@ class EsoLM(nn.Module):
         steps = check_sampling_args(steps, alpha_0, temperature, top_p)
         canvas = self._check_canvas(num_samples, canvas, device)
         known = canvas != self.mask_id  # (B, L)
-        sizes = unmask_schedule(int((~known[0]).sum()), steps, alpha_0, generator, device)  # diffusion steps
+        sizes = unmask_schedule(
+            int((~known[0]).sum()), steps, alpha_0, generator, device
+        )  # diffusion steps
         sigma, sizes = sampling_order(known, sizes, block_order, generator)  # (B, L)
-        return self.decode(canvas, sigma, sizes, temperature=temperature, top_p=top_p, kv_cache=kv_cache,
-                           compile=compile, generator=generator, callback=callback)
+        return self.decode(
+            canvas,
+            sigma,
+            sizes,
+            temperature=temperature,
+            top_p=top_p,
+            kv_cache=kv_cache,
+            compile=compile,
+            generator=generator,
+            callback=callback,
+        )
 
     @torch.no_grad()
-    def decode(self, canvas, sigma, sizes, *, temperature=1.0, top_p=1.0, kv_cache=True, compile=False,
-               generator=None, callback=None):
+    def decode(
+        self,
+        canvas,
+        sigma,
+        sizes,
+        *,
+        temperature=1.0,
+        top_p=1.0,
+        kv_cache=True,
+        compile=False,
+        generator=None,
+        callback=None,
+    ):
         """Decode the masks of canvas (B, L) in the order sigma (B, L): the known tokens come first (fed as
         the first step's clean tokens), then diffusion steps of sizes[i] tokens, then one token per step.
         kv_cache=False is the uncached path, all L slots through the transformer at every step, clean then
@@ -587,17 +709,26 @@ class EsoLM(nn.Module):
         n_clean0 = n_known + sum(sizes)  # the clean tokens of z_0: known and diffusion tokens
         sizes = list(sizes) + [1] * (L - n_clean0)  # the sequential phase: one token per step
         canvas = canvas.gather(1, sigma)  # (B, L): canvas[b, i] = the token at position sigma[b, i]
-        cache = (kept_cache(self, canvas.size(0)) if compile else self.kv_cache(canvas.size(0))) if kv_cache else None
+        cache = (
+            (kept_cache(self, canvas.size(0)) if compile else self.kv_cache(canvas.size(0)))
+            if kv_cache
+            else None
+        )
         step = compiled_decode_step(canvas.device) if compile and kv_cache else None
         done, nfe = n_known, 0  # canvas[:, :done] is decoded
         for k in sizes:  # k = the number of tokens this step decodes
             if kv_cache:
                 h = self._cached_step(canvas, sigma, done, k, cache, n_clean0, step)
             else:
-                mask = prefix_lm_mask(torch.arange(L, device=canvas.device), L, min(done, n_clean0)) \
-                    if self.config.variant == "A" else None  # B: plain causal
-                h = self.hidden(canvas, sigma, mask)[:, done:done + k]
-            canvas[:, done:done + k] = sample_tokens(self.logits(h), temperature, top_p, generator)
+                mask = (
+                    prefix_lm_mask(torch.arange(L, device=canvas.device), L, min(done, n_clean0))
+                    if self.config.variant == "A"
+                    else None
+                )  # B: plain causal
+                h = self.hidden(canvas, sigma, mask)[:, done : done + k]
+            canvas[:, done : done + k] = sample_tokens(
+                self.logits(h), temperature, top_p, generator
+            )
             done, nfe = done + k, nfe + 1
             if callback is not None:
                 callback(unpermute(canvas, sigma), nfe)
@@ -616,21 +747,32 @@ class EsoLM(nn.Module):
         it (App. D.3), and A then decodes as B (at alpha_0 = 1, never)."""
         variant_a = self.config.variant == "A"
         prefix = min(done, n_clean0) if variant_a else 0
-        lo, hi = cache.length, done + k  # the slots fed: the last step's tokens (A: the block), then k masks
+        lo, hi = (
+            cache.length,
+            done + k,
+        )  # the slots fed: the last step's tokens (A: the block), then k masks
         n_keys = hi  # the slots attended
         if compiled is not None:  # a handful of shapes per run (see static_window)
             lo, hi, n_keys = static_window(lo, hi, self.config.block_size)
         cache.slots = torch.arange(lo, hi, device=canvas.device)
         mask = prefix_lm_mask(cache.slots, n_keys, prefix)  # (1, 1, hi - lo, n_keys)
         h = (compiled or EsoLM.hidden)(self, canvas[:, lo:hi], sigma[:, lo:hi], mask, cache)
-        cache.length = done if not variant_a or done >= n_clean0 else 0  # keep the clean tokens (A: once complete)
-        return h[:, done - lo:done + k - lo]
+        cache.length = (
+            done if not variant_a or done >= n_clean0 else 0
+        )  # keep the clean tokens (A: once complete)
+        return h[:, done - lo : done + k - lo]
 
     def kv_cache(self, batch):
         """An empty KVCache for `batch` rows, in the dtype of the keys (the autocast dtype under autocast)."""
         dev, cfg = self.wte.weight.device, self.config
-        dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else self.wte.weight.dtype
-        return KVCache(cfg.n_layer, (batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head), dtype, dev)
+        dtype = (
+            torch.get_autocast_dtype(dev.type)
+            if torch.is_autocast_enabled(dev.type)
+            else self.wte.weight.dtype
+        )
+        return KVCache(
+            cfg.n_layer, (batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head), dtype, dev
+        )
 
     def _check_canvas(self, num_samples, canvas, device):
         L, mask_id = self.config.block_size, self.mask_id
@@ -639,14 +781,22 @@ class EsoLM(nn.Module):
             return torch.full((num_samples, L), mask_id, dtype=torch.long, device=device)
         canvas = torch.as_tensor(canvas, device=device)
         canvas = canvas[None] if canvas.dim() == 1 else canvas
-        if canvas.dtype != torch.long or canvas.size(1) != L or canvas.size(0) not in (1, num_samples):
-            raise ValueError(f"canvas must be a LongTensor of shape ({num_samples} or 1, {L}), got "
-                             f"{tuple(canvas.shape)} {canvas.dtype}")
+        if (
+            canvas.dtype != torch.long
+            or canvas.size(1) != L
+            or canvas.size(0) not in (1, num_samples)
+        ):
+            raise ValueError(
+                f"canvas must be a LongTensor of shape ({num_samples} or 1, {L}), got "
+                f"{tuple(canvas.shape)} {canvas.dtype}"
+            )
         if canvas.min() < 0 or canvas.max() > mask_id:
             raise ValueError(f"canvas tokens must lie in [0, {mask_id}] ({mask_id} = [MASK])")
         n_masks = (canvas == mask_id).sum(1)
         if (n_masks != n_masks[0]).any():
-            raise ValueError("every canvas row must hold the same number of masks (the step schedule is shared)")
+            raise ValueError(
+                "every canvas row must hold the same number of masks (the step schedule is shared)"
+            )
         return canvas.expand(num_samples, L).clone()
 
     # Likelihood (Thm 3.1) --------------------------------------------------------------
@@ -661,17 +811,27 @@ class EsoLM(nn.Module):
         more than the sampler's, see unmask_schedule), in random order, then the rest left to right. So for K
         orders drawn that way the mean of p(x | sigma_k) estimates p(x) without bias, and by Jensen E[-log
         mean] >= -log p(x): an upper bound, tighter as K grows."""
-        if self.config.variant != "B" and self.config.alpha_0 > 0:  # at alpha_0 = 0, A has no clean block: A = B
-            raise ValueError("the one-forward any-order bound needs variant B (or alpha_0 = 0): under variant A "
-                             "the clean tokens' representations change as tokens arrive")
+        if (
+            self.config.variant != "B" and self.config.alpha_0 > 0
+        ):  # at alpha_0 = 0, A has no clean block: A = B
+            raise ValueError(
+                "the one-forward any-order bound needs variant B (or alpha_0 = 0): under variant A "
+                "the clean tokens' representations change as tokens arrive"
+            )
         num_orders = whole("num_orders", num_orders)
         B, L = x.shape
         all_masks = torch.ones_like(x, dtype=torch.bool)  # z: every position a [MASK]
         log_p = []
         for _ in range(num_orders):
-            sequential_phase = torch.rand(B, L, device=x.device, generator=generator) >= self.config.alpha_0
-            sigma = sequential_order(sequential_phase, torch.rand(B, L, device=x.device, generator=generator))
-            log_p.append(self._sequential_logprobs(x, all_masks, sigma, dense, n_skip=0).sum(1))  # (B,)
+            sequential_phase = (
+                torch.rand(B, L, device=x.device, generator=generator) >= self.config.alpha_0
+            )
+            sigma = sequential_order(
+                sequential_phase, torch.rand(B, L, device=x.device, generator=generator)
+            )
+            log_p.append(
+                self._sequential_logprobs(x, all_masks, sigma, dense, n_skip=0).sum(1)
+            )  # (B,)
         log_px = torch.logsumexp(torch.stack(log_p), 0) - math.log(num_orders)  # (B,)
         return -log_px.mean() / L
 
@@ -691,51 +851,117 @@ def from_reference(state_dict, n_head, block_size, alpha_0, **config):
     So theirs is a pre-norm transformer with biases in the LayerNorms, the MLP and the head (bias=True). The
     [MASK] row of their output layer (its logit is set to -1e6) is dropped; weights go (out, in) -> (in, out)."""
     sd = {k.removeprefix("backbone."): v.float() for k, v in state_dict.items()}
-    inv_freq = sd.pop("rotary_emb.inv_freq", None)  # their one buffer: the rotary frequencies, which must be ours
+    inv_freq = sd.pop(
+        "rotary_emb.inv_freq", None
+    )  # their one buffer: the rotary frequencies, which must be ours
     (V1, C), (cond, freq) = sd["vocab_embed.embedding"].shape, sd["sigma_map.mlp.0.weight"].shape
-    n_layer = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})  # their network, name by name:
-    layout = {"vocab_embed.embedding": (V1, C), "sigma_map.mlp.0.weight": (cond, freq), "sigma_map.mlp.0.bias": (cond,),
-              "sigma_map.mlp.2.weight": (cond, cond), "sigma_map.mlp.2.bias": (cond,),  # the timestep MLP
-              "output_layer.norm_final.weight": (C,), "output_layer.adaLN_modulation.weight": (2 * C, cond),
-              "output_layer.adaLN_modulation.bias": (2 * C,), "output_layer.linear.weight": (V1, C),
-              "output_layer.linear.bias": (V1,)}
+    n_layer = len(
+        {k.split(".")[1] for k in sd if k.startswith("blocks.")}
+    )  # their network, name by name:
+    layout = {
+        "vocab_embed.embedding": (V1, C),
+        "sigma_map.mlp.0.weight": (cond, freq),
+        "sigma_map.mlp.0.bias": (cond,),
+        "sigma_map.mlp.2.weight": (cond, cond),
+        "sigma_map.mlp.2.bias": (cond,),  # the timestep MLP
+        "output_layer.norm_final.weight": (C,),
+        "output_layer.adaLN_modulation.weight": (2 * C, cond),
+        "output_layer.adaLN_modulation.bias": (2 * C,),
+        "output_layer.linear.weight": (V1, C),
+        "output_layer.linear.bias": (V1,),
+    }
     for i in range(n_layer):
-        layout |= {f"blocks.{i}.{k}": v for k, v in {
-            "norm1.weight": (C,), "attn_qkv.weight": (3 * C, C), "attn_out.weight": (C, C), "norm2.weight": (C,),
-            "mlp.0.weight": (4 * C, C), "mlp.0.bias": (4 * C,), "mlp.2.weight": (C, 4 * C), "mlp.2.bias": (C,),
-            "adaLN_modulation.weight": (6 * C, cond), "adaLN_modulation.bias": (6 * C,)}.items()}
+        layout |= {
+            f"blocks.{i}.{k}": v
+            for k, v in {
+                "norm1.weight": (C,),
+                "attn_qkv.weight": (3 * C, C),
+                "attn_out.weight": (C, C),
+                "norm2.weight": (C,),
+                "mlp.0.weight": (4 * C, C),
+                "mlp.0.bias": (4 * C,),
+                "mlp.2.weight": (C, 4 * C),
+                "mlp.2.bias": (C,),
+                "adaLN_modulation.weight": (6 * C, cond),
+                "adaLN_modulation.bias": (6 * C,),
+            }.items()
+        }
     unknown, missing = sorted(set(sd) - set(layout)), sorted(set(layout) - set(sd))
-    shapes = [f"{k} {tuple(sd[k].shape)}, not {layout[k]}" for k in layout if k in sd and sd[k].shape != layout[k]]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)}, not {layout[k]}"
+        for k in layout
+        if k in sd and sd[k].shape != layout[k]
+    ]
     if unknown or missing or shapes:
-        raise ValueError("not the authors' EsoLMDiT: " + "; ".join(
-            f"{what} {names[:3]}" for what, names in (("unknown keys", unknown), ("missing keys", missing),
-                                                     ("shapes", shapes)) if names))
-    model = EsoLM(EsoConfig(block_size=block_size, vocab_size=V1 - 1, n_layer=n_layer, n_head=n_head, n_embd=C,
-                            alpha_0=alpha_0, bias=True, **config))
+        raise ValueError(
+            "not the authors' EsoLMDiT: "
+            + "; ".join(
+                f"{what} {names[:3]}"
+                for what, names in (
+                    ("unknown keys", unknown),
+                    ("missing keys", missing),
+                    ("shapes", shapes),
+                )
+                if names
+            )
+        )
+    model = EsoLM(
+        EsoConfig(
+            block_size=block_size,
+            vocab_size=V1 - 1,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=C,
+            alpha_0=alpha_0,
+            bias=True,
+            **config,
+        )
+    )
     base = 1.0 / 10000.0 ** (torch.arange(0, C // n_head, 2).float() / (C // n_head))
-    if inv_freq is not None and (inv_freq.shape != base.shape or not torch.allclose(inv_freq.float().cpu(), base)):
-        raise ValueError(f"its rotary frequencies are not those of base 10000 over {C // n_head} dimensions per head")
+    if inv_freq is not None and (
+        inv_freq.shape != base.shape or not torch.allclose(inv_freq.float().cpu(), base)
+    ):
+        raise ValueError(
+            f"its rotary frequencies are not those of base 10000 over {C // n_head} dimensions per head"
+        )
     # c at s = 0: the timestep features cos(0 f), then sin(0 f), are ones, then zeros
     features = torch.cat([torch.ones(freq // 2), torch.zeros(freq - freq // 2)])
-    c = F.silu(F.linear(F.silu(F.linear(features, sd["sigma_map.mlp.0.weight"], sd["sigma_map.mlp.0.bias"])),
-                        sd["sigma_map.mlp.2.weight"], sd["sigma_map.mlp.2.bias"]))
+    c = F.silu(
+        F.linear(
+            F.silu(F.linear(features, sd["sigma_map.mlp.0.weight"], sd["sigma_map.mlp.0.bias"])),
+            sd["sigma_map.mlp.2.weight"],
+            sd["sigma_map.mlp.2.bias"],
+        )
+    )
     ours = {"wte.weight": sd["vocab_embed.embedding"]}
     for i in range(n_layer):
         b = lambda name: sd[f"blocks.{i}.{name}"]  # noqa: E731
-        shift1, scale1, gate1, shift2, scale2, gate2 = F.linear(c, b("adaLN_modulation.weight"),
-                                                                b("adaLN_modulation.bias")).chunk(6)
-        ours |= {f"blocks.{i}.ln_1.weight": b("norm1.weight") * (1 + scale1), f"blocks.{i}.ln_1.bias": shift1,
-                 f"blocks.{i}.attn.qkv.weight": b("attn_qkv.weight").T,  # rows: q, k, v, each head by head
-                 f"blocks.{i}.attn.proj.weight": (b("attn_out.weight") * gate1[:, None]).T,
-                 f"blocks.{i}.ln_2.weight": b("norm2.weight") * (1 + scale2), f"blocks.{i}.ln_2.bias": shift2,
-                 f"blocks.{i}.mlp.fc.weight": b("mlp.0.weight").T, f"blocks.{i}.mlp.fc.bias": b("mlp.0.bias"),
-                 f"blocks.{i}.mlp.proj.weight": (b("mlp.2.weight") * gate2[:, None]).T,
-                 f"blocks.{i}.mlp.proj.bias": b("mlp.2.bias") * gate2}
-    shift, scale = F.linear(c, sd["output_layer.adaLN_modulation.weight"],
-                            sd["output_layer.adaLN_modulation.bias"]).chunk(2)
-    ours |= {"ln_f.weight": sd["output_layer.norm_final.weight"] * (1 + scale), "ln_f.bias": shift,
-             "lm_head.weight": sd["output_layer.linear.weight"][:-1].T,  # without the [MASK] row
-             "lm_head.bias": sd["output_layer.linear.bias"][:-1]}
+        shift1, scale1, gate1, shift2, scale2, gate2 = F.linear(
+            c, b("adaLN_modulation.weight"), b("adaLN_modulation.bias")
+        ).chunk(6)
+        ours |= {
+            f"blocks.{i}.ln_1.weight": b("norm1.weight") * (1 + scale1),
+            f"blocks.{i}.ln_1.bias": shift1,
+            f"blocks.{i}.attn.qkv.weight": b(
+                "attn_qkv.weight"
+            ).T,  # rows: q, k, v, each head by head
+            f"blocks.{i}.attn.proj.weight": (b("attn_out.weight") * gate1[:, None]).T,
+            f"blocks.{i}.ln_2.weight": b("norm2.weight") * (1 + scale2),
+            f"blocks.{i}.ln_2.bias": shift2,
+            f"blocks.{i}.mlp.fc.weight": b("mlp.0.weight").T,
+            f"blocks.{i}.mlp.fc.bias": b("mlp.0.bias"),
+            f"blocks.{i}.mlp.proj.weight": (b("mlp.2.weight") * gate2[:, None]).T,
+            f"blocks.{i}.mlp.proj.bias": b("mlp.2.bias") * gate2,
+        }
+    shift, scale = F.linear(
+        c, sd["output_layer.adaLN_modulation.weight"], sd["output_layer.adaLN_modulation.bias"]
+    ).chunk(2)
+    ours |= {
+        "ln_f.weight": sd["output_layer.norm_final.weight"] * (1 + scale),
+        "ln_f.bias": shift,
+        "lm_head.weight": sd["output_layer.linear.weight"][:-1].T,  # without the [MASK] row
+        "lm_head.bias": sd["output_layer.linear.bias"][:-1],
+    }
     model.load_state_dict(ours)
     return model.eval()
 
@@ -758,6 +984,7 @@ class SequentialPattern:
     x comes first, so every group's x keys are a leading piece of the x half (x_sizes cuts it). Nothing
     attends to a z slot but itself, so leaving some out changes no other output: the z slots before n_skip,
     clean in every row (clean tokens come first), are not fed; clean ones after it are, and the loss zeroes them."""
+
     GROUP = 128  # z queries per attention call
 
     @classmethod
@@ -767,24 +994,46 @@ class SequentialPattern:
 
     def __init__(self, L, n_skip, x_mask, device):
         self.L, self.n_skip, self.x_mask = L, n_skip, x_mask
-        self.z_sizes = [min(self.GROUP, L - n_skip - a) for a in range(0, L - n_skip, self.GROUP)]  # z slots per group
-        ends = [n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)]  # group c's last slot: it sees x < it
-        self.x_sizes = [e - s for s, e in zip([0] + ends, ends + [L])]  # the x slots in pieces [0, ends[0]), ...
+        self.z_sizes = [
+            min(self.GROUP, L - n_skip - a) for a in range(0, L - n_skip, self.GROUP)
+        ]  # z slots per group
+        ends = [
+            n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)
+        ]  # group c's last slot: it sees x < it
+        self.x_sizes = [
+            e - s for s, e in zip([0] + ends, ends + [L])
+        ]  # the x slots in pieces [0, ends[0]), ...
         # e.g. L = 6, n_skip = 2, GROUP = 2: z groups (2, 3), (4, 5); ends 3, 5; x pieces [0, 3), [3, 5), [5, 6)
         self.masks = []  # group c: its z queries against [x slots < ends[c] ; its own z keys]
         for size, end in zip(self.z_sizes, ends):
-            slot = end + 1 - size + torch.arange(size, device=device)[:, None]  # (size, 1): the queries' slots
+            slot = (
+                end + 1 - size + torch.arange(size, device=device)[:, None]
+            )  # (size, 1): the queries' slots
             to_x = torch.arange(end, device=device) < slot  # strictly earlier x slots
-            self.masks.append(torch.cat([to_x, torch.eye(size, dtype=torch.bool, device=device)], 1))
+            self.masks.append(
+                torch.cat([to_x, torch.eye(size, dtype=torch.bool, device=device)], 1)
+            )
 
     def attend(self, q, k, v, dropout_p=0.0):  # q, k, v: (B, nh, L + m, hd)
         sdpa = F.scaled_dot_product_attention
         (qx, qz), (kx, kz), (vx, vz) = (t.split([self.L, t.size(2) - self.L], 2) for t in (q, k, v))
-        ys = [sdpa(qx, kx, vx, attn_mask=self.x_mask, is_causal=self.x_mask is None, dropout_p=dropout_p)]
+        ys = [
+            sdpa(
+                qx,
+                kx,
+                vx,
+                attn_mask=self.x_mask,
+                is_causal=self.x_mask is None,
+                dropout_p=dropout_p,
+            )
+        ]
         # Split, not slice: the backward of a slice fills a zero tensor of the full size, per group.
         kx, vx = kx.split(self.x_sizes, 2), vx.split(self.x_sizes, 2)
         for c, (qc, kc, vc) in enumerate(zip(*(t.split(self.z_sizes, 2) for t in (qz, kz, vz)))):
-            keys, values = torch.cat([*kx[:c + 1], kc], 2), torch.cat([*vx[:c + 1], vc], 2)  # (B, nh, end + size, hd)
+            keys, values = (
+                torch.cat([*kx[: c + 1], kc], 2),
+                torch.cat([*vx[: c + 1], vc], 2),
+            )  # (B, nh, end + size, hd)
             ys.append(sdpa(qc, keys, values, attn_mask=self.masks[c], dropout_p=dropout_p))
         return torch.cat(ys, 2)  # (B, nh, L + m, hd)
 
@@ -810,8 +1059,16 @@ def static_window(lo, hi, L):
 def kept_cache(model, batch):
     """The model's own KV cache, zeroed: its compiled steps see the same buffers every call (CUDA graphs: static)."""
     kept, dev = _KEPT_CACHES.get(model), model.wte.weight.device
-    dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else model.wte.weight.dtype
-    if kept is None or (kept.k[0].size(0), kept.k[0].dtype, kept.k[0].device) != (batch, dtype, dev):
+    dtype = (
+        torch.get_autocast_dtype(dev.type)
+        if torch.is_autocast_enabled(dev.type)
+        else model.wte.weight.dtype
+    )
+    if kept is None or (kept.k[0].size(0), kept.k[0].dtype, kept.k[0].device) != (
+        batch,
+        dtype,
+        dev,
+    ):
         kept = _KEPT_CACHES[model] = model.kv_cache(batch)
         for buffer in kept.k + kept.v if dev.type == "cuda" else []:
             torch._dynamo.mark_static_address(buffer)
@@ -837,6 +1094,7 @@ def compiled_decode_step(device):
             if mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs have been read
             return hidden(model, tokens, pos, mask, cache)
+
         _COMPILED_STEPS[mode] = step
     return _COMPILED_STEPS[mode]
 
@@ -850,8 +1108,12 @@ def sample_tokens_float32(logits, temperature=1.0, top_p=1.0, generator=None):
     logits = top_p_filter(logits.float() / temperature, top_p)
     probs, order = logits.softmax(-1).sort(dim=-1)  # (..., V) ascending: the tail first
     cdf = probs.cumsum(-1)
-    u = 1 - torch.rand(*logits.shape[:-1], 1, device=logits.device, generator=generator)  # in (0, 1]
-    first = (cdf < u * cdf[..., -1:]).sum(-1, keepdim=True).clamp(max=logits.size(-1) - 1)  # first cdf >= u
+    u = 1 - torch.rand(
+        *logits.shape[:-1], 1, device=logits.device, generator=generator
+    )  # in (0, 1]
+    first = (
+        (cdf < u * cdf[..., -1:]).sum(-1, keepdim=True).clamp(max=logits.size(-1) - 1)
+    )  # first cdf >= u
     return order.gather(-1, first).squeeze(-1)
 
 
@@ -871,27 +1133,51 @@ def show_example():
             print(f"  {label:>3} " + " ".join("  █" if a else "  ·" for a in row))
 
     for variant in ("B", "A"):
-        x_mask = prefix_lm_mask(torch.arange(6), 6, 3 if variant == "A" else 0)  # (1, 1, 6, 6); A: 3 clean
-        keys = torch.arange(6.0)[None] / 6 if variant == "A" else u  # A's sequential term: clean tokens by position
-        for term, sigma, mask in (("diffusion term: z", diffusion_order(masked, u), x_mask), ("sequential term: "
-                                  "[z_0 ; x]", sequential_order(masked, keys), sequential_mask(x_mask))):
+        x_mask = prefix_lm_mask(
+            torch.arange(6), 6, 3 if variant == "A" else 0
+        )  # (1, 1, 6, 6); A: 3 clean
+        keys = (
+            torch.arange(6.0)[None] / 6 if variant == "A" else u
+        )  # A's sequential term: clean tokens by position
+        for term, sigma, mask in (
+            ("diffusion term: z", diffusion_order(masked, u), x_mask),
+            ("sequential term: [z_0 ; x]", sequential_order(masked, keys), sequential_mask(x_mask)),
+        ):
             labels = [("M" if masked[0, p] else x[p]) + str(p + 1) for p in sigma[0].tolist()]
-            grid(f"Eso-LM ({variant}), {term} sorted by sigma = {tuple(sigma[0].add(1).tolist())}",
-                 labels + [x[p] + str(p + 1) for p in sigma[0].tolist()] * (mask.size(-1) > 6), mask[0, 0])
-    print("\nThe cached sampler along that order (2, then 1 diffusion tokens, then 3 sequential ones):")
+            grid(
+                f"Eso-LM ({variant}), {term} sorted by sigma = {tuple(sigma[0].add(1).tolist())}",
+                labels + [x[p] + str(p + 1) for p in sigma[0].tolist()] * (mask.size(-1) > 6),
+                mask[0, 0],
+            )
+    print(
+        "\nThe cached sampler along that order (2, then 1 diffusion tokens, then 3 sequential ones):"
+    )
     torch.manual_seed(0)
-    model, sizes = EsoLM(EsoConfig(block_size=6, vocab_size=6, n_layer=1, n_head=2, n_embd=16)), [2, 1]
+    model, sizes = (
+        EsoLM(EsoConfig(block_size=6, vocab_size=6, n_layer=1, n_head=2, n_embd=16)),
+        [2, 1],
+    )
     order, cache, steps = sequential_order(masked, u)[0].tolist(), model.kv_cache(1), []
-    model.kv_cache = lambda batch: cache  # watch the cache that decode fills: what each step fed, how much it keeps
-    model.decode(torch.full((1, 6), model.mask_id), torch.tensor([order]), sizes,
-                 callback=lambda tokens, nfe: steps.append((cache.slots.tolist(), cache.length)))
-    done = kept_before = 0  # tokens decoded, and slots kept, before the step; a slot >= done held a [MASK]
+    model.kv_cache = lambda batch: (
+        cache
+    )  # watch the cache that decode fills: what each step fed, how much it keeps
+    model.decode(
+        torch.full((1, 6), model.mask_id),
+        torch.tensor([order]),
+        sizes,
+        callback=lambda tokens, nfe: steps.append((cache.slots.tolist(), cache.length)),
+    )
+    done = kept_before = (
+        0  # tokens decoded, and slots kept, before the step; a slot >= done held a [MASK]
+    )
     for i, (fed, kept) in enumerate(steps):
         tag = lambda s: f"{'M' if s >= done else x[order[s]]}{order[s] + 1}"  # noqa: E731
         feeds, keeps = " ".join(map(tag, fed)), " ".join(map(tag, range(kept_before, kept))) or "-"
         new = " ".join(x[order[s]] + str(order[s] + 1) for s in fed if s >= done)
-        print(f"    step {i + 1} feeds {feeds:<11} keeps {keeps:<6} decodes {new} "
-              f"({'diffusion' if i < len(sizes) else 'sequential'})")
+        print(
+            f"    step {i + 1} feeds {feeds:<11} keeps {keeps:<6} decodes {new} "
+            f"({'diffusion' if i < len(sizes) else 'sequential'})"
+        )
         done, kept_before = fed[-1] + 1, kept
     print(f"  NFE = {len(steps)}.")
 

@@ -36,7 +36,10 @@ CONFIG = dict(
     num_samples=(8, "samples per seed"),
     seeds=(1, "how many seeds: seed, seed + 1, ...; medians are printed when more than one"),
     **cli.SAMPLING,  # sample.py's: steps, alpha_0, top_p, temperature, block_order, seed
-    judge=("", "out_dir of an alpha_0 = 0 model: its generative perplexity and entropy of the samples"),
+    judge=(
+        "",
+        "out_dir of an alpha_0 = 0 model: its generative perplexity and entropy of the samples",
+    ),
     quiet=(False, "print only the JSON line"),
     **cli.SYSTEM,  # device, dtype
 )
@@ -56,7 +59,9 @@ def word_share(texts, vocab, min_len):
 
 def blank_share(texts):
     """The share of characters that sit in runs of 3 or more whitespace characters."""
-    return sum(len(m) for t in texts for m in re.findall(r"\s{3,}", t)) / max(1, sum(map(len, texts)))
+    return sum(len(m) for t in texts for m in re.findall(r"\s{3,}", t)) / max(
+        1, sum(map(len, texts))
+    )
 
 
 @torch.no_grad()
@@ -89,39 +94,79 @@ def main(argv):
     judge = None
     if c["judge"]:
         judge, jckpt = cli.load_checkpoint(Path(c["judge"]) / "ckpt.pt", dev)
-        if judge.config.alpha_0 != 0 or jckpt["tokenizer"] != ckpt["tokenizer"] or judge.config.block_size < L:
-            raise cli.UserError(f"--judge needs an alpha_0 = 0 model with the {ckpt['tokenizer']} tokenizer and "
-                                f"block_size >= {L}; {c['judge']} has alpha_0={judge.config.alpha_0}, "
-                                f"{jckpt['tokenizer']}, block_size {judge.config.block_size}")
+        if (
+            judge.config.alpha_0 != 0
+            or jckpt["tokenizer"] != ckpt["tokenizer"]
+            or judge.config.block_size < L
+        ):
+            raise cli.UserError(
+                f"--judge needs an alpha_0 = 0 model with the {ckpt['tokenizer']} tokenizer and "
+                f"block_size >= {L}; {c['judge']} has alpha_0={judge.config.alpha_0}, "
+                f"{jckpt['tokenizer']}, block_size {judge.config.block_size}"
+            )
     runs = []
     for seed in range(c["seed"], c["seed"] + c["seeds"]):
         generator = torch.Generator(dev).manual_seed(seed)
         with ctx:
-            tokens, nfe = model.generate(c["num_samples"], steps, alpha_0=a0, temperature=c["temperature"],
-                                         top_p=c["top_p"], block_order=c["block_order"], compile=c["compile"],
-                                         generator=generator)
+            tokens, nfe = model.generate(
+                c["num_samples"],
+                steps,
+                alpha_0=a0,
+                temperature=c["temperature"],
+                top_p=c["top_p"],
+                block_order=c["block_order"],
+                compile=c["compile"],
+                generator=generator,
+            )
         texts = [enc.decode(row.tolist()) for row in tokens]
         (f3, n3), (f4, n4) = word_share(texts, vocab, 3), word_share(texts, vocab, 4)
-        run = {"seed": seed, "nfe": nfe, "words3": f3 / max(n3, 1), "words4": f4 / max(n4, 1),
-               "blank": blank_share(texts), "n_words3": n3, "n_words4": n4, "entropy": unigram_entropy(tokens)}
+        run = {
+            "seed": seed,
+            "nfe": nfe,
+            "words3": f3 / max(n3, 1),
+            "words4": f4 / max(n4, 1),
+            "blank": blank_share(texts),
+            "n_words3": n3,
+            "n_words4": n4,
+            "entropy": unigram_entropy(tokens),
+        }
         if judge is not None:
             with ctx:
                 run["judge_nll"] = judge_nll(judge, tokens)
             run["gen_ppl"] = math.exp(run["judge_nll"])
         runs.append(run)
         if not c["quiet"]:
-            print(f"seed {seed}: words of 3+ letters {run['words3']:.1%} ({f3} of {n3}), of 4+ letters "
-                  f"{run['words4']:.1%} ({f4} of {n4}) found in data/{dataset}; characters in blank runs "
-                  f"{run['blank']:.1%}; unigram entropy {run['entropy']:.3f} nats"
-                  + (f"; judge NLL {run['judge_nll']:.4f}, generative perplexity {run['gen_ppl']:.3f}"
-                     if judge is not None else ""), flush=True)
+            print(
+                f"seed {seed}: words of 3+ letters {run['words3']:.1%} ({f3} of {n3}), of 4+ letters "
+                f"{run['words4']:.1%} ({f4} of {n4}) found in data/{dataset}; characters in blank runs "
+                f"{run['blank']:.1%}; unigram entropy {run['entropy']:.3f} nats"
+                + (
+                    f"; judge NLL {run['judge_nll']:.4f}, generative perplexity {run['gen_ppl']:.3f}"
+                    if judge is not None
+                    else ""
+                ),
+                flush=True,
+            )
     keys = [k for k in ("words3", "words4", "blank", "entropy", "gen_ppl") if k in runs[0]]
     median = {k: statistics.median(r[k] for r in runs) for k in keys}
     if not c["quiet"] and len(runs) > 1:
         print(f"median of {len(runs)} seeds: " + ", ".join(f"{k} {median[k]:.4g}" for k in keys))
-    print(json.dumps({"checkpoint": str(Path(c["out_dir"]) / "ckpt.pt"), "alpha_0_train": model.config.alpha_0,
-                      "alpha_0": a0, "steps": steps, "block_order": c["block_order"], "temperature": c["temperature"],
-                      "top_p": c["top_p"], "num_samples": c["num_samples"], "median": median, "runs": runs}))
+    print(
+        json.dumps(
+            {
+                "checkpoint": str(Path(c["out_dir"]) / "ckpt.pt"),
+                "alpha_0_train": model.config.alpha_0,
+                "alpha_0": a0,
+                "steps": steps,
+                "block_order": c["block_order"],
+                "temperature": c["temperature"],
+                "top_p": c["top_p"],
+                "num_samples": c["num_samples"],
+                "median": median,
+                "runs": runs,
+            }
+        )
+    )
     return 0
 
 

@@ -28,14 +28,24 @@ from data import prepare
 
 # The tests that a GPU can break (the cached sampler, the fast sequential term, compile, bf16) run on every
 # device torch sees here: the CPU, and CUDA or MPS where present (.ci/gpu-check runs them on a GPU).
-DEVICES = ["cpu"] + ["cuda"] * torch.cuda.is_available() + ["mps"] * torch.backends.mps.is_available()
+DEVICES = (
+    ["cpu"] + ["cuda"] * torch.cuda.is_available() + ["mps"] * torch.backends.mps.is_available()
+)
 
 
 def tiny(alpha_0=0.5, variant="B", L=24, V=11, big=True, seed=0, device="cpu", **kw):
     """A tiny model; big=True gives large random weights, so that no sampler looks exact by accident."""
     torch.manual_seed(seed)
-    cfg = eso.EsoConfig(block_size=L, vocab_size=V, n_layer=2, n_head=2, n_embd=32, alpha_0=alpha_0,
-                        variant=variant, **kw)
+    cfg = eso.EsoConfig(
+        block_size=L,
+        vocab_size=V,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        alpha_0=alpha_0,
+        variant=variant,
+        **kw,
+    )
     model = eso.EsoLM(cfg).eval()
     if big:
         for p in model.parameters():
@@ -48,35 +58,54 @@ def gen(seed, device="cpu"):
 
 
 ROOT = Path(__file__).resolve().parent
-TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=2",
-        "--log_interval=1", "--warmup_iters=2", "--lr_schedule=constant"]
+TINY = [
+    "--n_layer=1",
+    "--n_head=2",
+    "--n_embd=32",
+    "--block_size=32",
+    "--batch_size=4",
+    "--eval_iters=2",
+    "--log_interval=1",
+    "--warmup_iters=2",
+    "--lr_schedule=constant",
+]
 
 
 def py(*args, timeout=240, **kw):
     """Run a command like a user would, in a fresh process; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw
+    )
 
 
 @pytest.fixture
 def run(capsys):
     """run(module, *args) -> (exit status, stdout, stderr): a script's main() in this process,
     through cli.run as `python module.py args` would (a subprocess only costs start-up time)."""
+
     def call(module, *args):
         with pytest.raises(SystemExit) as e:
             cli.run(module.main, f"{module.__name__}.py", [str(a) for a in args])
         out, err = capsys.readouterr()
         return e.value.code, out, err
+
     return call
 
 
 # ----------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(alpha_0=1.5), "alpha_0"), (dict(variant="C"), "variant"), (dict(loss_type="mse"), "loss_type"),
-    (dict(alpha_0=0.5, batch_split=1.0), "batch_split"), (dict(alpha_0=1.0, batch_split=0.5), "batch_split"),
-    (dict(n_embd=30, n_head=4), "n_embd"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(alpha_0=1.5), "alpha_0"),
+        (dict(variant="C"), "variant"),
+        (dict(loss_type="mse"), "loss_type"),
+        (dict(alpha_0=0.5, batch_split=1.0), "batch_split"),
+        (dict(alpha_0=1.0, batch_split=0.5), "batch_split"),
+        (dict(n_embd=30, n_head=4), "n_embd"),
+    ],
+)
 def test_config_rejects_bad_values(kw, msg):
     with pytest.raises(ValueError, match=msg):
         eso.EsoConfig(**kw)
@@ -100,7 +129,9 @@ def test_worked_example_diffusion_order_and_mask():
     z = torch.where(masked, M, x)
     assert z.gather(1, order)[0].tolist() == [C, A, Fm, M, M, M]
     # variant B: plain causal attention over the sorted sequence
-    assert torch.equal(eso.prefix_lm_mask(torch.arange(6), 6)[0, 0], torch.ones(6, 6, dtype=torch.bool).tril())
+    assert torch.equal(
+        eso.prefix_lm_mask(torch.arange(6), 6)[0, 0], torch.ones(6, 6, dtype=torch.bool).tril()
+    )
 
 
 def test_worked_example_sequential_order_and_mask():
@@ -113,25 +144,34 @@ def test_worked_example_sequential_order_and_mask():
     z = torch.where(masked, M, x)
     zs, xs = z.gather(1, order)[0].tolist(), x.gather(1, order)[0].tolist()
     assert zs == [C, A, Fm, M, M, M] and xs == [C, A, Fm, B, D, E]
-    mask = eso.sequential_mask(eso.prefix_lm_mask(torch.arange(6), 6))[0, 0]  # (12, 12) over [z sorted ; x sorted]
+    mask = eso.sequential_mask(eso.prefix_lm_mask(torch.arange(6), 6))[
+        0, 0
+    ]  # (12, 12) over [z sorted ; x sorted]
     slot = 4  # the mask at position 4 (0-based slot 4 of the z half)
     sees = [("z" if j < 6 else "x", (zs + xs)[j]) for j in range(12) if mask[slot, j]]
     assert sees == [("z", M), ("x", C), ("x", A), ("x", Fm), ("x", B)]
     # x slots are plain causal and never see the z half
-    assert torch.equal(mask[6:, 6:], torch.ones(6, 6, dtype=torch.bool).tril()) and not mask[6:, :6].any()
+    assert (
+        torch.equal(mask[6:, 6:], torch.ones(6, 6, dtype=torch.bool).tril())
+        and not mask[6:, :6].any()
+    )
 
 
 def brute_mask_a(L, n_clean, two_l):
     """Variant A's masks written out element by element from the paper's definitions."""
     if not two_l:  # diffusion: prefix LM over the clean block
-        return torch.tensor([[j <= i or (i < n_clean and j < n_clean) for j in range(L)] for i in range(L)])
+        return torch.tensor(
+            [[j <= i or (i < n_clean and j < n_clean) for j in range(L)] for i in range(L)]
+        )
     m = torch.zeros(2 * L, 2 * L, dtype=torch.bool)
     for i in range(L):
         m[i, i] = True  # z slot -> itself
         for j in range(i):
             m[i, L + j] = True  # z slot -> earlier x slots
         for j in range(L):
-            m[L + i, L + j] = j <= i or (i < n_clean and j < n_clean)  # x: causal + clean block both ways
+            m[L + i, L + j] = j <= i or (
+                i < n_clean and j < n_clean
+            )  # x: causal + clean block both ways
     return m
 
 
@@ -157,8 +197,20 @@ def test_batched_loss_equals_row_by_row(variant):
     d_order, s_order = eso.diffusion_order(masked, u), eso.sequential_order(masked, u)
     batched_d = model.diffusion_nll(x, t, masked, d_order)
     batched_s = model.sequential_nll(x, masked, s_order)
-    rows_d = sum(model.diffusion_nll(x[b:b + 1], t[b:b + 1], masked[b:b + 1], d_order[b:b + 1]) for b in range(3)) / 3
-    rows_s = sum(model.sequential_nll(x[b:b + 1], masked[b:b + 1], s_order[b:b + 1]) for b in range(3)) / 3
+    rows_d = (
+        sum(
+            model.diffusion_nll(x[b : b + 1], t[b : b + 1], masked[b : b + 1], d_order[b : b + 1])
+            for b in range(3)
+        )
+        / 3
+    )
+    rows_s = (
+        sum(
+            model.sequential_nll(x[b : b + 1], masked[b : b + 1], s_order[b : b + 1])
+            for b in range(3)
+        )
+        / 3
+    )
     torch.testing.assert_close(batched_d, rows_d)
     torch.testing.assert_close(batched_s, rows_s)
 
@@ -181,7 +233,9 @@ def test_alpha0_zero_loss_is_left_to_right_ar_cross_entropy():
         logits = model.lm_head(model.hidden(idx, torch.arange(i + 1).expand(2, -1)))[:, -1]
         nll += F.cross_entropy(logits, x[:, i], reduction="sum")
     torch.testing.assert_close(loss, nll / 20, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(model.likelihood(x, 3), nll / 20, rtol=1e-5, atol=1e-6)  # one order only
+    torch.testing.assert_close(
+        model.likelihood(x, 3), nll / 20, rtol=1e-5, atol=1e-6
+    )  # one order only
 
 
 @pytest.mark.parametrize("loss_type, variant", [("elbo", "B"), ("low_var", "B"), ("elbo", "A")])
@@ -214,7 +268,9 @@ def test_alpha0_one_loss_is_mdlm_nelbo(loss_type, variant):
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     if loss_type == "low_var":  # validation asks for the elbo weighting whatever the training loss
         elbo, _ = model.loss(x, loss_type="elbo", generator=gen(5))
-        torch.testing.assert_close(elbo, (ce * masked * ((1 - 1e-3) / (1 - alpha_t))[:, None]).sum() / 30)
+        torch.testing.assert_close(
+            elbo, (ce * masked * ((1 - 1e-3) / (1 - alpha_t))[:, None]).sum() / 30
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -223,20 +279,27 @@ def test_alpha0_one_loss_is_mdlm_nelbo(loss_type, variant):
 def test_fast_sequential_term_equals_the_dense_2l_reference(variant, alpha_0, device, monkeypatch):
     """The fast path (no z slots before s0, blocks that the mask rules out skipped) gives the dense
     [z_0 ; x] pass's loss and gradients, and the same likelihood bound, to float32 rounding."""
-    monkeypatch.setattr(eso.SequentialPattern, "GROUP", 5)  # several groups of z queries, a ragged last one
+    monkeypatch.setattr(
+        eso.SequentialPattern, "GROUP", 5
+    )  # several groups of z queries, a ragged last one
     model = tiny(alpha_0, variant, L=23, big=False, seed=1)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     model.to(device)
     x = torch.randint(0, 11, (4, 23), generator=gen(0)).to(device)
     masked = torch.rand(4, 23, generator=gen(1)) < 1 - alpha_0
-    masked[1] = masked[1] & (torch.arange(23) > 9)  # rows with different clean counts: s0 = the smallest
+    masked[1] = masked[1] & (
+        torch.arange(23) > 9
+    )  # rows with different clean counts: s0 = the smallest
     order = eso.sequential_order(masked, torch.rand(4, 23, generator=gen(2)))
     masked, order = masked.to(device), order.to(device)
     runs = []
     for dense in (True, False):
         model.zero_grad()
-        total = model.sequential_nll(x, masked, order, dense) + model.loss(x, generator=gen(3, device), dense=dense)[0]
+        total = (
+            model.sequential_nll(x, masked, order, dense)
+            + model.loss(x, generator=gen(3, device), dense=dense)[0]
+        )
         total.backward()
         runs.append((total.detach(), [p.grad.clone() for p in model.parameters()]))
     torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
@@ -256,11 +319,13 @@ def test_sequential_pattern_skips_what_the_2l_mask_rules_out(monkeypatch):
     for size, mask in zip(pattern.z_sizes, pattern.masks):
         seen_x = mask[:, :-size]  # (size, end): x slots < end
         full = torch.zeros(size, 2 * L, dtype=torch.bool)
-        full[:, L:L + seen_x.size(1)] = seen_x
-        full[:, s0 + z:s0 + z + size] = mask[:, -size:]  # own keys: the diagonal of the z half
+        full[:, L : L + seen_x.size(1)] = seen_x
+        full[:, s0 + z : s0 + z + size] = mask[:, -size:]  # own keys: the diagonal of the z half
         rows.append(full)
         z += size
-    assert torch.equal(torch.cat(rows), eso.sequential_mask(eso.prefix_lm_mask(torch.arange(L), L))[0, 0, s0:L])
+    assert torch.equal(
+        torch.cat(rows), eso.sequential_mask(eso.prefix_lm_mask(torch.arange(L), L))[0, 0, s0:L]
+    )
     assert sum(pattern.z_sizes) == L - s0 and sum(pattern.x_sizes) == L
 
 
@@ -268,7 +333,9 @@ def test_loss_splits_the_batch_and_sums_the_terms():
     model = tiny(0.25, L=12, big=False)
     x = torch.randint(0, 11, (4, 12), generator=gen(0))
     loss, parts = model.loss(x, generator=gen(3))
-    d = model.draws(x, gen(3))  # the first 2 rows estimate the diffusion term, the other 2 the sequential one
+    d = model.draws(
+        x, gen(3)
+    )  # the first 2 rows estimate the diffusion term, the other 2 the sequential one
     assert d.t.shape == (2,) and d.masked.shape == d.sigma.shape == (4, 12)
     diff = model.diffusion_nll(x[:2], d.t, d.masked[:2], d.sigma[:2])
     seq = model.sequential_nll(x[2:], d.masked[2:], d.sigma[2:])
@@ -293,7 +360,11 @@ def binomial_chain(n, steps, alpha_0, g):
     for t in torch.linspace(1, 1 / steps, steps, dtype=torch.float64).tolist():
         s = t - 1 / steps
         a_t, a_s = eso.alpha(t, alpha_0), eso.alpha(max(s, 0.0), alpha_0)
-        k = int(torch.binomial(torch.tensor(float(remaining)), torch.tensor((a_s - a_t) / (1 - a_t)), generator=g))
+        k = int(
+            torch.binomial(
+                torch.tensor(float(remaining)), torch.tensor((a_s - a_t) / (1 - a_t)), generator=g
+            )
+        )
         if k:
             sizes.append(k)
             remaining -= k
@@ -306,7 +377,10 @@ def test_schedule_matches_the_binomial_chain_in_distribution(alpha_0, steps):
     fast = [eso.unmask_schedule(40, steps, alpha_0, g, "cpu") for _ in range(3000)]
     slow = [binomial_chain(40, steps, alpha_0, g) for _ in range(3000)]
     for stat in (lambda s: sum(s), len, lambda s: max(s, default=0)):
-        a, b = torch.tensor([float(stat(s)) for s in fast]), torch.tensor([float(stat(s)) for s in slow])
+        a, b = (
+            torch.tensor([float(stat(s)) for s in fast]),
+            torch.tensor([float(stat(s)) for s in slow]),
+        )
         assert abs(a.mean() - b.mean()) < 4 * math.sqrt((a.var() + b.var()) / 3000) + 1e-9
 
 
@@ -336,11 +410,13 @@ def test_sampling_example_from_the_paper(monkeypatch):
     monkeypatch.setattr(eso, "unmask_schedule", lambda *a, **k: [2, 1, 2])
     for kv_cache in (True, False):
         decoded, prev = [], torch.ones(1, 8, dtype=torch.bool)
+
         def record(tokens, nfe):
             nonlocal prev
             now = tokens == model.mask_id
             decoded.append((prev & ~now)[0].nonzero().flatten().tolist())
             prev = now
+
         _, nfe = model.generate(1, 3, callback=record, kv_cache=kv_cache, generator=gen(0))
         assert nfe == 6 and [len(d) for d in decoded] == [2, 1, 2, 1, 1, 1]
         sequential = [d[0] for d in decoded[3:]]
@@ -351,15 +427,19 @@ def test_block_order_decodes_evenly_spaced_streams():
     """Each diffusion step decodes one stream: no two of its tokens closer than S (the number of diffusion
     steps) positions, whatever L, alpha_0, T and prompt; the sizes stay shared by the rows."""
     known = torch.zeros(2, 64, dtype=torch.bool)
-    sigma, sizes = eso.sampling_order(known, [16, 15, 17, 16], True, gen(0))  # alpha_0 = 1, S = 4 divides L
+    sigma, sizes = eso.sampling_order(
+        known, [16, 15, 17, 16], True, gen(0)
+    )  # alpha_0 = 1, S = 4 divides L
     assert sizes == [16] * 4
     for b in range(2):
         assert sorted(sigma[b].tolist()) == list(range(64))
         for j in range(4):  # step j: one residue class mod 4, as the authors' code decodes
-            assert len({p % 4 for p in sigma[b, 16 * j:16 * j + 16].tolist()}) == 1
-    for L, alpha_0, T, prompt in itertools.product([37, 64, 100], [1.0, 0.5, 0.2], [3, 8, 30], [False, True]):
+            assert len({p % 4 for p in sigma[b, 16 * j : 16 * j + 16].tolist()}) == 1
+    for L, alpha_0, T, prompt in itertools.product(
+        [37, 64, 100], [1.0, 0.5, 0.2], [3, 8, 30], [False, True]
+    ):
         known = torch.zeros(3, L, dtype=torch.bool)
-        known[:, :5 * prompt] = True
+        known[:, : 5 * prompt] = True
         n_masked = L - 5 * prompt
         schedule = eso.unmask_schedule(n_masked, T, alpha_0, gen(L + T), "cpu")
         sigma, sizes = eso.sampling_order(known, schedule, True, gen(1))
@@ -368,7 +448,7 @@ def test_block_order_decodes_evenly_spaced_streams():
         assert all(sorted(r) == list(range(L)) for r in sigma.tolist())
         start = 5 * prompt
         for size in sizes:  # within a step, every two tokens are S or more positions apart
-            step = sigma[:, start:start + size].sort(1).values
+            step = sigma[:, start : start + size].sort(1).values
             assert size < 2 or (step.diff(dim=1) >= S).all(), (L, alpha_0, T, prompt)
             start += size
         assert (sigma[:, start:].diff(dim=1) > 0).all()  # the sequential positions, left to right
@@ -392,9 +472,13 @@ def test_sequential_fast_path_needs_the_clean_tokens_first(monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("variant, alpha_0, with_canvas, order",
-                         list(itertools.product("BA", [0.0, 0.5, 1.0], [False, True], ["random", "block"])))
-def test_cached_sampling_equals_the_uncached_reference(variant, alpha_0, with_canvas, order, device):
+@pytest.mark.parametrize(
+    "variant, alpha_0, with_canvas, order",
+    list(itertools.product("BA", [0.0, 0.5, 1.0], [False, True], ["random", "block"])),
+)
+def test_cached_sampling_equals_the_uncached_reference(
+    variant, alpha_0, with_canvas, order, device
+):
     model = tiny(alpha_0, variant, device=device)
     canvas = None
     if with_canvas:  # a prompt and two infilling anchors
@@ -404,8 +488,14 @@ def test_cached_sampling_equals_the_uncached_reference(variant, alpha_0, with_ca
     for kv_cache in (True, False):
         logits = []
         hook = model.lm_head.register_forward_hook(lambda m, i, out: logits.append(out.clone()))
-        tokens, nfe = model.generate(3, 7, canvas=canvas, block_order=order == "block", kv_cache=kv_cache,
-                                     generator=gen(1, device))
+        tokens, nfe = model.generate(
+            3,
+            7,
+            canvas=canvas,
+            block_order=order == "block",
+            kv_cache=kv_cache,
+            generator=gen(1, device),
+        )
         hook.remove()
         runs.append((tokens, nfe, logits))
     (t1, n1, l1), (t2, n2, l2) = runs
@@ -424,20 +514,37 @@ def test_generate_is_reproducible_and_respects_sampling_alpha():
     a = model.generate(2, 4, generator=gen(7))
     b = model.generate(2, 4, generator=gen(7))
     assert torch.equal(a[0], b[0]) and a[1] == b[1]
-    assert model.generate(1, 4, alpha_0=0.0, generator=gen(0))[1] == 24  # pure AR: one token per step
-    assert model.generate(1, 4, alpha_0=1.0, generator=gen(0))[1] <= 4  # pure diffusion: at most T steps
+    assert (
+        model.generate(1, 4, alpha_0=0.0, generator=gen(0))[1] == 24
+    )  # pure AR: one token per step
+    assert (
+        model.generate(1, 4, alpha_0=1.0, generator=gen(0))[1] <= 4
+    )  # pure diffusion: at most T steps
     full = torch.randint(0, 11, (1, 24))
     assert model.generate(2, 4, canvas=full)[1] == 0  # nothing to decode
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(steps=0), "steps"), (dict(steps=2.5), "steps"), (dict(steps="8"), "steps"), (dict(steps=True), "steps"),
-    (dict(num_samples=1.5), "num_samples"), (dict(alpha_0=-0.1), "alpha_0"), (dict(temperature=0.0), "temperature"),
-    (dict(top_p=float("nan")), "top_p"),
-    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
-    (dict(canvas=torch.zeros(1, 5, dtype=torch.long)), "canvas"), (dict(num_samples=0), "num_samples"),
-    (dict(canvas=torch.tensor([[11] * 23 + [1], [11] * 22 + [1, 1]]), num_samples=2), "same number of masks"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(steps=0), "steps"),
+        (dict(steps=2.5), "steps"),
+        (dict(steps="8"), "steps"),
+        (dict(steps=True), "steps"),
+        (dict(num_samples=1.5), "num_samples"),
+        (dict(alpha_0=-0.1), "alpha_0"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(top_p=float("nan")), "top_p"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(canvas=torch.zeros(1, 5, dtype=torch.long)), "canvas"),
+        (dict(num_samples=0), "num_samples"),
+        (
+            dict(canvas=torch.tensor([[11] * 23 + [1], [11] * 22 + [1, 1]]), num_samples=2),
+            "same number of masks",
+        ),
+    ],
+)
 def test_generate_rejects_bad_arguments(kw, msg):
     model = tiny(0.5)
     args = dict(num_samples=1, steps=4) | kw
@@ -469,7 +576,9 @@ def tempered_nucleus(logits, temperature, top_p):
 
 
 @pytest.mark.parametrize("wide", [True, False], ids=["float64", "float32"])
-@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.6, 1.0), (1.7, 1.0), (1.0, 0.7), (0.8, 0.9)])
+@pytest.mark.parametrize(
+    "temperature, top_p", [(1.0, 1.0), (0.6, 1.0), (1.7, 1.0), (1.0, 0.7), (0.8, 0.9)]
+)
 def test_sampled_tokens_follow_the_tempered_nucleus_law(temperature, top_p, wide, monkeypatch):
     """200,000 draws from one row of logits: every token's frequency lies within 5 binomial standard
     deviations of softmax(logits / T) restricted to the top-p nucleus, and tokens outside never appear.
@@ -501,15 +610,20 @@ def test_float32_sampling_keeps_the_tail_where_a_running_sum_would_round_it_away
     cannot show the failure, so this emulates a coarse accumulator (8-bit mantissa, bf16's): the same
     failure as float32's, at a 2^16 times smaller vocabulary. Head token 0 has p = 7/8 and 128 tail
     tokens 2^-10 each: added after the head, each is below half an ulp of the sum and adds nothing."""
-    def coarse_cumsum(self, dim=-1):  # sequential sum, rounded to 8 significant bits after every addition
+
+    def coarse_cumsum(
+        self, dim=-1
+    ):  # sequential sum, rounded to 8 significant bits after every addition
         out, acc = torch.empty_like(self), torch.zeros(self.shape[:-1])
         for i in range(self.size(-1)):
             acc = (acc + self[..., i]).to(torch.bfloat16).float()
             out[..., i] = acc
         return out
 
-    p = torch.tensor([7 / 8] + [2 ** -10] * 128)
-    largest_first = coarse_cumsum(p)  # the accumulator has teeth: summed head first, the tail vanishes
+    p = torch.tensor([7 / 8] + [2**-10] * 128)
+    largest_first = coarse_cumsum(
+        p
+    )  # the accumulator has teeth: summed head first, the tail vanishes
     assert largest_first[-1] == largest_first[0] == 7 / 8
     monkeypatch.setattr(torch.Tensor, "cumsum", coarse_cumsum)
     monkeypatch.setattr(eso, "has_float64", lambda device: False)
@@ -533,8 +647,8 @@ def test_iw_bound_with_enough_orders_is_the_exact_any_order_likelihood():
         lp = 0.0
         for l in range(4):  # condition on the true tokens decoded before, via a causal forward
             idx = torch.cat([x.gather(1, order[:, :l]), torch.full((2, 1), model.mask_id)], 1)
-            logits = model.lm_head(model.hidden(idx, order[:, :l + 1]))[:, -1]
-            lp = lp + logits.log_softmax(-1).gather(1, x.gather(1, order[:, l:l + 1])).squeeze(1)
+            logits = model.lm_head(model.hidden(idx, order[:, : l + 1]))[:, -1]
+            lp = lp + logits.log_softmax(-1).gather(1, x.gather(1, order[:, l : l + 1])).squeeze(1)
         log_p.append(lp)
     exact = -(torch.logsumexp(torch.stack(log_p), 0) - math.log(24)).mean() / 4
     # K orders estimate p(x) without bias, so -log of it is an upper bound in expectation that
@@ -562,7 +676,9 @@ def test_python_eso_py_prints_the_worked_example_of_its_docstring(capsys):
 def test_likelihood_rejects_variant_a_except_at_alpha0_zero_where_a_is_b():
     with pytest.raises(ValueError, match="variant B"):
         tiny(1.0, "A").likelihood(torch.zeros(1, 24, dtype=torch.long), 2)
-    x = torch.randint(0, 11, (2, 24), generator=gen(0))  # at alpha_0 = 0 there is no clean block: A = B
+    x = torch.randint(
+        0, 11, (2, 24), generator=gen(0)
+    )  # at alpha_0 = 0 there is no clean block: A = B
     torch.testing.assert_close(tiny(0.0, "A").likelihood(x, 1), tiny(0.0, "B").likelihood(x, 1))
 
 
@@ -620,8 +736,10 @@ class MadeWithoutDevice(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in
-               torch.utils._pytree.tree_leaves(out)):
+        if any(
+            isinstance(t, torch.Tensor) and t.device.type == "meta"
+            for t in torch.utils._pytree.tree_leaves(out)
+        ):
             self.calls.append(getattr(func, "__name__", str(func)))
         return out
 
@@ -638,7 +756,14 @@ def test_every_tensor_is_made_on_the_models_device(variant):
     try:
         with MadeWithoutDevice() as spy:
             for kv_cache, block_order in itertools.product((True, False), (False, True)):
-                model.generate(2, 5, canvas=canvas, block_order=block_order, kv_cache=kv_cache, generator=gen(1))
+                model.generate(
+                    2,
+                    5,
+                    canvas=canvas,
+                    block_order=block_order,
+                    kv_cache=kv_cache,
+                    generator=gen(1),
+                )
             model.train()
             model.loss(x, generator=gen(2))[0].backward()
             model.eval()
@@ -658,6 +783,7 @@ def test_training_and_evaluation_compile_once_per_shape(variant, device, monkeyp
     steps and 3 evaluations on fresh batches: one graph per (mode, n_skip) and no graph break. With
     chunks of 4 slots, n_skip takes several values here, which used to be one recompile each."""
     from torch._dynamo.utils import counters
+
     monkeypatch.setattr(eso.SequentialPattern, "GROUP", 4)
     torch._dynamo.reset()
     counters.clear()
@@ -694,6 +820,7 @@ def logged_generate(model, monkeypatch, forced=None, **kw):
         logits.append(step_logits.clone())
         drawn.append(real(step_logits, *args, **kwargs) if forced is None else forced[len(drawn)])
         return drawn[-1]
+
     with monkeypatch.context() as m:
         m.setattr(eso, "sample_tokens", spy)
         tokens, nfe = model.generate(**kw)
@@ -705,6 +832,7 @@ def dynamo_eager(monkeypatch):
     """generate(compile=True) through Dynamo's eager backend: the same graphs, guards and shapes as
     inductor's, without the seconds of code generation; KEY_BLOCK 8, so that the keys attended vary."""
     import functools
+
     torch._dynamo.reset()
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     monkeypatch.setattr(eso, "_COMPILED_STEPS", {})
@@ -720,15 +848,22 @@ def prompt_canvas(model):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("variant, alpha_0, with_canvas", list(itertools.product("BA", [0.0, 0.5, 1.0], [False, True])))
-def test_compiled_step_gives_the_eager_steps_logits(variant, alpha_0, with_canvas, device, dynamo_eager, monkeypatch):
+@pytest.mark.parametrize(
+    "variant, alpha_0, with_canvas", list(itertools.product("BA", [0.0, 0.5, 1.0], [False, True]))
+)
+def test_compiled_step_gives_the_eager_steps_logits(
+    variant, alpha_0, with_canvas, device, dynamo_eager, monkeypatch
+):
     """A whole sampling run of the compiled step (chunks widened to bucket sizes, the keys attended
     rounded up) against the eager step fed the same tokens: the logits agree at every step."""
     model = tiny(alpha_0, variant, device=device)
     kw = dict(num_samples=3, steps=7, canvas=prompt_canvas(model) if with_canvas else None)
-    tokens, nfe, fast, drawn = logged_generate(model, monkeypatch, compile=True, generator=gen(1, device), **kw)
-    eager_tokens, eager_nfe, slow, _ = logged_generate(model, monkeypatch, forced=drawn, generator=gen(1, device),
-                                                       **kw)
+    tokens, nfe, fast, drawn = logged_generate(
+        model, monkeypatch, compile=True, generator=gen(1, device), **kw
+    )
+    eager_tokens, eager_nfe, slow, _ = logged_generate(
+        model, monkeypatch, forced=drawn, generator=gen(1, device), **kw
+    )
     assert nfe == eager_nfe == len(fast) == len(slow) and torch.equal(tokens, eager_tokens)
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
@@ -738,10 +873,14 @@ def test_compiled_sampling_compiles_a_handful_of_graphs_once(dynamo_eager, monke
     """One graph per chunk size (two at most: a first trace that attends over every slot specializes),
     whatever the number of keys attended; a second run of the same sampling compiles nothing."""
     from torch._dynamo.utils import counters
+
     counters.clear()
     sizes, real = set(), eso.static_window
-    monkeypatch.setattr(eso, "static_window", lambda lo, hi, L: sizes.add(real(lo, hi, L)[1] - real(lo, hi, L)[0])
-                        or real(lo, hi, L))
+    monkeypatch.setattr(
+        eso,
+        "static_window",
+        lambda lo, hi, L: sizes.add(real(lo, hi, L)[1] - real(lo, hi, L)[0]) or real(lo, hi, L),
+    )
     model = tiny(0.5, L=64)
     model.generate(2, 8, compile=True, generator=gen(0))
     graphs = counters["stats"]["unique_graphs"]
@@ -749,7 +888,9 @@ def test_compiled_sampling_compiles_a_handful_of_graphs_once(dynamo_eager, monke
     model.generate(2, 8, compile=True, generator=gen(0))
     assert counters["stats"]["unique_graphs"] == graphs
     seen = set(sizes)
-    model.generate(2, 10 ** 6, alpha_0=0.0, compile=True, generator=gen(1))  # one token per step: P <= 2
+    model.generate(
+        2, 10**6, alpha_0=0.0, compile=True, generator=gen(1)
+    )  # one token per step: P <= 2
     assert counters["stats"]["unique_graphs"] - graphs <= 2 * len(sizes - seen)
 
 
@@ -761,38 +902,60 @@ def test_compiled_step_with_inductor_writes_the_cache_in_place(device, monkeypat
     monkeypatch.setattr(eso, "_COMPILED_STEPS", {})
     model = tiny(0.5, L=16, device=device)
     kw = dict(num_samples=2, steps=4, canvas=prompt_canvas(model)[:, :16])
-    tokens, nfe, fast, drawn = logged_generate(model, monkeypatch, compile=True, generator=gen(2, device), **kw)
-    _, _, slow, _ = logged_generate(model, monkeypatch, forced=drawn, generator=gen(2, device), **kw)
+    tokens, nfe, fast, drawn = logged_generate(
+        model, monkeypatch, compile=True, generator=gen(2, device), **kw
+    )
+    _, _, slow, _ = logged_generate(
+        model, monkeypatch, forced=drawn, generator=gen(2, device), **kw
+    )
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
     torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("device", [d for d in DEVICES if d != "mps"])
-def test_bf16_autocast_trains_evaluates_and_samples_from_float32_logits(device, dataset, tmp_path, run, monkeypatch,
-                                                                         dynamo_eager):
+def test_bf16_autocast_trains_evaluates_and_samples_from_float32_logits(
+    device, dataset, tmp_path, run, monkeypatch, dynamo_eager
+):
     """bf16 autocast (the CPU's stands in for CUDA's): finite losses, valid tokens from the eager and the
     compiled cached step, and the logits that reach sample_tokens and the likelihood are float32."""
     model = tiny(0.5, big=False, device=device)
     x = torch.randint(0, 11, (4, 24), generator=gen(0)).to(device)
     seen, real = [], eso.sample_tokens
-    monkeypatch.setattr(eso, "sample_tokens",
-                        lambda logits, *a, **k: seen.append(logits.dtype) or real(logits, *a, **k))
+    monkeypatch.setattr(
+        eso,
+        "sample_tokens",
+        lambda logits, *a, **k: seen.append(logits.dtype) or real(logits, *a, **k),
+    )
     with torch.autocast(device, dtype=torch.bfloat16):
         loss, _ = model.loss(x, generator=gen(1, device))
         loss.backward()
         model.eval()
         with torch.no_grad():
             val = model.loss(x, "elbo", gen(2, device))[0]
-            assert model.logits(model.hidden(x, torch.arange(24, device=device).expand(4, -1))).dtype == torch.float32
+            assert (
+                model.logits(model.hidden(x, torch.arange(24, device=device).expand(4, -1))).dtype
+                == torch.float32
+            )
             bound = model.likelihood(x, 2, gen(3, device))
-        runs = [model.generate(3, 6, compile=compile, generator=gen(4, device)) for compile in (False, True)]
+        runs = [
+            model.generate(3, 6, compile=compile, generator=gen(4, device))
+            for compile in (False, True)
+        ]
     assert all(torch.isfinite(v) for v in (loss, val, bound))
     assert set(seen) == {torch.float32} and len(seen) == sum(nfe for _, nfe in runs)
     for tokens, _ in runs:
         assert tokens.shape == (3, 24) and (tokens >= 0).all() and (tokens < 11).all()
-    code, out, err = run(train, f"--dataset={dataset}", f"--out_dir={tmp_path}", "--max_iters=2",
-                         "--eval_interval=2", "--dtype=bfloat16", f"--device={device}", *TINY)
+    code, out, err = run(
+        train,
+        f"--dataset={dataset}",
+        f"--out_dir={tmp_path}",
+        "--max_iters=2",
+        "--eval_interval=2",
+        "--dtype=bfloat16",
+        f"--device={device}",
+        *TINY,
+    )
     assert code == 0 and "bfloat16" in out, err
 
 
@@ -800,8 +963,10 @@ def test_bf16_autocast_trains_evaluates_and_samples_from_float32_logits(device, 
 # data/prepare.py, train.py, sample.py and evaluate.py as a user runs them; in this process where
 # a subprocess is not the point (cli.run gives the same exit status and output), in one where it is.
 
+
 def corpus_text(n_topics=40):
     import pydoc_data.topics as topics
+
     return "\n\n".join(topics.topics[k] for k in sorted(topics.topics)[:n_topics])
 
 
@@ -822,10 +987,14 @@ def dataset(tmp_path_factory):
 def trained(dataset, tmp_path_factory):
     """A tiny model trained 6 iterations with EMA (validation at 3 and 6), and an alpha_0 = 0 judge."""
     out, judge = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("judge")
-    for d, extra in ((out, ["--max_iters=6", "--eval_interval=3", "--ema=0.5"]),
-                     (judge, ["--alpha_0=0", "--max_iters=2", "--eval_interval=2"])):
+    for d, extra in (
+        (out, ["--max_iters=6", "--eval_interval=3", "--ema=0.5"]),
+        (judge, ["--alpha_0=0", "--max_iters=2", "--eval_interval=2"]),
+    ):
         with pytest.raises(SystemExit) as e:
-            cli.run(train.main, "train.py", [f"--dataset={dataset}", f"--out_dir={d}", *extra, *TINY])
+            cli.run(
+                train.main, "train.py", [f"--dataset={dataset}", f"--out_dir={d}", *extra, *TINY]
+            )
         assert e.value.code == 0
     return out, judge
 
@@ -845,47 +1014,75 @@ def max_weight_difference(a, b):
 
 def test_prepare_writes_tokens_that_decode_back_to_the_text(tmp_path):
     src = tmp_path / "a.txt"
-    paragraphs = [f"Paragraph {i}: the quick brown fox jumps over the lazy dog, {'é' * (i % 3)} {i * i}."
-                  for i in range(400)]
+    paragraphs = [
+        f"Paragraph {i}: the quick brown fox jumps over the lazy dog, {'é' * (i % 3)} {i * i}."
+        for i in range(400)
+    ]
     src.write_text("\n\n".join(paragraphs))
     name = f"pytest-decode-{os.getpid()}"
     try:
         out, meta = prepare.prepare(inputs=[str(src)], name=name, val_fraction=0.1)
         enc = prepare.get_tokenizer("bytes")
         train_ids, val_ids, meta2 = prepare.load_dataset(name, 32)
-        assert meta2 == meta and meta["train_tokens"] == len(train_ids) and meta["val_tokens"] == len(val_ids)
-        assert meta["documents"] == 400 and meta["vocab_size"] == 256 and meta["tokenizer"] == "bytes"
+        assert (
+            meta2 == meta
+            and meta["train_tokens"] == len(train_ids)
+            and meta["val_tokens"] == len(val_ids)
+        )
+        assert (
+            meta["documents"] == 400 and meta["vocab_size"] == 256 and meta["tokenizer"] == "bytes"
+        )
         val_docs = enc.decode(val_ids.tolist()).split("\n\n")[:-1]
         assert val_docs == paragraphs[9::10]  # every 10th paragraph, deterministically
-        assert enc.decode(train_ids.tolist()).split("\n\n")[:-1] == [p for i, p in enumerate(paragraphs) if i % 10 != 9]
+        assert enc.decode(train_ids.tolist()).split("\n\n")[:-1] == [
+            p for i, p in enumerate(paragraphs) if i % 10 != 9
+        ]
         with pytest.raises(prepare.PrepareError, match="--overwrite"):
             prepare.prepare(inputs=[str(src)], name=name)
         before = (out / "train.bin").read_bytes()
         src.write_text("tiny")
         with pytest.raises(prepare.PrepareError, match="too short"):
             prepare.prepare(inputs=[str(src)], name=name, overwrite=True)
-        assert (out / "train.bin").read_bytes() == before and (out / "meta.json").exists()  # nothing lost
+        assert (out / "train.bin").read_bytes() == before and (
+            out / "meta.json"
+        ).exists()  # nothing lost
         assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
         with pytest.raises(prepare.PrepareError, match="fewer than one training sequence"):
-            prepare.load_dataset(name, 10 ** 6)
+            prepare.load_dataset(name, 10**6)
     finally:
         for f in (ROOT / "data" / name).glob("*"):
             f.unlink()
         (ROOT / "data" / name).rmdir()
 
 
-@pytest.mark.parametrize("case, msg", [
-    ("missing", "no such file"), ("empty", "is empty"), ("latin1", "not UTF-8"), ("folder", "is a folder"),
-    ("short", "too short"), ("name", "must be letters"), ("noname", "needs --name"),
-])
+@pytest.mark.parametrize(
+    "case, msg",
+    [
+        ("missing", "no such file"),
+        ("empty", "is empty"),
+        ("latin1", "not UTF-8"),
+        ("folder", "is a folder"),
+        ("short", "too short"),
+        ("name", "must be letters"),
+        ("noname", "needs --name"),
+    ],
+)
 def test_prepare_rejects_bad_input_with_one_line(tmp_path, case, msg):
     f = tmp_path / "in.txt"
-    f.write_bytes({"empty": b"  \n", "latin1": "caf\xe9 ol\xe9".encode("latin1"), "short": b"hello\n\nworld"}.get(case, b"x"))
+    f.write_bytes(
+        {
+            "empty": b"  \n",
+            "latin1": "caf\xe9 ol\xe9".encode("latin1"),
+            "short": b"hello\n\nworld",
+        }.get(case, b"x")
+    )
     target = {"missing": tmp_path / "nope.txt", "folder": tmp_path}.get(case, f)
     name = {"name": "../escape", "noname": None}.get(case, f"pytest-bad-{case}")
     args = ["data/prepare.py", "--input", str(target)] + (["--name", name] if name else [])
     r = py(*args)
-    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (
+        r.stderr
+    )
     assert not (ROOT / "data" / f"pytest-bad-{case}").exists()  # nothing half-written
 
 
@@ -917,6 +1114,7 @@ def test_prepare_gpt2_offline_says_how_to_fix_it(monkeypatch):
 def test_prepare_interrupted_says_so(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(prepare, "prepare", interrupted)
     with pytest.raises(SystemExit) as e:
         prepare.main(["--name", "never"])
@@ -926,26 +1124,54 @@ def test_prepare_interrupted_says_so(monkeypatch, capsys):
 
 def test_scripts_stand_on_eso_and_the_data_floor_only():
     """Two floors: no script imports another script, and nothing edits sys.path."""
-    for path in ["eso.py", "cli.py", "train.py", "sample.py", "evaluate.py", "bench.py", "data/prepare.py"]:
+    for path in [
+        "eso.py",
+        "cli.py",
+        "train.py",
+        "sample.py",
+        "evaluate.py",
+        "bench.py",
+        "data/prepare.py",
+    ]:
         text = (ROOT / path).read_text()
         assert not re.search(r"^(from|import) (train|sample|bench|evaluate)\b", text, re.M), path
         assert not re.search(r"sys\.path\.(insert|append)", text), path
 
 
 def test_cli_errors_are_one_line_and_help_lists_every_default(run, capsys):
-    for args, msg in [(["--max_iter=3"], "did you mean --max_iters"), (["--max_iters=1.5"], "integer"),
-                      (["--learning_rate=fast"], "a number"), (["--alpha_0=1.5"], "alpha_0"),
-                      (["--variant=C"], "one of"), (["--compile=maybe"], "True or False"),
-                      (["--batch_size=0"], "--batch_size"), (["--dataset=never-prepared"], "never prepared"),
-                      (["stray"], "unexpected argument"), (["--device=gpu"], "--device"),
-                      (["--dtype=float16", "--device=cpu"], "does not run on cpu")]:
+    for args, msg in [
+        (["--max_iter=3"], "did you mean --max_iters"),
+        (["--max_iters=1.5"], "integer"),
+        (["--learning_rate=fast"], "a number"),
+        (["--alpha_0=1.5"], "alpha_0"),
+        (["--variant=C"], "one of"),
+        (["--compile=maybe"], "True or False"),
+        (["--batch_size=0"], "--batch_size"),
+        (["--dataset=never-prepared"], "never prepared"),
+        (["stray"], "unexpected argument"),
+        (["--device=gpu"], "--device"),
+        (["--dtype=float16", "--device=cpu"], "does not run on cpu"),
+    ]:
         code, _, err = run(train, *args)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (args, err)
-    config, given = cli.parse(train.CONFIG, ["--learning_rate=1", "--compile=False", "--batch_split", "0.25",
-                                             "--eval_only"], "")
-    assert config["learning_rate"] == 1.0 and config["compile"] is False and config["batch_split"] == 0.25
-    assert config["eval_only"] is True and given == {"learning_rate", "compile", "batch_split", "eval_only"}
+    config, given = cli.parse(
+        train.CONFIG,
+        ["--learning_rate=1", "--compile=False", "--batch_split", "0.25", "--eval_only"],
+        "",
+    )
+    assert (
+        config["learning_rate"] == 1.0
+        and config["compile"] is False
+        and config["batch_split"] == 0.25
+    )
+    assert config["eval_only"] is True and given == {
+        "learning_rate",
+        "compile",
+        "batch_split",
+        "eval_only",
+    }
     import bench
+
     for module in (train, sample, evaluate, bench):
         with pytest.raises(SystemExit) as e:
             cli.parse(module.CONFIG, ["--help"], module.__doc__)
@@ -960,13 +1186,25 @@ def test_cli_errors_are_one_line_and_help_lists_every_default(run, capsys):
 def test_word_and_blank_shares():
     vocab = evaluate.corpus_words("The while statement repeats.")
     texts = ["the WHILE loop", "xy repeats,   "]  # "xy" is too short to count
-    assert evaluate.word_share(texts, vocab, 3) == (3, 4) and evaluate.word_share(texts, vocab, 4) == (2, 3)
+    assert evaluate.word_share(texts, vocab, 3) == (3, 4) and evaluate.word_share(
+        texts, vocab, 4
+    ) == (2, 3)
     assert evaluate.blank_share(["ab   c", "d  e"]) == 3 / 10
     assert evaluate.unigram_entropy(torch.tensor([[1, 1, 2, 2]])) == pytest.approx(math.log(2))
 
 
 def test_evaluate_draws_what_sample_draws():
-    for key in ("steps", "alpha_0", "top_p", "temperature", "block_order", "compile", "seed", "device", "dtype"):
+    for key in (
+        "steps",
+        "alpha_0",
+        "top_p",
+        "temperature",
+        "block_order",
+        "compile",
+        "seed",
+        "device",
+        "dtype",
+    ):
         assert evaluate.CONFIG[key] == sample.CONFIG[key], key
 
 
@@ -981,32 +1219,66 @@ def test_sample_compiled_prints_the_samples_of_the_eager_step(trained, run, dyna
 def test_train_sample_evaluate_pipeline(dataset, trained, run):
     out, judge = trained
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)  # tensors and plain values only
-    assert ckpt["iter_num"] == 6 and ckpt["tokenizer"] == "bytes" and ckpt["config"]["block_size"] == 32
+    assert (
+        ckpt["iter_num"] == 6
+        and ckpt["tokenizer"] == "bytes"
+        and ckpt["config"]["block_size"] == 32
+    )
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
     vals = [rec["val"]["nelbo"] for rec in log_of(out) if "val" in rec]
     assert len(vals) == 2 and all(math.isfinite(v) for v in vals)
     code, stdout, err = run(sample, f"--out_dir={out}", "--num_samples=2", "--steps=8")
-    assert code == 0 and "NFE" in stdout and "tokens/s" in stdout and stdout.count("-" * 60) == 2, err
-    code, stdout, _ = run(sample, f"--out_dir={out}", "--num_samples=1", "--steps=8", "--prompt=The for statement")
+    assert code == 0 and "NFE" in stdout and "tokens/s" in stdout and stdout.count("-" * 60) == 2, (
+        err
+    )
+    code, stdout, _ = run(
+        sample, f"--out_dir={out}", "--num_samples=1", "--steps=8", "--prompt=The for statement"
+    )
     assert code == 0 and stdout.startswith("The for statement"), stdout
-    code, stdout, err = run(sample, f"--out_dir={out}", "--num_samples=1", "--steps=4",
-                            "--infill=Hello {{5}} world{{3}}!", "--show_steps=True")
+    code, stdout, err = run(
+        sample,
+        f"--out_dir={out}",
+        "--num_samples=1",
+        "--steps=4",
+        "--infill=Hello {{5}} world{{3}}!",
+        "--show_steps=True",
+    )
     assert code == 0, err
     final = stdout.split("--- step")[-1].split("\n", 1)[1]
     assert final.startswith("Hello ") and final.split("\n")[0].count(" world") >= 1
-    assert "--- step 0 ---\nHello _____ world___!___________\n" in stdout  # the canvas before any step
-    for args, msg in [(["--prompt=" + "x" * 40], "longer than the model's context"), (["--top_p=0"], "top_p"),
-                      (["--temperature=0"], "temperature"), (["--steps=0"], "steps"), (["--infill=no spans"], "span"),
-                      (["--prompt=FILE:/nonexistent.txt"], "cannot read"), (["--num_samples=0"], "num_samples"),
-                      (["--prompt=a", "--infill=b {{2}}"], "not both")]:
+    assert (
+        "--- step 0 ---\nHello _____ world___!___________\n" in stdout
+    )  # the canvas before any step
+    for args, msg in [
+        (["--prompt=" + "x" * 40], "longer than the model's context"),
+        (["--top_p=0"], "top_p"),
+        (["--temperature=0"], "temperature"),
+        (["--steps=0"], "steps"),
+        (["--infill=no spans"], "span"),
+        (["--prompt=FILE:/nonexistent.txt"], "cannot read"),
+        (["--num_samples=0"], "num_samples"),
+        (["--prompt=a", "--infill=b {{2}}"], "not both"),
+    ]:
         code, _, err = run(sample, f"--out_dir={out}", *args)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (args, err)
-    code, stdout, err = run(train, f"--out_dir={out}", "--eval_only=True", "--num_orders=4", f"--dataset={dataset}")
+    code, stdout, err = run(
+        train, f"--out_dir={out}", "--eval_only=True", "--num_orders=4", f"--dataset={dataset}"
+    )
     assert code == 0, err
     res = json.loads(stdout.strip().splitlines()[-1])
-    assert res["step"] == 6 and res["nelbo"] == pytest.approx(vals[-1]) and math.isfinite(res["iw_bound"])
-    code, stdout, err = run(evaluate, f"--out_dir={out}", "--num_samples=4", "--steps=8", f"--judge={judge}",
-                            "--seeds=2")
+    assert (
+        res["step"] == 6
+        and res["nelbo"] == pytest.approx(vals[-1])
+        and math.isfinite(res["iw_bound"])
+    )
+    code, stdout, err = run(
+        evaluate,
+        f"--out_dir={out}",
+        "--num_samples=4",
+        "--steps=8",
+        f"--judge={judge}",
+        "--seeds=2",
+    )
     assert code == 0, err
     res = json.loads(stdout.strip().splitlines()[-1])
     assert len(res["runs"]) == 2 and res["num_samples"] == 4 and "median of 2 seeds" in stdout
@@ -1020,9 +1292,21 @@ def test_train_sample_evaluate_pipeline(dataset, trained, run):
 def test_readme_commands_in_a_shell(dataset, tmp_path):
     """train.py then sample.py, as separate processes, the way the README runs them."""
     out = tmp_path / "run"
-    r = py("train.py", f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=2", "--eval_interval=2", *TINY)
-    assert r.returncode == 0 and "step 2: val NELBO" in r.stdout and "parameters" in r.stdout, r.stderr
-    assert "global batch 4 sequences = 4 per micro-batch x 1 micro-batch x 1 process: 128 tokens" in r.stdout
+    r = py(
+        "train.py",
+        f"--dataset={dataset}",
+        f"--out_dir={out}",
+        "--max_iters=2",
+        "--eval_interval=2",
+        *TINY,
+    )
+    assert r.returncode == 0 and "step 2: val NELBO" in r.stdout and "parameters" in r.stdout, (
+        r.stderr
+    )
+    assert (
+        "global batch 4 sequences = 4 per micro-batch x 1 micro-batch x 1 process: 128 tokens"
+        in r.stdout
+    )
     r = py("sample.py", f"--out_dir={out}", "--num_samples=1", "--steps=8")
     assert r.returncode == 0 and "NFE" in r.stdout, r.stderr
 
@@ -1032,7 +1316,9 @@ def test_learning_rate_schedule():
     lr = [train.get_lr(it, c) for it in range(200)]
     assert lr[0] == pytest.approx(1 / 11) and lr[9] == pytest.approx(10 / 11)  # linear warmup
     assert lr[10] == pytest.approx(1.0) and lr[60] == pytest.approx(0.55)  # cosine: peak, half way
-    assert lr[110] == pytest.approx(0.1) and lr[199] == pytest.approx(0.1)  # min_lr from max_iters on
+    assert lr[110] == pytest.approx(0.1) and lr[199] == pytest.approx(
+        0.1
+    )  # min_lr from max_iters on
     assert all(a >= b for a, b in zip(lr[10:], lr[11:]))
     assert train.get_lr(50, c | {"lr_schedule": "constant"}) == 1.0
 
@@ -1059,12 +1345,23 @@ def test_evaluation_and_sampling_use_the_ema_weights(dataset, trained, run):
     assert not all(torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["model"])
     c = ckpt["train_config"]
     val = prepare.load_dataset(dataset, 32)[1]
-    with_ema, with_raw = (train.evaluate(m, val, c, cli.precision("cpu")[1])["nelbo"] for m in (ema, raw))
+    with_ema, with_raw = (
+        train.evaluate(m, val, c, cli.precision("cpu")[1])["nelbo"] for m in (ema, raw)
+    )
     assert with_ema != with_raw
     code, stdout, _ = run(train, f"--out_dir={out}", "--eval_only=True", f"--dataset={dataset}")
-    assert code == 0 and json.loads(stdout.splitlines()[-1])["nelbo"] == pytest.approx(with_ema, rel=1e-6)
-    code, stdout, _ = run(sample, f"--out_dir={out}", "--num_samples=4", "--steps=8", "--seed=5", "--temperature=1",
-                          "--top_p=1")
+    assert code == 0 and json.loads(stdout.splitlines()[-1])["nelbo"] == pytest.approx(
+        with_ema, rel=1e-6
+    )
+    code, stdout, _ = run(
+        sample,
+        f"--out_dir={out}",
+        "--num_samples=4",
+        "--steps=8",
+        "--seed=5",
+        "--temperature=1",
+        "--top_p=1",
+    )
     enc = prepare.get_tokenizer("bytes")
     for model, same in ((ema, True), (raw, False)):
         tokens, _ = model.generate(4, 8, temperature=1, top_p=1, generator=gen(5))
@@ -1076,32 +1373,74 @@ def test_ddp_two_gloo_processes_train_exactly_like_one_and_resume_on_one(dataset
     """torchrun with no batch flag: 2 processes x 1 micro-batch of 4 = the global batch of one process
     with 2 micro-batches of 4; the same sequences and noise, so the same losses and weights. Resumed
     on one process with no batch flag, the run keeps its global batch of 8 and stays on the curve."""
-    args = [f"--dataset={dataset}", "--eval_interval=4", *TINY]  # a constant learning rate after warmup
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "train.py", "--device=cpu", f"--out_dir={tmp_path / 'ddp'}", "--max_iters=4", *args],
-                       cwd=ROOT, capture_output=True, text=True, timeout=240)
+    args = [
+        f"--dataset={dataset}",
+        "--eval_interval=4",
+        *TINY,
+    ]  # a constant learning rate after warmup
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "train.py",
+            "--device=cpu",
+            f"--out_dir={tmp_path / 'ddp'}",
+            "--max_iters=4",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "global batch 8 sequences = 4 per micro-batch x 1 micro-batch x 2 processes" in r.stdout
-    code, _, err = run(train, f"--out_dir={tmp_path / 'one'}", "--gradient_accumulation_steps=2", "--max_iters=8",
-                       *args)
+    code, _, err = run(
+        train,
+        f"--out_dir={tmp_path / 'one'}",
+        "--gradient_accumulation_steps=2",
+        "--max_iters=8",
+        *args,
+    )
     assert code == 0, err
-    code, stdout, err = run(train, f"--out_dir={tmp_path / 'ddp'}", "--init_from=resume", "--max_iters=8",
-                            f"--dataset={dataset}")
+    code, stdout, err = run(
+        train,
+        f"--out_dir={tmp_path / 'ddp'}",
+        "--init_from=resume",
+        "--max_iters=8",
+        f"--dataset={dataset}",
+    )
     assert code == 0 and "resuming at step 4" in stdout, err
     assert "global batch 8 sequences = 4 per micro-batch x 2 micro-batches x 1 process" in stdout
     ddp, one = train_losses(tmp_path / "ddp"), train_losses(tmp_path / "one")
-    assert sorted(ddp) == list(range(1, 9)) and all(ddp[i] == pytest.approx(one[i], rel=1e-5) for i in ddp)
+    assert sorted(ddp) == list(range(1, 9)) and all(
+        ddp[i] == pytest.approx(one[i], rel=1e-5) for i in ddp
+    )
     assert max_weight_difference(tmp_path / "ddp", tmp_path / "one") < 1e-5
     # a global batch that cannot be shared out is refused in one line
-    code, _, err = run(train, f"--out_dir={tmp_path / 'ddp'}", "--init_from=resume", "--max_iters=9",
-                       f"--dataset={dataset}", "--batch_size=3")
-    assert code == 2 and "global batch of 8 sequences does not split" in err and err.count("\n") == 1
+    code, _, err = run(
+        train,
+        f"--out_dir={tmp_path / 'ddp'}",
+        "--init_from=resume",
+        "--max_iters=9",
+        f"--dataset={dataset}",
+        "--batch_size=3",
+    )
+    assert (
+        code == 2 and "global batch of 8 sequences does not split" in err and err.count("\n") == 1
+    )
 
 
 def test_gradient_accumulation_equals_a_bigger_batch(dataset, tmp_path, run):
     """At alpha_0 = 0 the loss draws no noise that matters: 2 micro-batches of 4 = 1 batch of 8."""
     args = [f"--dataset={dataset}", "--max_iters=3", "--eval_interval=3", "--alpha_0=0", *TINY]
-    assert run(train, f"--out_dir={tmp_path / 'accum'}", "--gradient_accumulation_steps=2", *args)[0] == 0
+    assert (
+        run(train, f"--out_dir={tmp_path / 'accum'}", "--gradient_accumulation_steps=2", *args)[0]
+        == 0
+    )
     assert run(train, f"--out_dir={tmp_path / 'big'}", *args, "--batch_size=8")[0] == 0
     a, b = train_losses(tmp_path / "accum"), train_losses(tmp_path / "big")
     assert all(a[i] == pytest.approx(b[i], rel=1e-5) for i in (1, 2, 3))
@@ -1114,7 +1453,9 @@ class NoFloat64(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else [out]:
-            assert not (isinstance(t, torch.Tensor) and t.dtype == torch.float64), f"{func} made a float64 tensor"
+            assert not (isinstance(t, torch.Tensor) and t.dtype == torch.float64), (
+                f"{func} made a float64 tensor"
+            )
         return out
 
 
@@ -1132,7 +1473,9 @@ def test_without_float64_sampling_and_validation_need_none(dataset, monkeypatch)
         narrow = train.evaluate(model, val, c, cli.precision("cpu")[1])
         with pytest.raises(AssertionError, match="float64"):  # the guard itself works
             torch.zeros(2, dtype=torch.float64)
-    assert torch.equal(tokens[0], tokens[1]) and not torch.equal(tokens[0], expected[0])  # another law, same draws
+    assert torch.equal(tokens[0], tokens[1]) and not torch.equal(
+        tokens[0], expected[0]
+    )  # another law, same draws
     assert narrow == pytest.approx(wide, rel=1e-6)
 
 
@@ -1140,13 +1483,34 @@ def test_bench_runs_at_tiny_sizes(run, dynamo_eager):
     """bench.py end to end (in this process, tiny sizes, the compiled cases through Dynamo's eager
     backend) so that it cannot rot; its JSON has every figure."""
     import bench
-    code, stdout, err = run(bench, "--lengths=32", "--n_layer=1", "--n_head=2", "--n_embd=32", "--repeats=1",
-                            "--parallel=4", "--train_alphas=1,0.5,0", "--big_vocab=500", "--fresh=False")
+
+    code, stdout, err = run(
+        bench,
+        "--lengths=32",
+        "--n_layer=1",
+        "--n_head=2",
+        "--n_embd=32",
+        "--repeats=1",
+        "--parallel=4",
+        "--train_alphas=1,0.5,0",
+        "--big_vocab=500",
+        "--fresh=False",
+    )
     assert code == 0, err
     res = json.loads(stdout.strip().splitlines()[-1])
     methods = {r["method"] for r in res["sampling"]}
-    assert {"floor_2row", "floor_1row", "eso_cached", "eso_alpha0", "ar", "eso_T=L/4", "eso_uncached",
-            "gpt2_vocab", "eso_compiled", "eso_compiled_T=L/16"} <= methods
+    assert {
+        "floor_2row",
+        "floor_1row",
+        "eso_cached",
+        "eso_alpha0",
+        "ar",
+        "eso_T=L/4",
+        "eso_uncached",
+        "gpt2_vocab",
+        "eso_compiled",
+        "eso_compiled_T=L/16",
+    } <= methods
     ratios = res["ratios"]["32"]
     assert ratios["step_over_2row_floor"] > 0 and 0 < ratios["gpt2_vocab_sampling_share"] < 1
     assert ratios["eso_compiled_over_floor"] > 0 and ratios["compiled_over_eager"] > 0
@@ -1177,37 +1541,70 @@ def test_signal_saves_and_resume_continues_the_same_curve(dataset, tmp_path, run
     # interrupted run cannot finish before the signal, and the reference stops where the resumed run does.
     args = [f"--dataset={dataset}", "--eval_interval=100000", *TINY]
     out = tmp_path / "run"
-    p = subprocess.Popen([sys.executable, "train.py", f"--out_dir={out}", "--max_iters=100000", *args], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: (out / "log.jsonl").exists() and len((out / "log.jsonl").read_text().splitlines()) >= 3)
+    p = subprocess.Popen(
+        [sys.executable, "train.py", f"--out_dir={out}", "--max_iters=100000", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert wait_for(
+        lambda: (
+            (out / "log.jsonl").exists() and len((out / "log.jsonl").read_text().splitlines()) >= 3
+        )
+    )
     p.send_signal(sig)
     stdout, stderr = p.communicate(timeout=120)
     assert p.returncode == 128 + sig, stderr
     stopped = torch.load(out / "ckpt.pt", weights_only=True)["iter_num"]
     end = stopped + 5
     assert stopped >= 3 and f"at step {stopped}: saved" in stdout
-    code, stdout, err = run(train, f"--out_dir={out}", "--init_from=resume", f"--max_iters={end}",
-                            f"--dataset={dataset}")
+    code, stdout, err = run(
+        train,
+        f"--out_dir={out}",
+        "--init_from=resume",
+        f"--max_iters={end}",
+        f"--dataset={dataset}",
+    )
     assert code == 0 and f"resuming at step {stopped}" in stdout, err
     assert run(train, f"--out_dir={tmp_path / 'ref'}", f"--max_iters={end}", *args)[0] == 0
     a, b = train_losses(tmp_path / "ref"), train_losses(out)
     assert sorted(b) == list(range(1, end + 1))
-    assert [b[i] for i in range(1, end + 1)] == [a[i] for i in range(1, end + 1)]  # the same curve, exactly
+    assert [b[i] for i in range(1, end + 1)] == [
+        a[i] for i in range(1, end + 1)
+    ]  # the same curve, exactly
 
 
 def test_kill_9_leaves_the_previous_checkpoint_loadable(dataset, tmp_path, run):
     out = tmp_path / "run"
     for delay in (0.0, 0.13, 0.31):
-        p = subprocess.Popen([sys.executable, "train.py", f"--out_dir={out}", f"--dataset={dataset}",
-                              "--max_iters=100000", "--eval_interval=1", *TINY], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "train.py",
+                f"--out_dir={out}",
+                f"--dataset={dataset}",
+                "--max_iters=100000",
+                "--eval_interval=1",
+                *TINY,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         assert wait_for(lambda: (out / "ckpt.pt").exists())
         time.sleep(delay)
         p.kill()
         p.wait()
         cli.load_checkpoint(out / "ckpt.pt")
-    code, _, err = run(train, f"--out_dir={out}", "--init_from=resume", f"--dataset={dataset}", "--max_iters=3",
-                       "--eval_interval=100")
+    code, _, err = run(
+        train,
+        f"--out_dir={out}",
+        "--init_from=resume",
+        f"--dataset={dataset}",
+        "--max_iters=3",
+        "--eval_interval=100",
+    )
     assert code == 0, err
 
 
@@ -1241,9 +1638,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, mo
         return loss, parts
 
     monkeypatch.setattr(eso.EsoLM, "forward", poisoned)
-    code, _, err = run(train, f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=20", "--eval_interval=4", *TINY)
+    code, _, err = run(
+        train,
+        f"--dataset={dataset}",
+        f"--out_dir={out}",
+        "--max_iters=20",
+        "--eval_interval=4",
+        *TINY,
+    )
     err = err.strip()
-    assert code == 1 and err.startswith("train.py: error: loss is nan at step 6") and "\n" not in err
+    assert (
+        code == 1 and err.startswith("train.py: error: loss is nan at step 6") and "\n" not in err
+    )
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 4  # the last good one
 
 
@@ -1276,18 +1682,35 @@ def reference_dit(V=11, C=32, H=4, n_layer=2, cond=16, seed=0):
     """A state dict in the layout of the authors' EsoLMDiT, random everywhere (adaLN included)."""
     g = gen(seed)
     r = lambda *shape: torch.randn(*shape, generator=g) * 0.3  # noqa: E731
-    sd = {"vocab_embed.embedding": r(V + 1, C), "sigma_map.mlp.0.weight": r(cond, 256), "sigma_map.mlp.0.bias": r(cond),
-          "sigma_map.mlp.2.weight": r(cond, cond), "sigma_map.mlp.2.bias": r(cond),
-          "rotary_emb.inv_freq": 1.0 / 10000 ** (torch.arange(0, C // H, 2).float() / (C // H)),
-          "output_layer.norm_final.weight": 1 + r(C), "output_layer.adaLN_modulation.weight": r(2 * C, cond),
-          "output_layer.adaLN_modulation.bias": r(2 * C), "output_layer.linear.weight": r(V + 1, C),
-          "output_layer.linear.bias": r(V + 1)}
+    sd = {
+        "vocab_embed.embedding": r(V + 1, C),
+        "sigma_map.mlp.0.weight": r(cond, 256),
+        "sigma_map.mlp.0.bias": r(cond),
+        "sigma_map.mlp.2.weight": r(cond, cond),
+        "sigma_map.mlp.2.bias": r(cond),
+        "rotary_emb.inv_freq": 1.0 / 10000 ** (torch.arange(0, C // H, 2).float() / (C // H)),
+        "output_layer.norm_final.weight": 1 + r(C),
+        "output_layer.adaLN_modulation.weight": r(2 * C, cond),
+        "output_layer.adaLN_modulation.bias": r(2 * C),
+        "output_layer.linear.weight": r(V + 1, C),
+        "output_layer.linear.bias": r(V + 1),
+    }
     for i in range(n_layer):
-        sd |= {f"blocks.{i}.{k}": v for k, v in {
-            "norm1.weight": 1 + r(C), "attn_qkv.weight": r(3 * C, C), "attn_out.weight": r(C, C),
-            "norm2.weight": 1 + r(C),
-            "mlp.0.weight": r(4 * C, C), "mlp.0.bias": r(4 * C), "mlp.2.weight": r(C, 4 * C), "mlp.2.bias": r(C),
-            "adaLN_modulation.weight": r(6 * C, cond), "adaLN_modulation.bias": r(6 * C)}.items()}
+        sd |= {
+            f"blocks.{i}.{k}": v
+            for k, v in {
+                "norm1.weight": 1 + r(C),
+                "attn_qkv.weight": r(3 * C, C),
+                "attn_out.weight": r(C, C),
+                "norm2.weight": 1 + r(C),
+                "mlp.0.weight": r(4 * C, C),
+                "mlp.0.bias": r(4 * C),
+                "mlp.2.weight": r(C, 4 * C),
+                "mlp.2.bias": r(C),
+                "adaLN_modulation.weight": r(6 * C, cond),
+                "adaLN_modulation.bias": r(6 * C),
+            }.items()
+        }
     return sd
 
 
@@ -1298,10 +1721,18 @@ def reference_dit_logits(sd, tokens, pos, mask, H=4):
     half = sd["sigma_map.mlp.0.weight"].size(1) // 2
     args = 0.0 * torch.exp(-math.log(10000) * torch.arange(half) / half)  # sigma = 0
     feat = torch.cat([torch.cos(args), torch.sin(args)])
-    c = F.silu(F.linear(F.silu(F.linear(feat, sd["sigma_map.mlp.0.weight"], sd["sigma_map.mlp.0.bias"])),
-                        sd["sigma_map.mlp.2.weight"], sd["sigma_map.mlp.2.bias"]))
+    c = F.silu(
+        F.linear(
+            F.silu(F.linear(feat, sd["sigma_map.mlp.0.weight"], sd["sigma_map.mlp.0.bias"])),
+            sd["sigma_map.mlp.2.weight"],
+            sd["sigma_map.mlp.2.bias"],
+        )
+    )
     angles = pos[..., None].float() * sd["rotary_emb.inv_freq"]  # (B, T, d/2)
-    cos, sin = torch.cat([angles.cos()] * 2, -1)[:, :, None], torch.cat([angles.sin()] * 2, -1)[:, :, None]
+    cos, sin = (
+        torch.cat([angles.cos()] * 2, -1)[:, :, None],
+        torch.cat([angles.sin()] * 2, -1)[:, :, None],
+    )
 
     def rotary(t):  # t: (B, T, H, d)
         t1, t2 = t.chunk(2, -1)
@@ -1313,19 +1744,26 @@ def reference_dit_logits(sd, tokens, pos, mask, H=4):
     x = sd["vocab_embed.embedding"][tokens]
     for i in range(len({k.split(".")[1] for k in sd if k.startswith("blocks.")})):
         b = lambda n: sd[f"blocks.{i}.{n}"]  # noqa: E731
-        sh1, sc1, g1, sh2, sc2, g2 = F.linear(c, b("adaLN_modulation.weight"), b("adaLN_modulation.bias")).chunk(6)
+        sh1, sc1, g1, sh2, sc2, g2 = F.linear(
+            c, b("adaLN_modulation.weight"), b("adaLN_modulation.bias")
+        ).chunk(6)
         qkv = F.linear(norm(x, b("norm1.weight"), sh1, sc1), b("attn_qkv.weight"))
         q, k, v = qkv.view(*x.shape[:2], 3, H, -1).unbind(2)  # (B, T, H, d) each
-        o = F.scaled_dot_product_attention(rotary(q).transpose(1, 2), rotary(k).transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=mask)
+        o = F.scaled_dot_product_attention(
+            rotary(q).transpose(1, 2), rotary(k).transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+        )
         x = x + g1 * F.linear(o.transpose(1, 2).flatten(2), b("attn_out.weight"))
         y = F.linear(norm(x, b("norm2.weight"), sh2, sc2), b("mlp.0.weight"), b("mlp.0.bias"))
         y = F.gelu(y, approximate="tanh")
         x = x + g2 * F.linear(y, b("mlp.2.weight"), b("mlp.2.bias"))
-    shift, scale = F.linear(c, sd["output_layer.adaLN_modulation.weight"],
-                            sd["output_layer.adaLN_modulation.bias"]).chunk(2)
-    return F.linear(norm(x, sd["output_layer.norm_final.weight"], shift, scale), sd["output_layer.linear.weight"],
-                    sd["output_layer.linear.bias"])
+    shift, scale = F.linear(
+        c, sd["output_layer.adaLN_modulation.weight"], sd["output_layer.adaLN_modulation.bias"]
+    ).chunk(2)
+    return F.linear(
+        norm(x, sd["output_layer.norm_final.weight"], shift, scale),
+        sd["output_layer.linear.weight"],
+        sd["output_layer.linear.bias"],
+    )
 
 
 def test_a_folded_reference_dit_gives_the_same_log_probabilities():
@@ -1333,14 +1771,19 @@ def test_a_folded_reference_dit_gives_the_same_log_probabilities():
     equations) into LayerNorm and projection weights: the same log-probabilities on sorted, partly masked
     inputs, causal (the diffusion term) and through the 2L mask (the sequential term)."""
     sd = reference_dit()
-    model = eso.EsoLM.from_reference({"backbone." + k: v for k, v in sd.items()}, n_head=4, block_size=16, alpha_0=0.5)
+    model = eso.EsoLM.from_reference(
+        {"backbone." + k: v for k, v in sd.items()}, n_head=4, block_size=16, alpha_0=0.5
+    )
     assert model.config.bias and model.config.vocab_size == 11 and model.config.n_layer == 2
     tokens = torch.randint(0, 12, (2, 16), generator=gen(1))  # 11 = [MASK]
     pos = torch.rand(2, 16, generator=gen(2)).argsort(1)
     causal = eso.prefix_lm_mask(torch.arange(16), 16)
     two_l = eso.sequential_mask(causal)
     with torch.no_grad():
-        for idx, p, mask in ((tokens, pos, causal), (torch.cat([tokens, tokens], 1), torch.cat([pos, pos], 1), two_l)):
+        for idx, p, mask in (
+            (tokens, pos, causal),
+            (torch.cat([tokens, tokens], 1), torch.cat([pos, pos], 1), two_l),
+        ):
             theirs = F.log_softmax(reference_dit_logits(sd, idx, p, mask)[..., :11], -1)
             ours = F.log_softmax(model.logits(model.hidden(idx, p, mask)), -1)
             assert (ours - theirs).abs().max() < 1e-4
@@ -1353,7 +1796,9 @@ class _FakeNode:  # omegaconf's nodes pickle their __dict__, the value under _va
 
 class _FakeDictConfig:  # and its containers under _content
     def __init__(self, d):
-        self._content = {k: _FakeDictConfig(v) if isinstance(v, dict) else _FakeNode(v) for k, v in d.items()}
+        self._content = {
+            k: _FakeDictConfig(v) if isinstance(v, dict) else _FakeNode(v) for k, v in d.items()
+        }
 
 
 def lightning_file(path, sd, ema=True, marker=None, **algo):
@@ -1361,17 +1806,36 @@ def lightning_file(path, sd, ema=True, marker=None, **algo):
     parameters), a config object, a tokenizer-like object from a module that is not installed, and, with
     marker, an object whose unpickling would run a command."""
     import types
+
     module = types.ModuleType("not_installed_tokenizers")
     module.Tokenizer = type("Tokenizer", (), {"__module__": "not_installed_tokenizers"})
     sys.modules["not_installed_tokenizers"] = module
     params = [k for k in sd if k != "rotary_emb.inv_freq"]
-    config = {"model": {"n_heads": 4, "length": 16}, "algo": {"alpha_0": 0.5, "batch_split": 0.5, **algo},
-              "data": {"tokenizer_name_or_path": "gpt2"}}
+    config = {
+        "model": {"n_heads": 4, "length": 16},
+        "algo": {"alpha_0": 0.5, "batch_split": 0.5, **algo},
+        "data": {"tokenizer_name_or_path": "gpt2"},
+    }
     try:
-        torch.save({"state_dict": {"backbone." + k: v for k, v in sd.items()}, "global_step": 250_000,
-                    "hyper_parameters": {"config": _FakeDictConfig(config), "tokenizer": module.Tokenizer()},
-                    "ema": {"decay": 0.9999, "num_updates": 7, "shadow_params": [sd[k] + 1 for k in params]}
-                    if ema else None, "callbacks": {"x": Exploit(marker)} if marker else {}}, path)
+        torch.save(
+            {
+                "state_dict": {"backbone." + k: v for k, v in sd.items()},
+                "global_step": 250_000,
+                "hyper_parameters": {
+                    "config": _FakeDictConfig(config),
+                    "tokenizer": module.Tokenizer(),
+                },
+                "ema": {
+                    "decay": 0.9999,
+                    "num_updates": 7,
+                    "shadow_params": [sd[k] + 1 for k in params],
+                }
+                if ema
+                else None,
+                "callbacks": {"x": Exploit(marker)} if marker else {},
+            },
+            path,
+        )
     finally:
         del sys.modules["not_installed_tokenizers"]
 
@@ -1381,11 +1845,19 @@ def test_the_authors_checkpoint_loads_with_its_ema_and_runs_nothing(tmp_path):
     lightning_file(tmp_path / "esolm.ckpt", sd, marker=marker)
     model, ckpt = cli.load_checkpoint(tmp_path / "esolm.ckpt")
     assert not marker.exists()  # the command was named, stood in for, and never run
-    ema = eso.EsoLM.from_reference({k: v + (k != "rotary_emb.inv_freq") for k, v in sd.items()}, 4, 16, 0.5)
+    ema = eso.EsoLM.from_reference(
+        {k: v + (k != "rotary_emb.inv_freq") for k, v in sd.items()}, 4, 16, 0.5
+    )
     for a, b in zip(model.state_dict().values(), ema.state_dict().values()):
-        assert torch.equal(a, b)  # the EMA weights (the shadow list follows the parameters, not the buffer)
-    assert (ckpt["tokenizer"], ckpt["iter_num"], model.config.alpha_0, model.config.batch_split) == ("gpt2", 250_000,
-                                                                                                      0.5, 0.5)
+        assert torch.equal(
+            a, b
+        )  # the EMA weights (the shadow list follows the parameters, not the buffer)
+    assert (
+        ckpt["tokenizer"],
+        ckpt["iter_num"],
+        model.config.alpha_0,
+        model.config.batch_split,
+    ) == ("gpt2", 250_000, 0.5, 0.5)
     raw, _ = cli.load_checkpoint(tmp_path / "esolm.ckpt", ema=False)
     assert torch.equal(raw.wte.weight, sd["vocab_embed.embedding"])
     assert eso.EsoLM.from_reference(sd, 4, 16, 0.5, variant="A").config.variant == "A"
@@ -1396,9 +1868,11 @@ def test_the_authors_checkpoint_problems_get_one_clear_line(tmp_path, capsys):
     lightning_file(tmp_path / "no_ema.ckpt", sd, ema=False)
     model, ckpt = cli.load_checkpoint(tmp_path / "no_ema.ckpt")
     assert ckpt["ema"] is None and "holds no EMA weights" in capsys.readouterr().err
-    for case, broken, msg in [("unknown", sd | {"blocks.0.extra.weight": torch.ones(3)}, "unknown keys"),
-                              ("missing", {k: v for k, v in sd.items() if "mlp.2.bias" not in k}, "missing keys"),
-                              ("shape", sd | {"blocks.1.norm2.weight": torch.ones(7)}, "blocks.1.norm2.weight (7,)")]:
+    for case, broken, msg in [
+        ("unknown", sd | {"blocks.0.extra.weight": torch.ones(3)}, "unknown keys"),
+        ("missing", {k: v for k, v in sd.items() if "mlp.2.bias" not in k}, "missing keys"),
+        ("shape", sd | {"blocks.1.norm2.weight": torch.ones(7)}, "blocks.1.norm2.weight (7,)"),
+    ]:
         lightning_file(tmp_path / f"{case}.ckpt", broken, ema=case != "shape")
         with pytest.raises(cli.CheckpointError, match=re.escape(msg)) as e:
             cli.load_checkpoint(tmp_path / f"{case}.ckpt")
@@ -1411,14 +1885,30 @@ def test_sample_and_eval_take_the_authors_checkpoint(dataset, tmp_path, run, mon
     sd = reference_dit(V=256)
     lightning_file(tmp_path / "esolm.ckpt", sd)
     monkeypatch.setattr(sample, "get_tokenizer", lambda name: prepare.get_tokenizer("bytes"))
-    code, out, err = run(sample, f"--init_from={tmp_path / 'esolm.ckpt'}", "--num_samples=2", "--steps=4",
-                         "--prompt=The")
+    code, out, err = run(
+        sample,
+        f"--init_from={tmp_path / 'esolm.ckpt'}",
+        "--num_samples=2",
+        "--steps=4",
+        "--prompt=The",
+    )
     assert code == 0 and out.count("The") >= 2 and "NFE" in out, err
     real_load = train.load_dataset
-    monkeypatch.setattr(train, "load_dataset",
-                        lambda *a: (*real_load(*a)[:2], real_load(*a)[2] | {"tokenizer": "gpt2"}))
-    code, out, err = run(train, "--eval_only=True", f"--init_from={tmp_path / 'esolm.ckpt'}", f"--dataset={dataset}",
-                         "--eval_iters=2", "--batch_size=4", "--num_orders=2", f"--out_dir={tmp_path}")
+    monkeypatch.setattr(
+        train,
+        "load_dataset",
+        lambda *a: (*real_load(*a)[:2], real_load(*a)[2] | {"tokenizer": "gpt2"}),
+    )
+    code, out, err = run(
+        train,
+        "--eval_only=True",
+        f"--init_from={tmp_path / 'esolm.ckpt'}",
+        f"--dataset={dataset}",
+        "--eval_iters=2",
+        "--batch_size=4",
+        "--num_orders=2",
+        f"--out_dir={tmp_path}",
+    )
     assert code == 0 and "EMA weights" in out and "IW bound (K=2)" in out, err
     assert json.loads(out.strip().splitlines()[-1])["step"] == 250_000
 
@@ -1426,8 +1916,14 @@ def test_sample_and_eval_take_the_authors_checkpoint(dataset, tmp_path, run, mon
 def test_bad_checkpoints_get_one_clear_line(dataset, trained, tmp_path, run):
     out, _ = trained
     good = (out / "ckpt.pt").read_bytes()
-    cases = {"truncated": good[: len(good) // 2], "random": os.urandom(4096), "not_ours": None, "bad_config": None,
-             "bad_weights": None, "folder": None}
+    cases = {
+        "truncated": good[: len(good) // 2],
+        "random": os.urandom(4096),
+        "not_ours": None,
+        "bad_config": None,
+        "bad_weights": None,
+        "folder": None,
+    }
     for case, blob in cases.items():
         d = tmp_path / case
         d.mkdir()
@@ -1447,20 +1943,31 @@ def test_bad_checkpoints_get_one_clear_line(dataset, trained, tmp_path, run):
             torch.save(ckpt, d / "ckpt.pt")
         code, _, err = run(sample, f"--out_dir={d}")
         assert code == 2 and len(err.strip().splitlines()) == 1, (case, err)
-        assert {"truncated": "truncated or corrupt", "random": "truncated or corrupt", "not_ours": "not an Eso-LM",
-                "bad_config": "incompatible model config", "bad_weights": "do not fit",
-                "folder": "is a folder"}[case] in err, err
+        assert {
+            "truncated": "truncated or corrupt",
+            "random": "truncated or corrupt",
+            "not_ours": "not an Eso-LM",
+            "bad_config": "incompatible model config",
+            "bad_weights": "do not fit",
+            "folder": "is a folder",
+        }[case] in err, err
     code, _, err = run(sample, f"--out_dir={tmp_path / 'nothing'}")
     assert code == 2 and "no checkpoint at" in err
-    code, _, err = run(train, f"--out_dir={out}", "--init_from=resume", "--n_layer=3", f"--dataset={dataset}")
+    code, _, err = run(
+        train, f"--out_dir={out}", "--init_from=resume", "--n_layer=3", f"--dataset={dataset}"
+    )
     assert code == 2 and "conflicts with the checkpoint" in err
 
 
 def test_unwritable_output_and_short_corpus_fail_before_training(dataset, tmp_path, run):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    code, _, err = run(train, f"--dataset={dataset}", f"--out_dir={blocker / 'out'}", "--max_iters=1", *TINY)
+    code, _, err = run(
+        train, f"--dataset={dataset}", f"--out_dir={blocker / 'out'}", "--max_iters=1", *TINY
+    )
     assert code == 2 and "cannot write to --out_dir" in err
-    code, _, err = run(train, f"--dataset={dataset}", f"--out_dir={tmp_path / 'o'}", *TINY, "--block_size=100000")
+    code, _, err = run(
+        train, f"--dataset={dataset}", f"--out_dir={tmp_path / 'o'}", *TINY, "--block_size=100000"
+    )
     assert code == 2 and "fewer than one training sequence" in err
     assert not (tmp_path / "o" / "ckpt.pt").exists()

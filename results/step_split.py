@@ -27,18 +27,24 @@ def main():
             out = step(*args)
             inside[0] += time.perf_counter() - t0
             return out
+
         return run
+
     eso.compiled_decode_step = timed_step
     runs = []
     with torch.no_grad():
         for i in range(6):
             inside[0], t0 = 0.0, time.perf_counter()
-            _, nfe = model.generate(1, 10 ** 6, alpha_0=1.0, compile=True, generator=torch.Generator().manual_seed(0))
+            _, nfe = model.generate(
+                1, 10**6, alpha_0=1.0, compile=True, generator=torch.Generator().manual_seed(0)
+            )
             if i:  # run 0 compiles
                 runs.append((time.perf_counter() - t0, inside[0]))
     whole, fwd = (1e3 * statistics.median(r[k] for r in runs) / nfe for k in (0, 1))
-    print(f"per step (ms), median of {len(runs)} runs of NFE {nfe}: whole {whole:.3f}, inside the compiled forward "
-          f"{fwd:.3f}, the sampler around it {whole - fwd:.3f}")
+    print(
+        f"per step (ms), median of {len(runs)} runs of NFE {nfe}: whole {whole:.3f}, inside the compiled forward "
+        f"{fwd:.3f}, the sampler around it {whole - fwd:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,18 +8,20 @@
 # the flag).
 
 # I/O
-out_dir = 'out-prose'          # run_nanogpt.py always sets its own
-eval_interval = 400            # ours: --eval_interval=400
-eval_iters = 20                # ours: --eval_iters=20 (nanoGPT draws them at random, train and val)
-log_interval = 1               # every iteration: nanoGPT's per-iteration time is our wall clock
-always_save_checkpoint = True  # ours also checkpoints at every eval (neither side counts it as training time)
+out_dir = "out-prose"  # run_nanogpt.py always sets its own
+eval_interval = 400  # ours: --eval_interval=400
+eval_iters = 20  # ours: --eval_iters=20 (nanoGPT draws them at random, train and val)
+log_interval = 1  # every iteration: nanoGPT's per-iteration time is our wall clock
+always_save_checkpoint = (
+    True  # ours also checkpoints at every eval (neither side counts it as training time)
+)
 wandb_log = False
 
 # data: data/python_prose/{train,val}.bin (uint16 bytes 0..255) + meta.pkl {'vocab_size': 256}
-dataset = 'python_prose'
+dataset = "python_prose"
 gradient_accumulation_steps = 1  # ours: 1
-batch_size = 16                  # ours: --batch_size=16
-block_size = 128                 # ours: --block_size=128
+batch_size = 16  # ours: --batch_size=16
+block_size = 128  # ours: --block_size=128
 
 # model: 4 layers x 128, 4 heads, no dropout, no biases (ours: no biases anywhere)
 n_layer = 4
@@ -43,6 +45,6 @@ lr_decay_iters = 2400  # must equal max_iters (ours decays to min_lr at max_iter
 min_lr = 3e-4
 
 # system (also passed on the command line by run_nanogpt.py)
-device = 'cpu'
-dtype = 'float32'
+device = "cpu"
+dtype = "float32"
 compile = False

@@ -33,16 +33,29 @@ from run_nanogpt import REPO, WORK, nanogpt_model  # noqa: E402
 
 
 def main(argv):
-    a = {"nanogpt": str(WORK / "out-nanogpt"), "eso": str(WORK / "eso_a0"), "code": str(REPO),
-         "data": str(REPO / "data" / "python_prose"), "json": ""}
+    a = {
+        "nanogpt": str(WORK / "out-nanogpt"),
+        "eso": str(WORK / "eso_a0"),
+        "code": str(REPO),
+        "data": str(REPO / "data" / "python_prose"),
+        "json": "",
+    }
     for x in argv:
         k, _, v = x.lstrip("-").partition("=")
         if k not in a:
-            sys.exit(f"eval_fixed.py: unknown flag {x!r}; flags: " + ", ".join(f"--{k}=" for k in a))
+            sys.exit(
+                f"eval_fixed.py: unknown flag {x!r}; flags: " + ", ".join(f"--{k}=" for k in a)
+            )
         a[k] = v
-    for f in (Path(a["nanogpt"]) / "ckpt.pt", Path(a["eso"]) / "ckpt.pt", Path(a["data"]) / "val.bin"):
+    for f in (
+        Path(a["nanogpt"]) / "ckpt.pt",
+        Path(a["eso"]) / "ckpt.pt",
+        Path(a["data"]) / "val.bin",
+    ):
         if not f.is_file():
-            sys.exit(f"eval_fixed.py: {f} not found (run run_compare.sh first; data: python data/prepare.py)")
+            sys.exit(
+                f"eval_fixed.py: {f} not found (run run_compare.sh first; data: python data/prepare.py)"
+            )
     sys.path.insert(0, a["code"])
     import cli  # our checkpoint loader
 
@@ -63,44 +76,67 @@ def main(argv):
         sys.exit("eval_fixed.py: the two models have different block sizes")
 
     val = np.memmap(Path(a["data"]) / "val.bin", dtype=np.uint16, mode="r")
-    offsets = torch.randint(len(val) - L, (n, B), generator=torch.Generator().manual_seed(0))  # as train.py
-    sums = {"ours_all": 0.0, "ours_1": 0.0, "ours_0": 0.0, "ours_loss": 0.0, "ng_1": 0.0, "ng_own": 0.0}
+    offsets = torch.randint(
+        len(val) - L, (n, B), generator=torch.Generator().manual_seed(0)
+    )  # as train.py
+    sums = {
+        "ours_all": 0.0,
+        "ours_1": 0.0,
+        "ours_0": 0.0,
+        "ours_loss": 0.0,
+        "ng_1": 0.0,
+        "ng_own": 0.0,
+    }
     per_pos_ok = True
     with torch.no_grad():
         for i in range(n):
             o = offsets[i].numpy()
             win = torch.from_numpy(val[o[:, None] + np.arange(L + 1)].astype(np.int64))  # (B, L+1)
             x = win[:, :L]
-            loss, _ = ours.loss(x, loss_type="elbo", generator=torch.Generator().manual_seed(1000 + i))
+            loss, _ = ours.loss(
+                x, loss_type="elbo", generator=torch.Generator().manual_seed(1000 + i)
+            )
             sums["ours_loss"] += loss.item()
             if per_pos_ok:
                 try:
                     masked = torch.ones(B, L, dtype=torch.bool)
                     sigma = torch.arange(L).expand(B, L)
-                    logp = ours._sequential_logprobs(x, masked, sigma)  # (B, L), natural order at alpha_0 = 0
+                    logp = ours._sequential_logprobs(
+                        x, masked, sigma
+                    )  # (B, L), natural order at alpha_0 = 0
                     sums["ours_all"] += -logp.mean().item()
                     sums["ours_1"] += -logp[:, 1:].mean().item()
                     sums["ours_0"] += -logp[:, 0].mean().item()
                 except Exception as e:  # a private method that may change
                     per_pos_ok = False
                     print(f"note: no per-position values from ours ({type(e).__name__}: {e})")
-            logits, _ = gpt(x[:, :L - 1].contiguous(), x[:, 1:].contiguous())  # targets 1..L-1, same contexts
+            logits, _ = gpt(
+                x[:, : L - 1].contiguous(), x[:, 1:].contiguous()
+            )  # targets 1..L-1, same contexts
             sums["ng_1"] += F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).item()
-            _, l_own = gpt(x.contiguous(), win[:, 1:].contiguous())  # targets 1..L: nanoGPT's own windows
+            _, l_own = gpt(
+                x.contiguous(), win[:, 1:].contiguous()
+            )  # targets 1..L: nanoGPT's own windows
             sums["ng_own"] += l_own.item()
     r = {k: v / n for k, v in sums.items()}
     print(f"{n} x {B} validation windows of L = {L} (ours' fixed set), nats/byte:")
     print(f"  ours, all L positions (EsoLM.loss)  {r['ours_loss']:.4f}")
     if per_pos_ok:
-        print(f"  ours, all L positions (per-pos)     {r['ours_all']:.4f}  (should equal the line above)")
+        print(
+            f"  ours, all L positions (per-pos)     {r['ours_all']:.4f}  (should equal the line above)"
+        )
         print(f"  ours, position 0 alone (no context) {r['ours_0']:.4f}")
         print(f"  ours, positions 1..L-1              {r['ours_1']:.4f}")
-    print(f"  nanoGPT, positions 1..L-1           {r['ng_1']:.4f}  (same targets and contexts as the line above)")
+    print(
+        f"  nanoGPT, positions 1..L-1           {r['ng_1']:.4f}  (same targets and contexts as the line above)"
+    )
     print(f"  nanoGPT, own convention (1..L)      {r['ng_own']:.4f}")
     if per_pos_ok:
         print(f"  ours - nanoGPT on positions 1..L-1  {r['ours_1'] - r['ng_1']:+.4f}")
     if a["json"]:
-        Path(a["json"]).write_text(json.dumps({"windows": [n, B, L], "per_position_ok": per_pos_ok, **r}, indent=1))
+        Path(a["json"]).write_text(
+            json.dumps({"windows": [n, B, L], "per_position_ok": per_pos_ok, **r}, indent=1)
+        )
         print(f"wrote {a['json']}")
 
 

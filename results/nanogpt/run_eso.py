@@ -46,25 +46,43 @@ def main(argv):
     out_dir = rn.WORK / "eso_a0"
     for a in passthrough:
         if a.startswith("--out_dir="):
-            out_dir = Path(a.split("=", 1)[1]).resolve()  # absolute: train.py runs from the code folder
-    passthrough = [a for a in passthrough if not a.startswith("--out_dir=")] + [f"--out_dir={out_dir}"]
+            out_dir = Path(
+                a.split("=", 1)[1]
+            ).resolve()  # absolute: train.py runs from the code folder
+    passthrough = [a for a in passthrough if not a.startswith("--out_dir=")] + [
+        f"--out_dir={out_dir}"
+    ]
     if "log_interval" not in keys:
         passthrough.append("--log_interval=1")
     if (out_dir / "log.jsonl").exists():
-        rn.die(f"{out_dir / 'log.jsonl'} exists (train.py appends to it): use a fresh --out_dir or remove it")
+        rn.die(
+            f"{out_dir / 'log.jsonl'} exists (train.py appends to it): use a fresh --out_dir or remove it"
+        )
     if not (code / "train.py").exists():
         rn.die(f"no train.py in {code}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     commit = rn.git(code, "rev-parse", "HEAD")
     dirty = rn.git(code, "status", "--porcelain", "--untracked-files=no")
-    cmd = [sys.executable, "-u", "train.py", "--alpha_0=0", "--device=cpu", "--dtype=float32", "--compile=False",
-           *passthrough]
+    cmd = [
+        sys.executable,
+        "-u",
+        "train.py",
+        "--alpha_0=0",
+        "--device=cpu",
+        "--dtype=float32",
+        "--compile=False",
+        *passthrough,
+    ]
     print("$ cd", code, "&&", " ".join(cmd[1:]), flush=True)
     load_before = rn.loadavg()
     if load_before and load_before[0] > 0.5:
-        print(f"warning: load average {load_before[0]:.2f} before the run: other work on this machine will "
-              "distort the timings", file=sys.stderr, flush=True)
+        print(
+            f"warning: load average {load_before[0]:.2f} before the run: other work on this machine will "
+            "distort the timings",
+            file=sys.stderr,
+            flush=True,
+        )
     raw_path = out_dir / "stdout.tsv"
     rc, lines, t_end = rn.run(cmd, raw_path, cwd=code)
 
@@ -76,20 +94,34 @@ def main(argv):
             evals[int(line.split()[1].rstrip(":"))] = t - prev  # from the train line just before it
         prev = t
     import torch
+
     meta = {
-        "cmd": cmd, "cwd": str(code), "exit_status": rc, "raw_log": str(raw_path),
+        "cmd": cmd,
+        "cwd": str(code),
+        "exit_status": rc,
+        "raw_log": str(raw_path),
         "git_commit": commit,
-        "uncommitted_tracked_changes": dirty.splitlines() if dirty else ([] if dirty == "" else None),
-        "process_s": t_end, "first_iter_line_s": first_iter,
-        "eval_s": evals, "eval_s_total": sum(evals.values()),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "loadavg_before": load_before, "loadavg_after": rn.loadavg(), "other_processes": getattr(rn.run, "other", None),
+        "uncommitted_tracked_changes": dirty.splitlines()
+        if dirty
+        else ([] if dirty == "" else None),
+        "process_s": t_end,
+        "first_iter_line_s": first_iter,
+        "eval_s": evals,
+        "eval_s_total": sum(evals.values()),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "loadavg_before": load_before,
+        "loadavg_after": rn.loadavg(),
+        "other_processes": getattr(rn.run, "other", None),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     (out_dir / "run_meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    print(f"wrote {out_dir / 'log.jsonl'} (train.py), {raw_path} and {out_dir / 'run_meta.json'}: process "
-          f"{t_end:.2f} s, evals {meta['eval_s_total']:.2f} s"
-          + (f"; code had uncommitted edits: {dirty}" if dirty else ""))
+    print(
+        f"wrote {out_dir / 'log.jsonl'} (train.py), {raw_path} and {out_dir / 'run_meta.json'}: process "
+        f"{t_end:.2f} s, evals {meta['eval_s_total']:.2f} s"
+        + (f"; code had uncommitted edits: {dirty}" if dirty else "")
+    )
     return rc
 
 

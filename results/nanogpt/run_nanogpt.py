@@ -51,10 +51,10 @@ from contextlib import redirect_stdout
 from io import StringIO
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent            # results/nanogpt
-REPO = Path(__file__).resolve().parents[2]        # the repository root (our train.py, data/)
+HERE = Path(__file__).resolve().parent  # results/nanogpt
+REPO = Path(__file__).resolve().parents[2]  # the repository root (our train.py, data/)
 NANOGPT = Path(os.environ.get("NANOGPT") or HERE / "src").resolve()  # nanoGPT's checkout, untouched
-WORK = REPO / "out" / "nanogpt"                   # default work folder: nanoGPT's working directory, all outputs
+WORK = REPO / "out" / "nanogpt"  # default work folder: nanoGPT's working directory, all outputs
 CONFIG = HERE / "config_prose.py"
 FORCED = ["--device=cpu", "--compile=False", "--dtype=float32"]
 
@@ -69,10 +69,14 @@ def die(msg, prog=None):
 
 def check_nanogpt():
     """die() with how to get it unless $NANOGPT (or results/nanogpt/src) holds nanoGPT's checkout."""
-    missing = [f for f in ("train.py", "model.py", "configurator.py") if not (NANOGPT / f).is_file()]
+    missing = [
+        f for f in ("train.py", "model.py", "configurator.py") if not (NANOGPT / f).is_file()
+    ]
     if missing:
-        die(f"no nanoGPT checkout at {NANOGPT} (missing {', '.join(missing)}): run `git clone "
-            f"https://github.com/karpathy/nanoGPT results/nanogpt/src` in the repository, or set NANOGPT=/path/to/it")
+        die(
+            f"no nanoGPT checkout at {NANOGPT} (missing {', '.join(missing)}): run `git clone "
+            f"https://github.com/karpathy/nanoGPT results/nanogpt/src` in the repository, or set NANOGPT=/path/to/it"
+        )
 
 
 def nanogpt_model():
@@ -86,8 +90,15 @@ def nanogpt_model():
 
 
 def split_args(argv):
-    own, passthrough = {"work": str(WORK), "json": None, "data": str(REPO / "data" / "python_prose"),
-                        "parse": None}, []
+    own, passthrough = (
+        {
+            "work": str(WORK),
+            "json": None,
+            "data": str(REPO / "data" / "python_prose"),
+            "parse": None,
+        },
+        [],
+    )
     for a in argv:
         if not a.startswith("--") or "=" not in a:
             die(f"arguments are --key=value, got {a!r}")
@@ -121,12 +132,17 @@ def prepare_work(work, src, dataset):
     if not meta_json.exists():
         die(f"{meta_json} is missing: run `python data/prepare.py` in the repository first")
     meta = json.loads(meta_json.read_text())
-    if meta.get("tokenizer") != "bytes" or meta.get("vocab_size") != 256 or meta.get("dtype") != "uint16":
+    if (
+        meta.get("tokenizer") != "bytes"
+        or meta.get("vocab_size") != 256
+        or meta.get("dtype") != "uint16"
+    ):
         die(f"{meta_json} is not the uint16 byte corpus nanoGPT expects: {meta}")
     dst = work / "data" / dataset
     dst.mkdir(parents=True, exist_ok=True)
-    for link, target in [(dst / n, src.resolve() / n) for n in ("train.bin", "val.bin")] + \
-                        [(work / "configurator.py", NANOGPT / "configurator.py")]:
+    for link, target in [(dst / n, src.resolve() / n) for n in ("train.bin", "val.bin")] + [
+        (work / "configurator.py", NANOGPT / "configurator.py")
+    ]:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(target)
@@ -138,15 +154,27 @@ def prepare_work(work, src, dataset):
 def param_counts(cfg):
     """nanoGPT's GPT built from its model.py with this config (its constructor's print silenced)."""
     import torch
+
     mod = nanogpt_model()
-    conf = mod.GPTConfig(block_size=cfg["block_size"], vocab_size=256, n_layer=cfg["n_layer"], n_head=cfg["n_head"],
-                         n_embd=cfg["n_embd"], dropout=cfg["dropout"], bias=cfg["bias"])
+    conf = mod.GPTConfig(
+        block_size=cfg["block_size"],
+        vocab_size=256,
+        n_layer=cfg["n_layer"],
+        n_head=cfg["n_head"],
+        n_embd=cfg["n_embd"],
+        dropout=cfg["dropout"],
+        bias=cfg["bias"],
+    )
     with redirect_stdout(StringIO()):
         torch.manual_seed(0)
         m = mod.GPT(conf)
     total = sum(p.numel() for p in m.parameters())  # the tied wte/lm_head matrix counted once
-    return {"total": total, "non_embedding_as_nanogpt_prints": m.get_num_params(),
-            "wte_tied_with_lm_head": m.transformer.wte.weight.numel(), "wpe": m.transformer.wpe.weight.numel()}
+    return {
+        "total": total,
+        "non_embedding_as_nanogpt_prints": m.get_num_params(),
+        "wte_tied_with_lm_head": m.transformer.wte.weight.numel(),
+        "wpe": m.transformer.wpe.weight.numel(),
+    }
 
 
 def loadavg():
@@ -160,7 +188,9 @@ def cpu_busy_s():
     """CPU seconds the whole machine has spent busy (all cores, /proc/stat), or None."""
     try:
         f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return (sum(f[:8]) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait; guest is in user
+        return (sum(f[:8]) - f[3] - f[4]) / os.sysconf(
+            "SC_CLK_TCK"
+        )  # all but idle and iowait; guest is in user
     except (OSError, ValueError, IndexError):
         return None
 
@@ -168,29 +198,44 @@ def cpu_busy_s():
 def other_load(busy0, child0, wall):
     """CPU seconds used by everything but our child process while it ran, and that as cores."""
     import resource
+
     busy1 = cpu_busy_s()
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     child = ru.ru_utime + ru.ru_stime - child0
     if busy0 is None or busy1 is None:
         return {"child_cpu_s": child}
     other = max(0.0, busy1 - busy0 - child)
-    return {"child_cpu_s": child, "other_cpu_s": other, "other_cores": other / wall if wall else None}
+    return {
+        "child_cpu_s": child,
+        "other_cpu_s": other,
+        "other_cores": other / wall if wall else None,
+    }
 
 
 def run(cmd, raw_path, cwd):
     """Run cmd in cwd; echo and stamp every line of its stdout+stderr into raw_path (seconds\\tline).
     No bytecode is written (PYTHONDONTWRITEBYTECODE=1): neither checkout gets a __pycache__."""
     import resource
+
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0, child0 = cpu_busy_s(), ru.ru_utime + ru.ru_stime
     t_start = time.perf_counter()
     lines = []
     with open(raw_path, "w") as raw:
-        raw.write(f"# cmd: {shlex.join(map(str, cmd))}\n# cwd: {cwd}\n"
-                  f"# started: {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env=env)
+        raw.write(
+            f"# cmd: {shlex.join(map(str, cmd))}\n# cwd: {cwd}\n"
+            f"# started: {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        )
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
         try:
             for line in proc.stdout:
                 t = time.perf_counter() - t_start
@@ -205,8 +250,12 @@ def run(cmd, raw_path, cwd):
         raw.write(f"# exit {rc} after {t_end:.3f} s\n")
     run.other = other_load(busy0, child0, t_end)
     if run.other.get("other_cores", 0) > 0.1:
-        print(f"warning: other processes used {run.other['other_cores']:.2f} cores on average during this run "
-              "(machine not quiet): its timings include their interference", file=sys.stderr, flush=True)
+        print(
+            f"warning: other processes used {run.other['other_cores']:.2f} cores on average during this run "
+            "(machine not quiet): its timings include their interference",
+            file=sys.stderr,
+            flush=True,
+        )
     return rc, lines, t_end
 
 
@@ -254,8 +303,9 @@ def parse(lines, cfg):
         if k in evals:  # eval k ran inside iteration k, before its update
             ev = evals[k]
             eval_total += eval_s
-            records.setdefault(k, {"iter": k}).update(val_loss=ev["val"], eval_train_loss=ev["train"], wall_s=wall,
-                                                      eval_s=eval_s)
+            records.setdefault(k, {"iter": k}).update(
+                val_loss=ev["val"], eval_train_loss=ev["train"], wall_s=wall, eval_s=eval_s
+            )
         if k >= max_iters:  # nanoGPT's extra update after the final eval
             extra = {"nanogpt_iter": k, "train_loss": rec["loss"], "step_ms": step_s * 1000}
             continue
@@ -265,8 +315,9 @@ def parse(lines, cfg):
         r.update(train_loss=rec["loss"], wall_s=wall, step_ms=step_s * 1000, dt_ms=rec["dt_ms"])
     for k, ev in evals.items():  # an eval with no update after it (a run cut short)
         if k not in iters:
-            records.setdefault(k, {"iter": k}).update(val_loss=ev["val"], eval_train_loss=ev["train"],
-                                                      wall_s=wall, eval_s=None)
+            records.setdefault(k, {"iter": k}).update(
+                val_loss=ev["val"], eval_train_loss=ev["train"], wall_s=wall, eval_s=None
+            )
     out = [records[i] for i in sorted(records)]
     for r in out:  # iter 0 (and a cut-short eval) has a val loss and no update
         r.setdefault("train_loss", None)
@@ -279,12 +330,16 @@ def parse(lines, cfg):
         "tokens_per_iter": tokens_per_iter,
         "tokens_per_s": n * tokens_per_iter / wall if wall else None,
         "median_step_ms": 1000 * statistics.median(step_times) if step_times else None,
-        "median_step_ms_after_first_10": 1000 * statistics.median(step_times[10:]) if n > 10 else None,
+        "median_step_ms_after_first_10": 1000 * statistics.median(step_times[10:])
+        if n > 10
+        else None,
         "first_step_ms": 1000 * step_times[0] if step_times else None,
         "params_printed_by_nanogpt": params_printed,
         "extra_update_after_final_eval": extra,
         "first_line_s": lines[0][0] if lines else None,
-        "loop_start_s": eval_start.get(0),  # stamp of the last setup line before the loop (eval 0 follows)
+        "loop_start_s": eval_start.get(
+            0
+        ),  # stamp of the last setup line before the loop (eval 0 follows)
     }
     return out, summary
 
@@ -316,14 +371,19 @@ def main(argv):
         if a.startswith("--out_dir="):
             out_dir = Path(a.split("=", 1)[1])
     out_dir = out_dir.resolve()  # nanoGPT gets it absolute: it runs from the work folder
-    passthrough = [a for a in passthrough if not a.startswith("--out_dir=")] + [f"--out_dir={out_dir}"]
+    passthrough = [a for a in passthrough if not a.startswith("--out_dir=")] + [
+        f"--out_dir={out_dir}"
+    ]
     if "max_iters" in keys and "lr_decay_iters" not in keys:
         max_iters = [a for a in passthrough if a.startswith("--max_iters=")][-1].split("=", 1)[1]
         passthrough.append(f"--lr_decay_iters={max_iters}")
     cfg = effective_config(passthrough)
     if cfg["lr_decay_iters"] != cfg["max_iters"]:
-        print(f"warning: lr_decay_iters={cfg['lr_decay_iters']} != max_iters={cfg['max_iters']}: ours decays to "
-              "min_lr at max_iters", file=sys.stderr)
+        print(
+            f"warning: lr_decay_iters={cfg['lr_decay_iters']} != max_iters={cfg['max_iters']}: ours decays to "
+            "min_lr at max_iters",
+            file=sys.stderr,
+        )
     json_path = Path(own["json"]).resolve() if own["json"] else work / "nanogpt.json"
 
     if own["parse"]:
@@ -336,8 +396,12 @@ def main(argv):
         print("$ cd", work, "&&", shlex.join(cmd[1:]), flush=True)
         load_before = loadavg()
         if load_before and load_before[0] > 0.5:
-            print(f"warning: load average {load_before[0]:.2f} before the run: other work on this machine will "
-                  "distort the timings", file=sys.stderr, flush=True)
+            print(
+                f"warning: load average {load_before[0]:.2f} before the run: other work on this machine will "
+                "distort the timings",
+                file=sys.stderr,
+                flush=True,
+            )
         rc, lines, t_end = run(cmd, raw_path, cwd=work)
         if rc != 0:
             print(f"nanoGPT exited with status {rc}; parsing what it printed", file=sys.stderr)
@@ -347,19 +411,28 @@ def main(argv):
         die(f"{raw_path}: {e}")
     summary["process_s"] = t_end
     import torch
+
     dirty = git(NANOGPT, "status", "--porcelain", "--untracked-files=no")
     meta = {
         "source": "karpathy/nanoGPT, run unmodified",
         "nanogpt_commit": git(NANOGPT, "rev-parse", "HEAD"),
-        "nanogpt_uncommitted_changes": dirty.splitlines() if dirty else ([] if dirty == "" else None),
-        "cmd": cmd, "cwd": str(work) if cmd else header.get("cwd"), "exit_status": rc, "raw_log": str(raw_path),
+        "nanogpt_uncommitted_changes": dirty.splitlines()
+        if dirty
+        else ([] if dirty == "" else None),
+        "cmd": cmd,
+        "cwd": str(work) if cmd else header.get("cwd"),
+        "exit_status": rc,
+        "raw_log": str(raw_path),
         "config": {k: v for k, v in cfg.items() if isinstance(v, (int, float, str, bool))},
         "eval": f"estimate_loss: eval_iters={cfg['eval_iters']} batches of {cfg['batch_size']} random windows "
-                "from val (and as many from train), drawn afresh at each eval from the global torch RNG",
+        "from val (and as many from train), drawn afresh at each eval from the global torch RNG",
         "params": param_counts(cfg),
         "summary": summary,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "loadavg_before": load_before, "loadavg_after": loadavg() if cmd else None,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg() if cmd else None,
         "other_processes": getattr(run, "other", None) if cmd else None,
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -367,9 +440,11 @@ def main(argv):
     meta_path = json_path.with_name(json_path.stem + "_meta.json")
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     tps = summary["tokens_per_s"]
-    print(f"wrote {json_path} ({len(records)} records) and {meta_path}: {summary['updates']} updates in "
-          f"{summary['train_s']:.2f} s of training ({fmt_num(tps)} tokens/s), evals {summary['eval_s_total']:.2f} s, "
-          f"process {fmt_num(t_end, '.2f')} s")
+    print(
+        f"wrote {json_path} ({len(records)} records) and {meta_path}: {summary['updates']} updates in "
+        f"{summary['train_s']:.2f} s of training ({fmt_num(tps)} tokens/s), evals {summary['eval_s_total']:.2f} s, "
+        f"process {fmt_num(t_end, '.2f')} s"
+    )
     return 0 if rc in (0, None) else rc
 
 

@@ -35,18 +35,31 @@ from run_nanogpt import REPO, cpu_busy_s, nanogpt_model  # noqa: E402
 
 
 def main(argv):
-    a = {"code": str(REPO), "reps": "20", "warmup": "3", "B": "16", "L": "128", "n_layer": "4", "n_head": "4",
-         "n_embd": "128", "interleave": "1"}
+    a = {
+        "code": str(REPO),
+        "reps": "20",
+        "warmup": "3",
+        "B": "16",
+        "L": "128",
+        "n_layer": "4",
+        "n_head": "4",
+        "n_embd": "128",
+        "interleave": "1",
+    }
     for x in argv:
         k, _, v = x.lstrip("-").partition("=")
         if k not in a:
-            sys.exit(f"step_bench.py: unknown flag {x!r}; flags: " + ", ".join(f"--{k}=" for k in a))
+            sys.exit(
+                f"step_bench.py: unknown flag {x!r}; flags: " + ", ".join(f"--{k}=" for k in a)
+            )
         a[k] = v
     try:
         B, L, reps, warm = int(a["B"]), int(a["L"]), int(a["reps"]), int(a["warmup"])
         size = dict(n_layer=int(a["n_layer"]), n_head=int(a["n_head"]), n_embd=int(a["n_embd"]))
     except ValueError as e:
-        sys.exit(f"step_bench.py: flags B, L, reps, warmup, n_layer, n_head, n_embd are integers ({e})")
+        sys.exit(
+            f"step_bench.py: flags B, L, reps, warmup, n_layer, n_head, n_embd are integers ({e})"
+        )
     if reps < 1:
         sys.exit("step_bench.py: --reps must be at least 1")
 
@@ -76,14 +89,21 @@ def main(argv):
         loss, _ = ours.loss(x, generator=torch.Generator().manual_seed(1), dense=dense)
         loss.backward()
 
-    cases = {"nanoGPT": nanogpt, "ours_plain_AR": plain_ar, "ours_alpha0": alpha0,
-             "ours_alpha0_dense": lambda: alpha0(True)}
+    cases = {
+        "nanoGPT": nanogpt,
+        "ours_plain_AR": plain_ar,
+        "ours_alpha0": alpha0,
+        "ours_alpha0_dense": lambda: alpha0(True),
+    }
     times = {k: [] for k in cases}
     busy0, self0, t0 = cpu_busy_s(), time.process_time(), time.perf_counter()
     # interleaved (default): drift in the machine's speed hits every case alike; --interleave=0 runs
     # each case's repeats back to back (warmer caches and allocator for that one shape)
-    order = ([(r, name) for r in range(warm + reps) for name in cases] if a["interleave"] != "0"
-             else [(r, name) for name in cases for r in range(warm + reps)])
+    order = (
+        [(r, name) for r in range(warm + reps) for name in cases]
+        if a["interleave"] != "0"
+        else [(r, name) for name in cases for r in range(warm + reps)]
+    )
     for r, name in order:
         for m in (gpt, ours):
             m.zero_grad(set_to_none=True)
@@ -93,20 +113,36 @@ def main(argv):
         if r >= warm:
             times[name].append(dt * 1000)
     wall = time.perf_counter() - t0
-    other = (cpu_busy_s() - busy0 - (time.process_time() - self0)) / wall if busy0 is not None else None
+    other = (
+        (cpu_busy_s() - busy0 - (time.process_time() - self0)) / wall if busy0 is not None else None
+    )
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"forward + backward, B={B} x L={L}, {size}, float32, {torch.get_num_threads()} threads, "
-          f"median of {reps} (min..max), {'interleaved' if a['interleave'] != '0' else 'case by case'}:")
+    print(
+        f"forward + backward, B={B} x L={L}, {size}, float32, {torch.get_num_threads()} threads, "
+        f"median of {reps} (min..max), {'interleaved' if a['interleave'] != '0' else 'case by case'}:"
+    )
     for k, v in times.items():
-        print(f"  {k:<18} {med[k]:8.1f} ms  ({min(v):.1f}..{max(v):.1f})  {B * L / med[k] * 1000:9,.0f} tok/s")
-    print(f"  architecture  ours_plain_AR / nanoGPT     = {med['ours_plain_AR'] / med['nanoGPT']:.2f}x")
-    print(f"  formulation   ours_alpha0 / ours_plain_AR = {med['ours_alpha0'] / med['ours_plain_AR']:.2f}x "
-          f"(2L = {2 * L} positions against L = {L})")
-    print(f"  in all        ours_alpha0 / nanoGPT       = {med['ours_alpha0'] / med['nanoGPT']:.2f}x")
-    print(f"  dense path    ours_alpha0_dense / ours_alpha0 = {med['ours_alpha0_dense'] / med['ours_alpha0']:.2f}x")
+        print(
+            f"  {k:<18} {med[k]:8.1f} ms  ({min(v):.1f}..{max(v):.1f})  {B * L / med[k] * 1000:9,.0f} tok/s"
+        )
+    print(
+        f"  architecture  ours_plain_AR / nanoGPT     = {med['ours_plain_AR'] / med['nanoGPT']:.2f}x"
+    )
+    print(
+        f"  formulation   ours_alpha0 / ours_plain_AR = {med['ours_alpha0'] / med['ours_plain_AR']:.2f}x "
+        f"(2L = {2 * L} positions against L = {L})"
+    )
+    print(
+        f"  in all        ours_alpha0 / nanoGPT       = {med['ours_alpha0'] / med['nanoGPT']:.2f}x"
+    )
+    print(
+        f"  dense path    ours_alpha0_dense / ours_alpha0 = {med['ours_alpha0_dense'] / med['ours_alpha0']:.2f}x"
+    )
     if other is not None:
-        print(f"  other processes used {max(0.0, other):.2f} cores on average during the bench"
-              + ("  <-- NOT QUIET: numbers distorted" if other > 0.1 else " (quiet)"))
+        print(
+            f"  other processes used {max(0.0, other):.2f} cores on average during the bench"
+            + ("  <-- NOT QUIET: numbers distorted" if other > 0.1 else " (quiet)")
+        )
 
 
 if __name__ == "__main__":
