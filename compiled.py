@@ -1,0 +1,110 @@
+"""
+The compiled cached sampler: EsoLM.generate with its cached step under torch.compile.
+
+  sampler = compiled.CompiledSampler(model)
+  tokens, nfe = sampler.generate(4, steps=1024, temperature=1.0)   # EsoLM.generate's arguments
+
+torch.compile wants static shapes, and a cached step's chunk grows and shrinks with the schedule.
+So this sampler widens each chunk to one of a few sizes (static_window) and keeps one KV cache
+whose buffers stay put between calls (CUDA graphs replay with the addresses they recorded).
+What it computes is the eager cached step's: a test compares their logits at every step. This is
+compile machinery, with state that lives as long as the sampler, so it sits beside eso.py (which
+holds the method), not in it.
+"""
+
+import time
+
+import torch
+
+import eso
+
+KEY_BLOCK = 128  # the compiled step attends over a multiple of this many cache slots
+RECOMPILE_LIMIT = 64  # a graph per chunk size: Dynamo's default limit (8 per function) is too few
+
+
+def static_window(lo, hi, L):
+    """(lo, hi, n_keys) of the compiled cached step for the chunk of slots [lo, hi): static shapes.
+
+    The chunk is widened to the next size in 1, 2, 3, 4, 6, 8, 12, 16, ... (at most L) by feeding
+    earlier slots again (clean tokens: the same keys and values, up to rounding) or, near the
+    start, the next ones (not decoded yet: what they write is overwritten before it is read); the
+    keys attended are rounded up to a multiple of KEY_BLOCK (the causal attention mask hides those
+    past each query)."""
+    n = hi - lo
+    power = 1 << (n - 1).bit_length()  # the next power of two
+    three_quarters = 3 * power // 4
+    size = power
+    if three_quarters >= n:
+        size = three_quarters
+    size = min(size, L)
+    hi = max(hi, size)
+    n_keys = min(-(-hi // KEY_BLOCK) * KEY_BLOCK, L)
+    return hi - size, hi, n_keys
+
+
+class CompiledSampler:
+    """EsoLM.generate with the cached step compiled: inductor, and on CUDA mode="reduce-overhead"
+    (CUDA graphs: a step replays in one launch).
+
+    The tokens fed have static shapes (static_window); the keys attended, the attention mask's
+    last dimension, are dynamic: Dynamo compiles once per chunk size (CUDA graphs record one per
+    length: KEY_BLOCK keeps their count small). The first generate compiles (tens of seconds);
+    later ones reuse the graphs. Two hooks for a benchmark: windows, (tokens fed, keys attended)
+    of each step of the last generate (its floor); and forward_seconds, which, once set to 0.0,
+    adds up the seconds spent inside the compiled forward (where a step's time goes)."""
+
+    def __init__(self, model):
+        self.model = model
+        device = model.wte.weight.device
+        self.cuda_graphs = device.type == "cuda"
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        self.hidden = torch.compile(eso.EsoLM.hidden, mode=mode, dynamic=False, fullgraph=True)
+        self.cache = None
+        self.windows = []
+        self.forward_seconds = None
+
+    def generate(self, num_samples, steps, **kwargs):
+        """EsoLM.generate(num_samples, steps, **kwargs) through the compiled step."""
+        self.windows = []
+        cache = self.kv_cache(eso.whole("num_samples", num_samples))
+        return self.model.generate(num_samples, steps, cache=cache, feed=self.feed, **kwargs)
+
+    def decode(self, canvas, sigma, sizes, **kwargs):
+        """EsoLM.decode(canvas, sigma, sizes, **kwargs) through the compiled step."""
+        self.windows = []
+        cache = self.kv_cache(canvas.size(0))
+        return self.model.decode(canvas, sigma, sizes, cache=cache, feed=self.feed, **kwargs)
+
+    def kv_cache(self, batch):
+        """The sampler's own KV cache (a new one when the batch, dtype or device changes): its
+        compiled steps see the same buffers every call."""
+        if self.cache is not None:
+            kept = self.cache.k[0]
+            same_device = kept.device == self.model.wte.weight.device
+            if kept.size(0) == batch and kept.dtype == self.model.cache_dtype() and same_device:
+                return self.cache
+        fresh = self.model.kv_cache(batch)
+        if self.cuda_graphs:
+            for buffer in fresh.k + fresh.v:
+                torch._dynamo.mark_static_address(buffer)
+        self.cache = fresh
+        return fresh
+
+    def feed(self, canvas, sigma, lo, hi, prefix, cache):
+        """EsoLM.feed with static shapes: the widened window through the compiled forward, of
+        which the slots [lo, hi) are returned."""
+        wide_lo, wide_hi, n_keys = static_window(lo, hi, canvas.size(1))
+        self.windows.append((wide_hi - wide_lo, n_keys))
+        cache.slots = torch.arange(wide_lo, wide_hi, device=canvas.device)
+        mask = eso.prefix_lm_mask(cache.slots, n_keys, prefix)
+        torch._dynamo.maybe_mark_dynamic(mask, 3)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs have been read
+        tokens = canvas[:, wide_lo:wide_hi]
+        positions = sigma[:, wide_lo:wide_hi]
+        t0 = time.perf_counter()
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            h = self.hidden(self.model, tokens, positions, mask, cache)
+        if self.forward_seconds is not None:
+            self.forward_seconds += time.perf_counter() - t0
+        return h[:, lo - wide_lo : hi - wide_lo]
