@@ -1,29 +1,29 @@
 """
-What train.py, sample.py, evaluate.py and bench.py share (the role of nanoGPT's configurator.py): the
-command line, the device and precision policy, and loading a checkpoint (ours, or the authors').
+The command line that train.py, sample.py, evaluate.py and bench.py share (the role of nanoGPT's
+configurator.py): flags from each script's block of defaults, the device and precision policy,
+the models that --out_dir and --init_from name, and how a script ends.
 
-Each script keeps its defaults in one block, name=(default, note[, kind]), and gets --key=value (or
---key value) for each, checked against its type or choices; --help, which lists them with their
-notes; and one-line refusals of unknown or mistyped options (with "did you mean"), exit status 2.
-From Python: model, ckpt = cli.load_checkpoint("out/ckpt.pt") gives a trained model to sample from."""
+Each script keeps its defaults in one block, name=(default, note[, kind]), and gets --key=value
+(or --key value) for each, checked against its type or choices; --help, which lists them with
+their notes; and one-line refusals of unknown or mistyped options (with "did you mean"), exit
+status 2.
+"""
 
-import _compat_pickle
 import argparse
 import difflib
-import pickle
 import sys
 from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-import eso
+import checkpoint
+import reference
+from checkpoint import CheckpointError
 from data.prepare import PrepareError
+from judge import JudgeError
 
-
-# The flags of every script that runs a model; the sampler's, shared so that evaluate.py scores what sample.py prints.
+# The flags of every script that runs a model.
 SYSTEM = dict(
     device=("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
     dtype=(
@@ -32,11 +32,21 @@ SYSTEM = dict(
         ("auto", "float32", "bfloat16", "float16"),
     ),
 )
+# The sampler's flags, one definition for sample.py and evaluate.py, so that evaluate.py scores
+# what sample.py prints. A None takes the preset's value (SAMPLING_PRESETS).
 SAMPLING = dict(
+    preset=(
+        "",
+        "'' (tuned for the small byte-level models) or paper (top_p 0.9, temperature 1, 5,120 "
+        "samples in batches of 256: the paper's Tables 13-15)",
+        ("", "paper"),
+    ),
+    num_samples=(None, "samples to draw (None: the preset's, 8 or 5,120)", int),
+    batch_size=(None, "samples drawn at once (None: the preset's, all of them or 256)", int),
     steps=(128, "T of the diffusion schedule; NFE = non-empty diffusion steps + sequential tokens"),
     alpha_0=(None, "sampling-time alpha_0 (None: the model's own)", float),
-    top_p=(0.8, "nucleus sampling (1 = off)"),
-    temperature=(0.6, "below 1 sharpens the distribution (chosen by measurement, see RESULTS.md)"),
+    top_p=(None, "nucleus sampling, 1 = off (None: the preset's, 0.8 or 0.9)", float),
+    temperature=(None, "below 1 sharpens the distribution (None: the preset's, 0.6 or 1)", float),
     block_order=(
         False,
         "the paper's block order: each diffusion step decodes a stream of evenly spaced positions",
@@ -47,73 +57,81 @@ SAMPLING = dict(
     ),
     seed=(1337, "seed of the sampler's generator"),
 )
+# The byte-level default model's settings were chosen by measurement (RESULTS.md); the paper's
+# are those of its sample-quality tables. batch_size None: all the samples at once.
+SAMPLING_PRESETS = {
+    "": dict(temperature=0.6, top_p=0.8, num_samples=8, batch_size=None),
+    "paper": dict(temperature=1.0, top_p=0.9, num_samples=5120, batch_size=256),
+}
 
 
 class UserError(Exception):
-    """A mistake of the user's: one line on stderr, exit status 2."""
+    """A mistake of the user's: one line on stderr, exit status 2 (or `status`)."""
 
     status = 2
 
 
-class Diverged(UserError):
-    """A loss that went NaN or infinite: one line on stderr, exit status 1."""
-
-    status = 1
-
-
-def _converter(default, kind):
+def converter(default, kind):
     """text -> value for --key; kind is a type (for None defaults) or a tuple of choices."""
-    kind = kind if kind is not None else type(default)
-    truth = dict.fromkeys(("true", "1", "yes", "on"), True) | dict.fromkeys(
-        ("false", "0", "no", "off"), False
-    )
+    if kind is None:
+        kind = type(default)
 
     def convert(text):
         if text.lower() == "none" and default is None:
             return None
         try:
-            if isinstance(kind, tuple):
-                return kind[kind.index(text)]
-            return (
-                truth[text.lower()]
-                if kind is bool
-                else int(text, 10)
-                if kind is int
-                else kind(text)
-            )
+            return parse_value(text, kind)
         except (KeyError, ValueError):
-            what = {int: "an integer", float: "a number", bool: "True or False"}.get(kind) or (
-                f"one of {', '.join(map(repr, kind))}" if isinstance(kind, tuple) else kind.__name__
-            )
-            raise argparse.ArgumentTypeError(f"takes {what}, not {text!r}") from None
+            raise argparse.ArgumentTypeError(f"takes {describe(kind)}, not {text!r}") from None
 
     return convert
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(
-        self, message
-    ):  # "argument --max_iters: takes an integer, not '1.5'": one line, our exit status
+TRUTH = {"true": True, "1": True, "yes": True, "on": True}
+TRUTH |= {"false": False, "0": False, "no": False, "off": False}
+
+
+def parse_value(text, kind):
+    """The value of a flag's text for kind (a type, or a tuple of choices)."""
+    if isinstance(kind, tuple):
+        return kind[kind.index(text)]
+    if kind is bool:
+        return TRUTH[text.lower()]
+    if kind is int:
+        return int(text, 10)
+    return kind(text)
+
+
+def describe(kind):
+    """What a flag of this kind takes, in words."""
+    if isinstance(kind, tuple):
+        return "one of " + ", ".join(map(repr, kind))
+    names = {int: "an integer", float: "a number", bool: "True or False"}
+    return names.get(kind, kind.__name__)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # "argument --max_iters: takes an integer, not '1.5'": one line, our exit status
         raise UserError(message.replace("argument ", "", 1))
 
 
 def parse(defaults, argv, doc):
-    """(config dict, the set of names the user gave): `defaults` ({name: (default, note[, kind])}) after argv."""
+    """(settings, the set of names the user gave): `defaults` ({name: (default, note[, kind])})
+    after argv, as the attributes of an argparse.Namespace (settings.max_iters, ...)."""
     if any(a in ("-h", "--help") for a in argv):
         print(doc.strip() + "\n\noptions (default):")
         for key, (default, note, *_) in defaults.items():
             print(f"  --{key}={default!r}".ljust(34) + f" {note}")
         sys.exit(0)
-    parser = _Parser(add_help=False, allow_abbrev=False)
+    parser = Parser(add_help=False, allow_abbrev=False)
     for key, (default, _, *kind) in defaults.items():
-        is_bool = (kind[0] if kind else type(default)) is bool
-        parser.add_argument(
-            f"--{key}",
-            default=default,
-            type=_converter(default, kind[0] if kind else None),
-            nargs="?" if is_bool else None,
-            const=True if is_bool else None,
-        )
+        kind = kind[0] if kind else None
+        is_bool = (kind or type(default)) is bool
+        options = dict(default=default, type=converter(default, kind))
+        if is_bool:  # --flag alone means True
+            options |= dict(nargs="?", const=True)
+        parser.add_argument(f"--{key}", **options)
     args, extra = parser.parse_known_args(argv)
     if extra:
         key = extra[0].split("=")[0]
@@ -122,31 +140,45 @@ def parse(defaults, argv, doc):
                 f"unexpected argument {extra[0]!r}: options look like --key=value (see --help)"
             )
         close = difflib.get_close_matches(key[2:], defaults, n=1)
-        raise UserError(
-            f"unknown option {key}"
-            + (f" (did you mean --{close[0]}?)" if close else " (see --help)")
-        )
-    config = vars(args)
-    given = {a[2:].split("=")[0] for a in argv if a.startswith("--")} & set(config)
-    return config, given
+        hint = " (see --help)"
+        if close:
+            hint = f" (did you mean --{close[0]}?)"
+        raise UserError(f"unknown option {key}{hint}")
+    given = {a[2:].split("=")[0] for a in argv if a.startswith("--")} & set(defaults)
+    return args, given
+
+
+def sampling_settings(c):
+    """The settings c with the sampling preset applied, in place: each of its settings that the
+    user left at None takes the preset's value (a batch_size left at None: all the samples at
+    once)."""
+    for key, value in SAMPLING_PRESETS[c.preset].items():
+        if getattr(c, key) is None:
+            setattr(c, key, value)
+    if c.batch_size is None:
+        c.batch_size = c.num_samples
+    return c
+
+
+# -----------------------------------------------------------------------------
+# Device and precision
 
 
 def device(name):
     """A torch.device from auto (CUDA, then MPS, then CPU), cpu, mps, cuda or cuda:N."""
     if name == "auto":
-        name = (
-            "cuda"
-            if torch.cuda.is_available()
-            else "mps"
-            if torch.backends.mps.is_available()
-            else "cpu"
-        )
+        name = "cpu"
+        if torch.backends.mps.is_available():
+            name = "mps"
+        if torch.cuda.is_available():
+            name = "cuda"
+    refusal = f"--device must be auto, cpu, mps, cuda or cuda:N, not {name!r}"
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device must be auto, cpu, mps, cuda or cuda:N, not {name!r}") from None
+        raise UserError(refusal) from None
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device must be auto, cpu, mps, cuda or cuda:N, not {name!r}")
+        raise UserError(refusal)
     available = {
         "cpu": 1,
         "cuda": torch.cuda.device_count(),
@@ -160,24 +192,27 @@ def device(name):
 
 
 def precision(device, dtype="auto"):
-    """(dtype name, autocast context): the one precision policy, for training, evaluation and sampling. auto =
-    bf16 autocast on CUDA (float16 where bf16 is missing), float32 elsewhere; bf16 also runs on CPUs; float16
-    needs CUDA (and a gradient scaler, which train.py adds)."""
+    """(dtype name, autocast context): the one precision policy, for training, evaluation and
+    sampling. auto = bf16 autocast on CUDA (float16 where bf16 is missing), float32 elsewhere;
+    bf16 also runs on CPUs; float16 needs CUDA (and a gradient scaler, which train.py adds)."""
     device = torch.device(device)
     if dtype == "auto":
-        cuda = device.type == "cuda"
-        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
+        dtype = "float32"
+        if device.type == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     if dtype not in ("float32", "bfloat16", "float16"):
         raise UserError(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     if dtype == "float32":
         return dtype, nullcontext()
-    if device.type != "cuda" and not (device.type == "cpu" and dtype == "bfloat16"):
+    runs_here = device.type == "cuda" or (device.type == "cpu" and dtype == "bfloat16")
+    if not runs_here:
         raise UserError(f"--dtype {dtype} does not run on {device.type}: use float32")
     return dtype, torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
 def synchronize(device):
-    """Wait for the work queued on `device` (CUDA: on that device, not cuda:0; MPS), so that a timer measures it."""
+    """Wait for the work queued on `device` (CUDA: on that device, not cuda:0; MPS), so that a
+    timer measures it."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -185,186 +220,33 @@ def synchronize(device):
         torch.mps.synchronize()
 
 
-class CheckpointError(UserError):
-    """A checkpoint that cannot be used; the message names the file and why, in one line."""
+# -----------------------------------------------------------------------------
+# The models that the flags name
 
 
-def load_checkpoint(path, device="cpu", ema=True):
-    """(model, checkpoint dict) of a file written by train.py, or of one of the authors' released Eso-LMs
-    (their_checkpoint), on `device`, in eval mode, with the EMA weights when it has them (ema=False: the
-    raw ones). Ours load with weights_only=True: tensors and plain values only. A file that names any
-    other class or function is read by an inert unpickler, runs none of them, and is refused unless it
-    is the authors' checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path} is a folder, not a checkpoint"
-            if path.is_dir()
-            else f"no checkpoint at "
-            f"{path}: train one with `python train.py` (or point --out_dir or --init_from elsewhere)"
-        )
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        text = " ".join(str(e).split())
-        if "unsupported global" not in text.lower():
-            why = text.split("WeightsUnpickler error: ")[-1] or type(e).__name__
-            raise CheckpointError(
-                f"{path} is not a readable checkpoint (truncated or corrupt?): {why[:160]}"
-            ) from None
-        ckpt = their_checkpoint(path, device)
-    need = {"model", "config", "tokenizer", "iter_num"}
-    if not isinstance(ckpt, dict) or not need <= set(ckpt):
-        missing = ", ".join(sorted(need - set(ckpt))) if isinstance(ckpt, dict) else "a dict"
-        raise CheckpointError(f"{path} is not an Eso-LM checkpoint (it lacks {missing})")
-    try:
-        model = eso.EsoLM(eso.EsoConfig(**ckpt["config"]))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} holds an incompatible model config: {e}") from None
-    try:
-        model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") else ckpt["model"])
-    except (RuntimeError, KeyError, TypeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(
-            f"{path}: the weights do not fit its config ({first[:160]})"
-        ) from None
-    return model.to(device).eval(), ckpt
+def load_model(source, device="cpu", ema=True, alpha_0=None):
+    """(model, checkpoint dict) of what --init_from (or out_dir/ckpt.pt) names: a checkpoint of
+    ours; an authors' Lightning file; an authors' Hugging Face folder (config.json plus weights)
+    or hub id (`owner/name`), whose alpha_0 the caller gives (their config has none). In eval
+    mode, with the EMA weights where there are some (ema=False: the raw ones)."""
+    path = Path(source)
+    if path.is_dir() and (path / "config.json").is_file():
+        ckpt = reference.hugging_face(path, alpha_0, device)
+    elif reference.looks_like_hub_id(source):
+        ckpt = reference.hugging_face(reference.download(str(source)), alpha_0, device)
+    elif not path.is_file():
+        return checkpoint.load(path, device, ema)  # its message says what is missing
+    elif is_ours(path):
+        return checkpoint.load(path, device, ema)
+    else:
+        ckpt = reference.lightning(path, device)
+    return checkpoint.model_from(ckpt, path, device, ema)
 
 
-class _Inert(dict):
-    """Stands in for a class or function that a foreign pickle names: keeps what it is handed, runs nothing."""
-
-    state = None
-
-    def __init__(self, *args, **kwargs):
-        super().__init__()
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-class _InertUnpickler(
-    pickle.Unpickler
-):  # resolves what rebuilds tensors and plain values; the rest: _Inert
-    SAFE = {
-        ("collections", "OrderedDict"),
-        ("collections", "defaultdict"),
-        ("torch._utils", "_rebuild_tensor_v2"),
-        ("torch._utils", "_rebuild_parameter"),
-        ("torch", "Size"),
-        ("torch", "device"),
-        ("_codecs", "encode"),
-        *(
-            ("builtins", n)
-            for n in "dict list tuple set frozenset int float bool str bytes bytearray".split()
-        ),
-    }
-    named = set()  # what the last file stood in for
-
-    def find_class(
-        self, module, name
-    ):  # torch.save writes protocol 2, with Python 2's names for builtins
-        module, name = _compat_pickle.NAME_MAPPING.get(
-            (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
-        )
-        if (module, name) in self.SAFE or (
-            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-        ):
-            return super().find_class(module, name)
-        self.named.add(f"{module}.{name}")
-        return type(name, (_Inert,), {"__module__": module})
-
-
-def _plain(obj):
-    """The plain values behind stand-ins of omegaconf's containers and nodes (their state holds _content or _val)."""
-    if (
-        isinstance(obj, _Inert)
-        and isinstance(obj.state, dict)
-        and ({"_content", "_val"} & set(obj.state))
-    ):
-        return _plain(obj.state.get("_content", obj.state.get("_val")))
-    return {k: _plain(v) for k, v in obj.items()} if isinstance(obj, dict) else obj
-
-
-def their_checkpoint(path, device="cpu"):
-    """The authors' released Eso-LM (a Lightning file, read inertly) as a checkpoint of ours: their EsoLMDiT folded by
-    eso.from_reference, and its EMA (in the order of its parameters: its state dict's but rotary_emb.inv_freq)."""
-    _InertUnpickler.named.clear()
-    try:
-        raw = torch.load(
-            path,
-            map_location=device,
-            weights_only=False,
-            pickle_module=SimpleNamespace(Unpickler=_InertUnpickler, __name__="inert"),
-        )
-    except Exception as e:
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint: {type(e).__name__} {e}"[:200]
-        ) from None
-    if not (
-        isinstance(raw, dict)
-        and isinstance(raw.get("state_dict"), dict)
-        and "hyper_parameters" in raw
-    ):
-        raise CheckpointError(
-            f"refusing {path}: unpickling it would run arbitrary code "
-            f"({', '.join(sorted(_InertUnpickler.named)[:3])}), which neither a checkpoint of ours "
-            "nor the authors' needs; none of it was run"
-        )
-    config = (
-        _plain(raw["hyper_parameters"]).get("config")
-        if isinstance(raw["hyper_parameters"], dict)
-        else None
-    )
-    model_cfg, algo, data = ((config or {}).get(k) or {} for k in ("model", "algo", "data"))
-    if (
-        data.get("tokenizer_name_or_path", "gpt2") != "gpt2"
-    ):  # LM1B's BERT models keep [MASK] inside the vocabulary
-        raise CheckpointError(
-            f"{path} uses the {data['tokenizer_name_or_path']} tokenizer: only GPT-2 ones load here"
-        )
-    kw = dict(
-        n_head=model_cfg.get("n_heads"),
-        block_size=model_cfg.get("length"),
-        alpha_0=algo.get("alpha_0"),
-        variant="A" if algo.get("diffusion_attn_mode") == "mixed2" else "B",
-        batch_split=algo.get("batch_split"),
-        loss_type=algo.get("loss_type", "elbo"),
-    )
-    state = {k: v for k, v in raw["state_dict"].items() if k.startswith("backbone.")} or raw[
-        "state_dict"
-    ]
-    names = [
-        k for k in state if not k.endswith("rotary_emb.inv_freq")
-    ]  # the parameters, in their order
-    shadow = raw["ema"].get("shadow_params") if isinstance(raw.get("ema"), dict) else None
-    try:
-        folded = [eso.from_reference(state, **kw)]
-        if shadow is not None:
-            if len(shadow) != len(
-                names
-            ):  # (a tensor of the wrong shape is named by from_reference)
-                raise ValueError(f"its EMA holds {len(shadow)} tensors for {len(names)} parameters")
-            folded.append(eso.from_reference({**state, **dict(zip(names, shadow))}, **kw))
-    except (
-        TypeError,
-        ValueError,
-    ) as e:  # e.g. a config without model.n_heads, model.length or algo.alpha_0
-        raise CheckpointError(f"{path}: {e} (what its config gives: {kw})") from None
-    if shadow is None:
-        print(
-            f"note: {path} holds no EMA weights (the paper's numbers use them): using the raw ones",
-            file=sys.stderr,
-        )
-    return {
-        "model": folded[0].state_dict(),
-        "ema": folded[1].state_dict() if shadow is not None else None,
-        "config": asdict(folded[0].config),
-        "tokenizer": "gpt2",
-        "iter_num": int(raw.get("global_step") or 0),
-        "dataset": "openwebtext",
-        "source": f"the authors' checkpoint {path}",
-    }
+def is_ours(path):
+    """Whether a torch.save file names nothing but tensors and plain values (as ours do)."""
+    named = checkpoint.pickle_globals(path)
+    return named <= checkpoint.REAL_GLOBALS
 
 
 def run(main, prog, argv=None):
@@ -372,7 +254,7 @@ def run(main, prog, argv=None):
     exit status 2 (1 for a diverged run), Ctrl-C outside training 130."""
     try:
         code = main(sys.argv[1:] if argv is None else argv)
-    except (UserError, PrepareError) as e:
+    except (UserError, PrepareError, CheckpointError, JudgeError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         code = getattr(e, "status", 2)
     except KeyboardInterrupt:
