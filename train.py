@@ -4,17 +4,21 @@ Train an Eso-LM.
   python train.py                                       # CPU-sized default on the offline corpus
   python train.py --alpha_0=0.25 --max_iters=5000       # any default below, as --key=value
   python train.py --init_from=resume                    # continue out/ckpt.pt where it stopped
-  python train.py --eval_only=True --num_orders=100     # NELBO and the IW likelihood bound of out/ckpt.pt
-  python train.py --eval_only=True --init_from=FILE     # the same for another checkpoint (the authors' too)
+  python train.py --eval_only=True --num_orders=100     # NELBO and IW bound of out/ckpt.pt
+  python train.py --eval_only=True --init_from=FILE     # the same for another model (the authors')
   torchrun --standalone --nproc_per_node=4 train.py     # DDP: NCCL on GPUs, gloo on CPUs
 
-Batch: each iteration takes batch_size x gradient_accumulation_steps sequences in total, shared out
-over the processes in micro-batches of batch_size (nanoGPT's convention; the accumulation steps are
-rounded up to a multiple of the process count). Every random draw of an iteration (which sequences,
-the noise of the loss, dropout) is a function of (seed, iteration, micro-batch), so a run gives the
-same result on 1 or N processes and resumes exactly, on any number of processes. Ctrl-C or SIGTERM
-saves a checkpoint before exiting; checkpoints are written atomically and hold only tensors and plain
-values (they load with torch.load(weights_only=True)).
+Batch: each iteration takes batch_size x gradient_accumulation_steps sequences in total, shared
+out over the processes in micro-batches of batch_size (nanoGPT's convention; the accumulation
+steps are rounded up to a multiple of the process count). Every random draw of an iteration
+(which sequences, the noise of the loss, dropout) is a function of (seed, iteration,
+micro-batch), so a run gives the same result on 1 or N processes and resumes exactly, on any
+number of processes. Ctrl-C or SIGTERM saves a checkpoint before exiting; checkpoints are written
+atomically and hold only tensors and plain values (they load with torch.load(weights_only=True)).
+
+Evaluation: during training, the NELBO of a fixed quick set (eval_iters x batch_size windows,
+the same noise every time); with --eval_only, a full pass over the validation split as the paper
+reports it (validation.py).
 """
 
 import copy
@@ -25,7 +29,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +37,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import checkpoint
 import cli
 import eso
-from data.prepare import DATA_DIR, load_dataset, prepare
+import validation
+from data.prepare import dataset_tokenizer, is_prepared, load_dataset, prepare
 
 # -----------------------------------------------------------------------------
 # Defaults: each is a flag, --key=value; `python train.py --help` lists them with their notes.
@@ -48,18 +54,28 @@ CONFIG = dict(
     ),
     init_from=(
         "scratch",
-        "scratch; resume (out_dir/ckpt.pt); or a checkpoint file (ours or the authors'): its "
+        "scratch; resume (out_dir/ckpt.pt); or a model: a checkpoint file (ours or an authors' "
+        "Lightning file), an authors' Hugging Face folder or hub id (with --alpha_0): its "
         "weights, a fresh optimizer",
     ),
     eval_interval=(400, "iterations between validation runs and checkpoints"),
-    eval_iters=(20, "validation batches (the same sequences and noise every time)"),
+    eval_iters=(20, "validation batches during training (the same windows and noise every time)"),
     log_interval=(10, "iterations between log lines (out_dir/log.jsonl)"),
-    eval_only=(False, "evaluate out_dir/ckpt.pt on the validation set, then exit"),
+    eval_only=(
+        False,
+        "evaluate out_dir/ckpt.pt (or --init_from) in a full pass over the validation split, "
+        "then exit",
+    ),
+    eval_windows=(0, "with eval_only: score this many windows (a fixed subset), not all (0)"),
     num_orders=(
         0,
         "with eval_only: orders K of the importance-weighted likelihood bound (0 = skip)",
     ),
-    preset=("", "owt: the paper's OpenWebText model (explicit flags still win)", ("", "owt")),
+    preset=(
+        "",
+        "owt or lm1b: the paper's OpenWebText or LM1B run (explicit flags still win)",
+        ("", "owt", "lm1b"),
+    ),
     # data and model
     batch_size=(16, "sequences per micro-batch (per process)"),
     block_size=(128, "L, the sequence length"),
@@ -102,69 +118,136 @@ CONFIG = dict(
         1,
         "micro-batches per iteration, over all processes (rounded up to a multiple)",
     ),
-    ema=(
-        0.0,
-        "EMA decay of the weights used for eval and sampling (0 = off; the paper uses 0.9999)",
-    ),
+    ema=(0.0, "EMA decay of the weights used for eval and sampling (0 = off; the paper: 0.9999)"),
     # system
     **cli.SYSTEM,  # device, dtype
     compile=(None, "torch.compile the model (None: on for CUDA on Linux)", bool),
     seed=(1337, "seed of every random draw"),
 )
-PRESETS = {  # the paper's OpenWebText run (App. C.3): 250K steps of a 12 x 768 model at L = 1024, batch 512
-    "owt": dict(
-        dataset="openwebtext",
-        block_size=1024,
-        n_layer=12,
-        n_head=12,
-        n_embd=768,
-        dropout=0.1,
-        batch_size=64,
-        gradient_accumulation_steps=8,
-        learning_rate=3e-4,
-        lr_schedule="constant",
-        warmup_iters=2500,
-        max_iters=250_000,
-        ema=0.9999,
-        weight_decay=0.0,
-        beta2=0.999,
-        eval_interval=10_000,
-        eval_iters=50,
-    ),
+# The paper's runs (App. C.3 and the authors' scripts/esolm/train_*.sh): a 12 x 768 model with
+# biases (their adaLN folds into them), global batch 512, AdamW lr 3e-4 constant after 2,500
+# warmup steps, EMA 0.9999, dropout 0.1, bf16.
+PAPER = dict(
+    n_layer=12,
+    n_head=12,
+    n_embd=768,
+    bias=True,
+    dropout=0.1,
+    batch_size=64,
+    gradient_accumulation_steps=8,
+    learning_rate=3e-4,
+    lr_schedule="constant",
+    warmup_iters=2500,
+    ema=0.9999,
+    weight_decay=0.0,
+    beta2=0.999,
+    eval_interval=10_000,
+    eval_iters=50,
+)
+PRESETS = {
+    # OpenWebText, L = 1024, 250K steps; low_var at alpha_0 = 1 (train_owt_esolmb_alpha0_1.sh)
+    "owt": PAPER | dict(dataset="openwebtext", block_size=1024, max_iters=250_000),
+    # LM1B, L = 128, 1M steps; elbo even at alpha_0 = 1 (train_lm1b_esolmb_alpha0_1.sh)
+    "lm1b": PAPER | dict(dataset="lm1b", block_size=128, max_iters=1_000_000),
 }
 MODEL_KEYS = [f.name for f in fields(eso.EsoConfig) if f.name != "vocab_size"]
+# the settings of a run that a resume or an evaluation takes from the command line, not the file
+PER_RUN = {"init_from", "eval_only", "eval_windows", "num_orders", "out_dir", "device", "dtype"}
+PER_RUN |= {"compile"}
+
+
+class Diverged(cli.UserError):
+    """A loss that went NaN or infinite: one line on stderr, exit status 1."""
+
+    status = 1
+
+
+def apply_preset(c, given):
+    """The preset's settings, where the user gave no flag of their own."""
+    if not c.preset:
+        return
+    for key, value in PRESETS[c.preset].items():
+        if key not in given:
+            setattr(c, key, value)
+    if c.preset == "owt" and c.alpha_0 == 1 and "loss_type" not in given:
+        c.loss_type = "low_var"
 
 
 def check(c):
+    """One line for the first setting that cannot work."""
     rules = [
         (
-            c["batch_size"] >= 1 and c["gradient_accumulation_steps"] >= 1,
+            c.batch_size >= 1 and c.gradient_accumulation_steps >= 1,
             "--batch_size and --gradient_accumulation_steps must be at least 1",
         ),
-        (c["block_size"] >= 2, "--block_size must be at least 2"),
+        (c.block_size >= 2, "--block_size must be at least 2"),
         (
-            c["max_iters"] >= 0 and c["warmup_iters"] >= 0,
+            c.max_iters >= 0 and c.warmup_iters >= 0,
             "--max_iters and --warmup_iters must not be negative",
         ),
         (
-            min(c["eval_interval"], c["eval_iters"], c["log_interval"]) >= 1,
+            min(c.eval_interval, c.eval_iters, c.log_interval) >= 1,
             "--eval_interval, --eval_iters and --log_interval must be at least 1",
         ),
         (
-            c["learning_rate"] > 0 and c["min_lr"] >= 0,
+            c.learning_rate > 0 and c.min_lr >= 0,
             "--learning_rate must be above 0 and --min_lr not below 0",
         ),
-        (0 <= c["ema"] < 1, "--ema must lie in [0, 1)"),
+        (0 <= c.ema < 1, "--ema must lie in [0, 1)"),
         (
-            c["grad_clip"] >= 0 and c["weight_decay"] >= 0,
+            c.grad_clip >= 0 and c.weight_decay >= 0,
             "--grad_clip and --weight_decay must not be negative",
         ),
-        (0 <= c["beta1"] < 1 and 0 <= c["beta2"] < 1, "--beta1 and --beta2 must lie in [0, 1)"),
-        (c["num_orders"] >= 0, "--num_orders must not be negative"),
+        (0 <= c.beta1 < 1 and 0 <= c.beta2 < 1, "--beta1 and --beta2 must lie in [0, 1)"),
+        (c.num_orders >= 0, "--num_orders must not be negative"),
+        (c.eval_windows >= 0, "--eval_windows must not be negative"),
+        (0 <= c.alpha_0 <= 1, f"--alpha_0 must lie in [0, 1], got {c.alpha_0}"),
     ]
-    for ok, msg in rules:
+    for ok, message in rules:
         if not ok:
-            raise cli.UserError(msg)
+            raise cli.UserError(message)
+
+
+# -----------------------------------------------------------------------------
+# The processes
+
+
+@dataclass
+class Process:
+    """This process's place in the run: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE."""
+
+    rank: int
+    world: int
+    device: torch.device
+    ddp: bool
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    def say(self, *args, **kwargs):
+        """print, on the first process only."""
+        if self.master:
+            print(*args, **kwargs)
+
+    def barrier(self):
+        if self.ddp:
+            dist.barrier()
+
+
+def start_process(c):
+    """This process, with the process group started under torchrun."""
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    device = cli.device(c.device)
+    if not ddp:
+        return Process(0, 1, device, False)
+    rank = int(os.environ["RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Process(rank, world, device, True)
 
 
 def seeded(device, *key):
@@ -172,433 +255,545 @@ def seeded(device, *key):
     return torch.Generator(device).manual_seed(hash(key) % 2**63)
 
 
+# -----------------------------------------------------------------------------
+# The model and the data
+
+
+def load_or_build(c, given, proc):
+    """(raw model, checkpoint dict or None, its source): from scratch (built once the data's
+    vocabulary is known: None), or from a checkpoint, which then decides the model and, for a
+    resume, the run's settings."""
+    ckpt_path = Path(c.out_dir) / "ckpt.pt"
+    if c.init_from == "scratch" and not c.eval_only:
+        return None, None, None
+    source = Path(c.init_from)
+    if c.init_from in ("scratch", "resume"):
+        source = ckpt_path
+    alpha_0 = c.alpha_0 if "alpha_0" in given else None  # for the authors' HF models
+    model, ckpt = cli.load_model(source, proc.device, ema=False, alpha_0=alpha_0)
+    config = model.config
+    for key in MODEL_KEYS:
+        if key in given and getattr(c, key) != getattr(config, key):
+            raise cli.UserError(
+                f"--{key}={getattr(c, key)} conflicts with the checkpoint ({key}="
+                f"{getattr(config, key)}): drop the flag, or train from scratch in another "
+                "--out_dir"
+            )
+    settings = {"dataset": ckpt.get("dataset")}
+    if source == ckpt_path:
+        settings = ckpt.get("train_config", {})
+    for key, value in settings.items():
+        if key in CONFIG and value is not None and key not in given | PER_RUN:
+            setattr(c, key, value)
+    for key in MODEL_KEYS:
+        setattr(c, key, getattr(config, key))
+    return model, ckpt, source
+
+
+def load_data(c, proc):
+    """(train, val, meta) of data/NAME; the default corpus is prepared on first use."""
+    is_default = c.dataset == "python_prose"
+    if is_default and proc.master and not is_prepared("python_prose"):
+        print("data/python_prose is not prepared yet: preparing it now (a few seconds, once)")
+        prepare("python_prose", overwrite=True)
+    proc.barrier()
+    return load_dataset(c.dataset, c.block_size)
+
+
+def build_model(c, meta, proc):
+    """A fresh model for the data's vocabulary, with the same initial weights on every
+    process."""
+    settings = {key: getattr(c, key) for key in MODEL_KEYS}
+    try:
+        config = eso.EsoConfig(vocab_size=meta["vocab_size"], **settings)
+    except ValueError as e:
+        raise cli.UserError(f"--{e}") from None
+    c.batch_split = config.batch_split
+    torch.manual_seed(c.seed)
+    return eso.EsoLM(config).to(proc.device)
+
+
+def check_fits_data(c, model, ckpt, meta):
+    """The model, the data and the settings agree, or one line."""
+    config = model.config
+    if ckpt is not None:
+        same = config.vocab_size == meta["vocab_size"] and ckpt["tokenizer"] == meta["tokenizer"]
+        if not same:
+            raise cli.UserError(
+                f"data/{c.dataset} uses {meta['tokenizer']} ({meta['vocab_size']} ids) but the "
+                f"checkpoint was trained with {ckpt['tokenizer']} ({config.vocab_size} ids)"
+            )
+    if c.num_orders and config.variant != "B" and config.alpha_0 > 0:
+        raise cli.UserError(
+            "--num_orders needs a variant B model, or alpha_0 = 0 (variant A's clean tokens "
+            "change as tokens arrive)"
+        )
+    if 0 < config.batch_split < 1 and c.batch_size < 2:
+        raise cli.UserError(
+            f"--batch_size must be at least 2 when batch_split is {config.batch_split} "
+            "(both terms need rows)"
+        )
+    if not c.eval_only and meta.get("train_tokens", 0) == 0:
+        raise cli.UserError(
+            f"data/{c.dataset} is an evaluation set (it has no training split): use it with "
+            "--eval_only=True"
+        )
+
+
+class Batches:
+    """The start of every sequence of each iteration (its global batch), a function of (seed,
+    iteration) only. Windowed data (the authors' wrapped chunks) gives whole windows, each epoch
+    a fresh shuffle, as their loader does; a stream gives random offsets."""
+
+    def __init__(self, n_tokens, block_size, global_batch, seed, windows):
+        self.n_tokens = n_tokens
+        self.L = block_size
+        self.global_batch = global_batch
+        self.seed = seed
+        self.windows = windows
+        self.orders = {}  # epoch -> the order of the windows in it (the last two kept)
+
+    def offsets(self, it):
+        if not self.windows:
+            generator = seeded("cpu", self.seed, it)
+            return torch.randint(self.n_tokens - self.L, (self.global_batch,), generator=generator)
+        n = self.n_tokens // self.L
+        first = it * self.global_batch
+        index = torch.arange(first, first + self.global_batch)
+        epoch = index // n
+        offsets = torch.empty_like(index)
+        for e in epoch.unique().tolist():  # a batch can straddle two epochs
+            inside = epoch == e
+            offsets[inside] = self.epoch_order(n, e)[index[inside] % n] * self.L
+        return offsets
+
+    def epoch_order(self, n, epoch):
+        """The order of the n windows in an epoch, a function of (seed, epoch)."""
+        if epoch not in self.orders:
+            if len(self.orders) >= 2:
+                self.orders.pop(min(self.orders))
+            generator = seeded("cpu", self.seed, -1, epoch)
+            self.orders[epoch] = torch.randperm(n, generator=generator)
+        return self.orders[epoch]
+
+
 def get_batch(data, offsets, block_size, device):
-    """The sequences of block_size tokens that start at `offsets`, as a (len(offsets), L) LongTensor."""
-    x = torch.from_numpy(data[offsets.numpy()[:, None] + np.arange(block_size)].astype(np.int64))
-    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x.to(device)
+    """The sequences of block_size tokens that start at `offsets`, as a (len(offsets), L)
+    LongTensor."""
+    index = offsets.numpy()[:, None] + np.arange(block_size)
+    x = torch.from_numpy(data[index].astype(np.int64))
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def get_lr(it, c):
     """Linear warmup to learning_rate, then constant or cosine down to min_lr at max_iters."""
-    if it < c["warmup_iters"]:
-        return c["learning_rate"] * (it + 1) / (c["warmup_iters"] + 1)
-    if c["lr_schedule"] == "constant":
-        return c["learning_rate"]
-    progress = min(1.0, (it - c["warmup_iters"]) / max(1, c["max_iters"] - c["warmup_iters"]))
-    return c["min_lr"] + 0.5 * (1 + math.cos(math.pi * progress)) * (
-        c["learning_rate"] - c["min_lr"]
-    )
+    if it < c.warmup_iters:
+        return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
+    if c.lr_schedule == "constant":
+        return c.learning_rate
+    progress = min(1.0, (it - c.warmup_iters) / max(1, c.max_iters - c.warmup_iters))
+    return c.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (c.learning_rate - c.min_lr)
 
 
 @torch.no_grad()
 def ema_update(ema_model, model, decay, it):
-    """ema <- d ema + (1 - d) model, with the paper's warmup d = min(decay, (1 + it) / (10 + it))."""
+    """ema <- d ema + (1 - d) model, with the paper's warmup of the decay:
+    d = min(decay, (1 + it) / (10 + it))."""
     d = min(decay, (1 + it) / (10 + it))
     for p_ema, p in zip(ema_model.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
 
 
-@torch.no_grad()
-def evaluate(model, val, c, ctx, rank=0, world=1, num_orders=0, forward=None):
-    """Per-token NELBO (elbo weights, the training alpha_0 and kappa) on a fixed validation set:
-    the same sequences and noise every call, shared out over processes. forward: the model's
-    forward, compiled or not (the draws are made outside it). Totals are summed in Python floats
-    (float64 on every device, MPS included)."""
-    model.eval()
-    forward = forward or model
-    dev = model.wte.weight.device
-    offsets = torch.randint(
-        len(val) - c["block_size"],
-        (c["eval_iters"], c["batch_size"]),
-        generator=torch.Generator().manual_seed(0),
+# -----------------------------------------------------------------------------
+# Evaluation only
+
+
+def evaluate_only(c, model, ckpt, source, val, meta, ctx, proc):
+    """--eval_only: the NELBO (and the IW bound) in a full pass over the validation windows, or
+    a fixed subset of --eval_windows of them; a JSON line at the end."""
+    if ckpt.get("ema"):  # the EMA weights are the ones evaluated (the paper's)
+        model.load_state_dict(ckpt["ema"])
+    config = model.config
+    windows = validation.windows(val, config.block_size)
+    chosen = validation.subset(len(windows), c.eval_windows)
+    n_tokens = len(chosen) * config.block_size
+    weights = "EMA" if ckpt.get("ema") else "raw"
+    what = f"{len(chosen):,} of {len(windows):,} windows" if c.eval_windows else "a full pass"
+    proc.say(
+        f"{source} (step {ckpt['iter_num']}, alpha_0={config.alpha_0}, kappa={config.batch_split},"
+        f" variant {config.variant}, {weights} weights) on data/{c.dataset} val, {what}: "
+        f"{len(chosen):,} windows of {config.block_size} tokens ({n_tokens:,} tokens)",
+        flush=True,
     )
-    totals = np.zeros(4)  # nelbo, diffusion, sequential, iw
-    for i in range(rank, c["eval_iters"], world):
-        x = get_batch(val, offsets[i], c["block_size"], dev)
-        noise = torch.Generator(dev).manual_seed(1000 + i)
-        with ctx:
-            loss, parts = forward(x, model.draws(x, noise), "elbo")
-            iw = model.likelihood(x, num_orders, generator=noise) if num_orders else torch.zeros(())
-        totals += [loss.item(), parts["diffusion"].item(), parts["sequential"].item(), iw.item()]
-    if world > 1:
-        t = torch.tensor(totals, dtype=torch.float64, device=dev if dev.type == "cuda" else "cpu")
-        dist.all_reduce(t)
-        totals = t.cpu().numpy()
-    model.train()
-    nelbo, diffusion, sequential, iw = (totals / c["eval_iters"]).tolist()
-    out = {
-        "nelbo": nelbo,
-        "ppl": math.exp(min(nelbo, 700)),
-        "diffusion": diffusion,
-        "sequential": sequential,
-    }
-    if num_orders:
-        out |= {"iw_bound": iw, "iw_ppl": math.exp(min(iw, 700)), "num_orders": num_orders}
-    return out
+    res = validation.full_pass(
+        model, windows, chosen, c.batch_size, ctx, proc.rank, proc.world, c.num_orders, c.seed
+    )
+    proc.say(
+        f"  NELBO {res['nelbo']:.4f} nats/token (diffusion {res['diffusion']:.4f} + sequential "
+        f"{res['sequential']:.4f}), perplexity {res['ppl']:.2f}"
+    )
+    if c.num_orders:
+        proc.say(
+            f"  IW bound (K={c.num_orders}) {res['iw_bound']:.4f} nats/token, perplexity "
+            f"{res['iw_ppl']:.2f}"
+        )
+    summary = {"checkpoint": str(source), "step": ckpt["iter_num"], "dataset": c.dataset}
+    summary |= {"alpha_0": config.alpha_0, "variant": config.variant, **res}
+    proc.say(json.dumps(summary))
+    proc.barrier()
+    return 0
 
 
-def save_checkpoint(path, state):
-    """Write to a temporary file, fsync, then rename: a crash at any moment (kill -9
-    included) leaves the previous checkpoint intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if hasattr(os, "O_DIRECTORY"):
-            fd = os.open(path.parent, os.O_DIRECTORY)
-            os.fsync(fd)
-            os.close(fd)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
+# -----------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class Run:
+    """What a training run holds and changes as it goes."""
+
+    raw_model: eso.EsoLM  # the model itself (what is saved)
+    model: torch.nn.Module  # what the steps call: the raw model, compiled and/or wrapped in DDP
+    ema_model: eso.EsoLM | None  # the EMA of the weights, used for evaluation and sampling
+    eval_forward: object  # the evaluation's forward (compiled or not)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    accum: int  # micro-batches per process and iteration
+    iter_num: int = 0
+    best_val: float = float("inf")
+    train_seconds: float = 0.0  # spent training (not evaluating)
+
+    @property
+    def eval_model(self):
+        if self.ema_model is not None:
+            return self.ema_model
+        return self.raw_model
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM, caught while training: the current iteration finishes, a
+    checkpoint is saved, and the run exits with 128 + the signal. The old handlers come back on
+    the way out."""
+
+    def __enter__(self):
+        self.caught = []
+        self.previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.catch)
+        return self
+
+    def catch(self, signum, frame):
+        self.caught.append(signum)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def first(self):
+        if self.caught:
+            return self.caught[0]
+        return signal.SIGTERM  # another process caught it
+
+
+def start_run(c, given, raw_model, ckpt, proc):
+    """The run's optimizer, scaler, EMA and step functions; a resume takes the checkpoint's
+    state, with the global batch it had on any process count."""
+    device = proc.device
+    raw_model.train()
+    has_ema = bool(ckpt and ckpt.get("ema"))
+    ema_model = None
+    if c.ema > 0 or has_ema:
+        ema_model = copy.deepcopy(raw_model).requires_grad_(False)
+    if has_ema:
+        ema_model.load_state_dict(ckpt["ema"])
+    optimizer = torch.optim.AdamW(
+        raw_model.parameters(),
+        lr=c.learning_rate,
+        betas=(c.beta1, c.beta2),
+        weight_decay=c.weight_decay,
+        fused=device.type == "cuda",
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=c.dtype == "float16")
+    accum = -(-c.gradient_accumulation_steps // proc.world)
+    run = Run(raw_model, raw_model, ema_model, raw_model, optimizer, scaler, accum)
+    if c.init_from == "resume":
+        resume(run, c, given, ckpt, proc)
+    c.gradient_accumulation_steps = run.accum * proc.world  # as used, over all processes
+    # one graph per shape: the loss's draws are made outside it (EsoLM.draws), and dynamic=False
+    # keeps Dynamo from tracing a second, symbolic-shape graph when a shape changes
+    if c.compile:
+        run.model = torch.compile(raw_model, dynamic=False)
+        run.eval_forward = torch.compile(run.eval_model, dynamic=False)
+    else:
+        run.eval_forward = run.eval_model
+    if proc.ddp:
+        device_ids = [device.index] if device.type == "cuda" else None
+        run.model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
+    return run
+
+
+def resume(run, c, given, ckpt, proc):
+    """The optimizer, scaler and counters of the checkpoint; its global batch on this process
+    count, unless the user set the accumulation."""
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.iter_num = ckpt["iter_num"]
+    run.best_val = ckpt.get("best_val_loss", float("inf"))
+    run.train_seconds = ckpt.get("train_seconds", 0.0)
+    global_batch = ckpt.get("global_batch")
+    if not global_batch or "gradient_accumulation_steps" in given:
+        return
+    accum, rest = divmod(global_batch, c.batch_size * proc.world)
+    if rest or not accum:
         raise cli.UserError(
-            f"could not write {path} ({e.strerror or e}); the previous checkpoint is intact"
+            f"the checkpoint's global batch of {global_batch} sequences does not split into "
+            f"micro-batches of {c.batch_size} on each of {proc.world} process(es): resume with a "
+            "--batch_size and a process count whose product divides it"
+        )
+    run.accum = accum
+
+
+def save(run, c, meta, proc):
+    """out_dir/ckpt.pt: the weights, the EMA, the optimizer, the settings and the counters."""
+    if not proc.master:
+        return
+    config = run.raw_model.config
+    extra = dict(
+        ema=run.ema_model.state_dict() if run.ema_model is not None else None,
+        optimizer=run.optimizer.state_dict(),
+        scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        dataset=c.dataset,
+        eos=meta.get("eos"),
+        train_config={k: v for k, v in vars(c).items() if k in CONFIG},
+        global_batch=c.batch_size * c.gradient_accumulation_steps,
+        best_val_loss=run.best_val,
+        train_seconds=run.train_seconds,
+        versions={"torch": str(torch.__version__), "python": sys.version.split()[0]},
+    )
+    if "vocab_file" in meta:  # a WordPiece vocabulary travels with the model (LM1B's)
+        extra["vocab"] = dataset_tokenizer(c.dataset).vocab
+    state = checkpoint.state(run.raw_model, config, meta["tokenizer"], run.iter_num, **extra)
+    checkpoint.save(Path(c.out_dir) / "ckpt.pt", state)
+
+
+def log(record, c, proc):
+    """A line of out_dir/log.jsonl."""
+    if proc.master:
+        with open(Path(c.out_dir) / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def check_writable(out, proc):
+    """Fail now, not after hours of training, if the checkpoint cannot be written."""
+    if not proc.master:
+        return
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise cli.UserError(
+            f"cannot write to --out_dir {out} ({e.strerror}): pick a writable folder"
         ) from None
+
+
+def validate(run, c, val, ctx, proc):
+    """The quick validation set's NELBO, logged; the best so far kept."""
+    res = validation.quick(
+        run.eval_model,
+        val,
+        c.eval_iters,
+        c.batch_size,
+        ctx,
+        proc.rank,
+        proc.world,
+        forward=run.eval_forward,
+    )
+    run.best_val = min(run.best_val, res["nelbo"])
+    proc.say(
+        f"step {run.iter_num}: val NELBO {res['nelbo']:.4f} (diffusion {res['diffusion']:.4f} + "
+        f"sequential {res['sequential']:.4f}), perplexity {res['ppl']:.2f}",
+        flush=True,
+    )
+    log({"iter": run.iter_num, "val": res, "train_s": round(run.train_seconds, 3)}, c, proc)
+
+
+def train_step(run, c, train, batches, proc, ctx, signals):
+    """One iteration: the global batch's micro-batches, one update. Returns (loss, diffusion
+    part, sequential part, lr, whether any process caught a signal)."""
+    L = c.block_size
+    B = c.batch_size
+    lr = get_lr(run.iter_num, c)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    # this iteration's sequences: a function of (seed, iteration) only, shared out by micro-batch
+    offsets = batches.offsets(run.iter_num)
+    stats = torch.zeros(4, device=proc.device)  # loss, its two parts, a signal caught
+    for micro in range(run.accum):
+        slot = micro * proc.world + proc.rank  # this micro-batch's place in the global batch
+        x = get_batch(train, offsets[slot * B : (slot + 1) * B], L, proc.device)
+        torch.manual_seed(hash((c.seed, run.iter_num, slot)) % 2**63)  # dropout
+        draws = run.raw_model.draws(x, seeded(proc.device, c.seed, run.iter_num, slot, 1))
+        n_skip = eso.skip_of(draws)
+        last = micro == run.accum - 1
+        sync = nullcontext() if not proc.ddp or last else run.model.no_sync()
+        with sync:
+            with ctx:
+                loss, parts = run.model(x, draws, n_skip=n_skip)
+            run.scaler.scale(loss / run.accum).backward()
+        terms = torch.stack([loss.detach(), parts["diffusion"], parts["sequential"]])
+        stats[:3] += terms.float() / run.accum
+    stats[3] = float(bool(signals.caught))
+    if proc.ddp:  # the global batch's loss, and whether any process caught a signal
+        dist.all_reduce(stats)
+        stats[:3] /= proc.world
+    loss, diffusion, sequential, stop = stats.tolist()
+    if not math.isfinite(loss):
+        raise Diverged(
+            f"loss is {loss} at step {run.iter_num}: stopping; the last good checkpoint "
+            f"({Path(c.out_dir) / 'ckpt.pt'}) is kept. Try a lower --learning_rate or --grad_clip=1"
+        )
+    if c.grad_clip:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), c.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema_model is not None:
+        ema_update(run.ema_model, run.raw_model, c.ema, run.iter_num)
+    run.iter_num += 1
+    return loss, diffusion, sequential, lr, bool(stop)
+
+
+def train(run, c, data, meta, ctx, proc):
+    """The training loop: evaluate and save every eval_interval iterations and at the end, log
+    every log_interval, stop cleanly on a signal."""
+    train_data, val = data
+    global_batch = c.batch_size * c.gradient_accumulation_steps
+    batches = Batches(len(train_data), c.block_size, global_batch, c.seed, "windows" in meta)
+    ckpt_path = Path(c.out_dir) / "ckpt.pt"
+    bar = tqdm(
+        total=c.max_iters,
+        initial=run.iter_num,
+        disable=not (proc.master and sys.stderr.isatty()),
+        dynamic_ncols=True,
+        unit="it",
+    )  # without a terminal: plain log lines instead
+    t_last = time.time()
+    it_last = run.iter_num
+    resumed_at = run.iter_num
+    with StopSignals() as signals:
+        while True:
+            at_interval = run.iter_num % c.eval_interval == 0 and run.iter_num != resumed_at
+            if at_interval or run.iter_num == c.max_iters:
+                run.train_seconds += time.time() - t_last
+                validate(run, c, val, ctx, proc)
+                save(run, c, meta, proc)
+                t_last = time.time()  # tokens/s counts training time only
+                it_last = run.iter_num
+            if run.iter_num >= c.max_iters:
+                break
+            loss, diffusion, sequential, lr, stop = train_step(
+                run, c, train_data, batches, proc, ctx, signals
+            )
+            bar.update(1)
+            if run.iter_num % c.log_interval == 0 or stop:
+                now = time.time()
+                elapsed = max(now - t_last, 1e-9)
+                tok_s = global_batch * c.block_size * (run.iter_num - it_last) / elapsed
+                run.train_seconds += now - t_last
+                t_last = now
+                it_last = run.iter_num
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+                if bar.disable:
+                    proc.say(
+                        f"iter {run.iter_num}: loss {loss:.4f} (diffusion {diffusion:.4f} + "
+                        f"sequential {sequential:.4f}), lr {lr:.2e}, {tok_s:,.0f} tokens/s",
+                        flush=True,
+                    )
+                record = {"iter": run.iter_num, "loss": loss, "diffusion": diffusion}
+                record |= {"sequential": sequential, "lr": lr, "tok_s": tok_s}
+                record["train_s"] = round(run.train_seconds, 3)
+                log(record, c, proc)
+            if stop:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                save(run, c, meta, proc)
+                bar.close()
+                sig = signals.first()
+                proc.say(
+                    f"caught {signal.Signals(sig).name} at step {run.iter_num}: saved "
+                    f"{ckpt_path}; continue with --init_from=resume"
+                )
+                return 128 + sig
+    bar.close()
+    ppl = math.exp(min(run.best_val, 700))
+    proc.say(
+        f"done: {run.iter_num} iterations, best val NELBO {run.best_val:.4f} (perplexity "
+        f"{ppl:.2f}); checkpoint in {ckpt_path}. Sample with: python sample.py "
+        f"--out_dir={c.out_dir}"
+    )
+    return 0
+
+
+def describe(c, run, meta, proc):
+    """The two lines that open a run: the model, and the batch and data."""
+    config = run.raw_model.config
+    L = config.block_size
+    global_batch = c.batch_size * c.gradient_accumulation_steps
+    params = run.raw_model.num_params() / 1e6
+    proc.say(
+        f"Eso-LM ({config.variant}) {params:.2f}M parameters: {config.n_layer} layers x "
+        f"{config.n_embd}, L={L}, vocab {config.vocab_size} + [MASK]; alpha_0={config.alpha_0}, "
+        f"batch split kappa={config.batch_split} ({config.loss_type})"
+    )
+    micro = "micro-batches" if run.accum > 1 else "micro-batch"
+    processes = "processes" if proc.world > 1 else "process"
+    line = (
+        f"global batch {global_batch} sequences = {c.batch_size} per micro-batch x {run.accum} "
+        f"{micro} x {proc.world} {processes}: {global_batch * L:,} tokens per iteration; "
+        f"{meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
+        f"({meta['tokenizer']}); {proc.device}, {c.dtype}"
+    )
+    if c.compile:
+        line += ", compiled"
+    if run.iter_num:
+        line += f"; resuming at step {run.iter_num}"
+    proc.say(line)
 
 
 def main(argv):
     c, given = cli.parse(CONFIG, argv, __doc__)
-    if c["preset"]:
-        c |= {k: v for k, v in PRESETS[c["preset"]].items() if k not in given}
+    apply_preset(c, given)
     check(c)
-    # DDP: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank, local_rank, world = (
-        (
-            int(os.environ["RANK"]),
-            int(os.environ.get("LOCAL_RANK", 0)),
-            int(os.environ["WORLD_SIZE"]),
+    proc = start_process(c)
+    c.dtype, ctx = cli.precision(proc.device, c.dtype)
+    if c.compile is None:
+        c.compile = proc.device.type == "cuda" and sys.platform == "linux"
+    raw_model, ckpt, source = load_or_build(c, given, proc)
+    train_data, val, meta = load_data(c, proc)
+    if raw_model is None:
+        raw_model = build_model(c, meta, proc)
+    check_fits_data(c, raw_model, ckpt, meta)
+    if c.eval_only:
+        return evaluate_only(c, raw_model, ckpt, source, val, meta, ctx, proc)
+    if ckpt is not None and c.init_from == "resume" and ckpt["iter_num"] >= c.max_iters:
+        proc.say(
+            f"{source} has already finished its {ckpt['iter_num']} iterations (--max_iters="
+            f"{c.max_iters}): nothing to do; raise --max_iters to train on"
         )
-        if ddp
-        else (0, 0, 1)
-    )
-    device = cli.device(c["device"])
-    if ddp:
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    master = rank == 0
-    say = print if master else (lambda *a, **k: None)
-    c["dtype"], ctx = cli.precision(device, c["dtype"])
-    if c["compile"] is None:
-        c["compile"] = device.type == "cuda" and sys.platform == "linux"
-    out, ckpt_path = Path(c["out_dir"]), Path(c["out_dir"]) / "ckpt.pt"
-
-    # the model: from scratch, or from the checkpoint (which then decides the model and the run's settings)
-    ckpt, resuming = None, c["init_from"] == "resume"
-    if c["init_from"] != "scratch" or c["eval_only"]:
-        src = ckpt_path if c["init_from"] in ("scratch", "resume") else Path(c["init_from"])
-        raw_model, ckpt = cli.load_checkpoint(src, device, ema=False)
-        config = raw_model.config
-        for k in MODEL_KEYS:
-            if k in given and c[k] != getattr(config, k):
-                raise cli.UserError(
-                    f"--{k}={c[k]} conflicts with the checkpoint ({k}={getattr(config, k)}): "
-                    f"drop the flag, or train from scratch in another --out_dir"
-                )
-        per_run = ("init_from", "eval_only", "num_orders", "out_dir", "device", "dtype", "compile")
-        settings = (
-            ckpt.get("train_config", {}) if src == ckpt_path else {"dataset": ckpt.get("dataset")}
-        )
-        c |= {
-            k: v
-            for k, v in settings.items()
-            if k in CONFIG and v is not None and k not in given | set(per_run)
-        }
-        c |= {k: getattr(config, k) for k in MODEL_KEYS}
-    if (
-        c["dataset"] == "python_prose"
-        and master
-        and not (DATA_DIR / "python_prose" / "meta.json").exists()
-    ):
-        prepare("python_prose", overwrite=True)  # the offline default, prepared on first use
-    if ddp:
-        dist.barrier()
-    train_data, val_data, meta = load_dataset(c["dataset"], c["block_size"])
-    if ckpt is None:
-        try:
-            config = eso.EsoConfig(vocab_size=meta["vocab_size"], **{k: c[k] for k in MODEL_KEYS})
-        except ValueError as e:
-            raise cli.UserError(str(e)) from None
-        c["batch_split"] = config.batch_split
-        torch.manual_seed(c["seed"])  # the initial weights (the same on every process)
-        raw_model = eso.EsoLM(config).to(device)
-    elif config.vocab_size != meta["vocab_size"] or ckpt["tokenizer"] != meta["tokenizer"]:
-        raise cli.UserError(
-            f"data/{c['dataset']} uses {meta['tokenizer']} ({meta['vocab_size']} ids) but the "
-            f"checkpoint was trained with {ckpt['tokenizer']} ({config.vocab_size} ids)"
-        )
-    if c["num_orders"] and config.variant != "B" and config.alpha_0 > 0:
-        raise cli.UserError(
-            "--num_orders needs a variant B model, or alpha_0 = 0 (variant A's clean tokens change "
-            "as tokens arrive)"
-        )
-    if 0 < config.batch_split < 1 and c["batch_size"] < 2:
-        raise cli.UserError(
-            f"--batch_size must be at least 2 when batch_split is {config.batch_split} "
-            "(both terms need rows)"
-        )
-    raw_model.train()
-    has_ema = bool(ckpt and ckpt.get("ema"))
-    ema_model = copy.deepcopy(raw_model).requires_grad_(False) if c["ema"] > 0 or has_ema else None
-    if has_ema:
-        ema_model.load_state_dict(ckpt["ema"])
-
-    if c["eval_only"]:
-        res = evaluate(ema_model or raw_model, val_data, c, ctx, rank, world, c["num_orders"])
-        say(
-            f"{src} (step {ckpt['iter_num']}, alpha_0={config.alpha_0}, kappa={config.batch_split}, "
-            f"variant {config.variant}, {'EMA' if ema_model else 'raw'} weights) on data/{c['dataset']} val, "
-            f"{c['eval_iters']} x {c['batch_size']} sequences of {config.block_size} tokens:"
-        )
-        say(
-            f"  NELBO {res['nelbo']:.4f} nats/token (diffusion {res['diffusion']:.4f} + sequential "
-            f"{res['sequential']:.4f}), perplexity {res['ppl']:.4g}"
-        )
-        if c["num_orders"]:
-            say(
-                f"  IW bound (K={c['num_orders']}) {res['iw_bound']:.4f} nats/token, perplexity {res['iw_ppl']:.4g}"
-            )
-        say(
-            json.dumps(
-                {
-                    "checkpoint": str(src),
-                    "step": ckpt["iter_num"],
-                    "alpha_0": config.alpha_0,
-                    "variant": config.variant,
-                    **res,
-                }
-            )
-        )
-        if ddp:
-            dist.barrier()
         return 0
-
-    optimizer = torch.optim.AdamW(
-        raw_model.parameters(),
-        lr=c["learning_rate"],
-        betas=(c["beta1"], c["beta2"]),
-        weight_decay=c["weight_decay"],
-        fused=device.type == "cuda",
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=c["dtype"] == "float16")
-    iter_num, best_val, train_s = (
-        0,
-        float("inf"),
-        0.0,
-    )  # train_s: seconds spent training (not evaluating)
-    B, L = c["batch_size"], config.block_size
-    accum = -(-c["gradient_accumulation_steps"] // world)  # micro-batches per process and iteration
-    if resuming:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        iter_num, best_val = ckpt["iter_num"], ckpt.get("best_val_loss", float("inf"))
-        train_s = ckpt.get("train_seconds", 0.0)
-        if (
-            ckpt.get("global_batch") and "gradient_accumulation_steps" not in given
-        ):  # the same batch, any world
-            accum, rest = divmod(ckpt["global_batch"], B * world)
-            if rest or not accum:
-                raise cli.UserError(
-                    f"the checkpoint's global batch of {ckpt['global_batch']} sequences does not split "
-                    f"into micro-batches of {B} on each of {world} process(es): resume with a "
-                    "--batch_size and a process count whose product divides it"
-                )
+    run = start_run(c, given, raw_model, ckpt, proc)
     ckpt = None  # its tensors live in the models now
-    global_batch = B * accum * world
-    c["gradient_accumulation_steps"] = (
-        accum * world
-    )  # as used (nanoGPT's convention: over all processes)
-    # one graph per shape: the loss's draws are made outside (EsoLM.draws), and dynamic=False keeps
-    # Dynamo from tracing a second, symbolic-shape graph when a shape changes
-    model = torch.compile(raw_model, dynamic=False) if c["compile"] else raw_model
-    eval_forward = torch.compile(ema_model or raw_model, dynamic=False) if c["compile"] else None
-    if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None
-        )
-    if master:  # fail now, not after hours of training, if the checkpoint cannot be written
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / f".write-test-{os.getpid()}").touch()
-            (out / f".write-test-{os.getpid()}").unlink()
-        except OSError as e:
-            raise cli.UserError(
-                f"cannot write to --out_dir {out} ({e.strerror}): pick a writable folder"
-            ) from None
-
-    def checkpoint():
-        if master:
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "model": raw_model.state_dict(),
-                    "ema": ema_model.state_dict() if ema_model else None,
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                    "config": asdict(config),
-                    "tokenizer": meta["tokenizer"],
-                    "dataset": c["dataset"],
-                    "train_config": c,
-                    "global_batch": global_batch,
-                    "iter_num": iter_num,
-                    "best_val_loss": best_val,
-                    "train_seconds": train_s,
-                    "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
-                },
-            )
-
-    def log(record):
-        if master:
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    say(
-        f"Eso-LM ({config.variant}) {raw_model.num_params() / 1e6:.2f}M parameters: {config.n_layer} layers x "
-        f"{config.n_embd}, L={L}, vocab {config.vocab_size} + [MASK]; alpha_0={config.alpha_0}, batch split "
-        f"kappa={config.batch_split} ({config.loss_type})"
-    )
-    say(
-        f"global batch {global_batch} sequences = {B} per micro-batch x {accum} micro-batch{'es' * (accum > 1)} x "
-        f"{world} process{'es' * (world > 1)}: {global_batch * L:,} tokens per iteration; {meta['train_tokens']:,} "
-        f"train / {meta['val_tokens']:,} val tokens ({meta['tokenizer']}); {device}, {c['dtype']}"
-        + (", compiled" if c["compile"] else "")
-        + (f"; resuming at step {iter_num}" if iter_num else "")
-    )
-
-    def train_loop():
-        nonlocal iter_num, best_val, train_s
-        bar = tqdm(
-            total=c["max_iters"],
-            initial=iter_num,
-            disable=not (master and sys.stderr.isatty()),
-            dynamic_ncols=True,
-            unit="it",
-        )  # without a terminal: plain log lines instead
-        t_last, it_last, resumed_at = time.time(), iter_num, iter_num
-        while True:
-            if (iter_num % c["eval_interval"] == 0 and iter_num != resumed_at) or iter_num == c[
-                "max_iters"
-            ]:
-                train_s += time.time() - t_last
-                res = evaluate(
-                    ema_model or raw_model, val_data, c, ctx, rank, world, forward=eval_forward
-                )
-                best_val = min(best_val, res["nelbo"])
-                say(
-                    f"step {iter_num}: val NELBO {res['nelbo']:.4f} (diffusion {res['diffusion']:.4f} + "
-                    f"sequential {res['sequential']:.4f}), perplexity {res['ppl']:.4g}",
-                    flush=True,
-                )
-                log({"iter": iter_num, "val": res, "train_s": round(train_s, 3)})
-                checkpoint()
-                t_last, it_last = time.time(), iter_num  # tokens/s counts training time only
-            if iter_num >= c["max_iters"]:
-                break
-            lr = get_lr(iter_num, c)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # This iteration's sequences: a function of (seed, iteration) only, shared out by micro-batch.
-            offsets = torch.randint(
-                len(train_data) - L, (global_batch,), generator=seeded("cpu", c["seed"], iter_num)
-            )
-            stats = torch.zeros(
-                4, device=device
-            )  # loss, its diffusion and sequential parts, a signal caught
-            for micro in range(accum):
-                slot = micro * world + rank  # this micro-batch's place in the global batch
-                x = get_batch(train_data, offsets[slot * B : (slot + 1) * B], L, device)
-                torch.manual_seed(hash((c["seed"], iter_num, slot)) % 2**63)  # dropout
-                with nullcontext() if not ddp or micro == accum - 1 else model.no_sync():
-                    with ctx:
-                        loss, parts = model(
-                            x, raw_model.draws(x, seeded(device, c["seed"], iter_num, slot, 1))
-                        )
-                    scaler.scale(loss / accum).backward()
-                stats[:3] += (
-                    torch.stack([loss.detach(), parts["diffusion"], parts["sequential"]]).float()
-                    / accum
-                )
-            stats[3] = float(bool(caught))
-            if ddp:  # the global batch's loss, and whether any process caught a signal
-                dist.all_reduce(stats)
-                stats[:3] /= world
-            loss_sum, d, s, stop = stats.tolist()
-            if not math.isfinite(loss_sum):
-                bar.close()
-                raise cli.Diverged(
-                    f"loss is {loss_sum} at step {iter_num}: stopping; the last good checkpoint "
-                    f"({ckpt_path}) is kept. Try a lower --learning_rate or --grad_clip=1"
-                )
-            if c["grad_clip"]:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), c["grad_clip"])
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if ema_model is not None:
-                ema_update(ema_model, raw_model, c["ema"], iter_num)
-            iter_num += 1
-            bar.update(1)
-            if iter_num % c["log_interval"] == 0 or stop:
-                now = time.time()
-                tok_s = global_batch * L * (iter_num - it_last) / max(now - t_last, 1e-9)
-                train_s, t_last, it_last = train_s + now - t_last, now, iter_num
-                bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-                if bar.disable:
-                    say(
-                        f"iter {iter_num}: loss {loss_sum:.4f} (diffusion {d:.4f} + sequential {s:.4f}), "
-                        f"lr {lr:.2e}, {tok_s:,.0f} tokens/s",
-                        flush=True,
-                    )
-                log(
-                    {
-                        "iter": iter_num,
-                        "loss": loss_sum,
-                        "diffusion": d,
-                        "sequential": s,
-                        "lr": lr,
-                        "tok_s": tok_s,
-                        "train_s": round(train_s, 3),
-                    }
-                )
-            if stop:
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                checkpoint()
-                bar.close()
-                sig = caught[0] if caught else signal.SIGTERM
-                say(
-                    f"caught {signal.Signals(sig).name} at step {iter_num}: saved {ckpt_path}; continue with "
-                    "--init_from=resume"
-                )
-                return 128 + sig
-        bar.close()
-        ppl = math.exp(min(best_val, 700))
-        say(
-            f"done: {iter_num} iterations, best val NELBO {best_val:.4f} (perplexity {ppl:.4g}); checkpoint in "
-            f"{ckpt_path}. Sample with: python sample.py --out_dir={out}"
-        )
-        return 0
-
-    # signals: finish the current iteration, save, exit (the old handlers come back on the way out)
-    caught = []
-    previous = {
-        sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        code = train_loop()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if ddp:  # leave together: a process that tears gloo down while another still saves can abort
-        dist.barrier()
+    check_writable(Path(c.out_dir), proc)
+    describe(c, run, meta, proc)
+    code = train(run, c, (train_data, val), meta, ctx, proc)
+    # leave together: a process that tears gloo down while another still saves can abort
+    proc.barrier()
     return code
 
 
