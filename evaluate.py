@@ -1,20 +1,26 @@
 """
-Measure the samples of a trained Eso-LM: draw them as sample.py does (same defaults, same
-seed, same tokens), then score them.
+Measure the samples of a trained Eso-LM: draw them as sample.py does (same flags, defaults and
+seed: the same tokens), or read them from a file, then score them.
 
-  python evaluate.py                          # 8 samples: how much of them is real words, how much blank
+  python evaluate.py                          # 8 samples: how much is real words, how much blank
   python evaluate.py --seeds=7                # the same for seeds 1337..1343, and the medians
-  python evaluate.py --judge=out/judge --num_samples=64 --alpha_0=0.5 --steps=64 --top_p=0.9 --temperature=1
+  python evaluate.py --ar_judge=out/judge     # + generative perplexity under our alpha_0 = 0 model
+  python evaluate.py --init_from=esolmb-alpha0-0d25-250k.ckpt --judge=gpt2-large --preset=paper \\
+      --steps=1024 --alpha_0=0.25             # one cell of the paper's Table 13
+  python evaluate.py --samples=samples.jsonl --judge=gpt2-large   # anyone's samples, scored alike
 
-Scores, per run of num_samples samples:
-  words3, words4  the share of the samples' words of 3+ (4+) letters, in lower case, that
-                  occur as words in the training text of the checkpoint's dataset
+Scores, per seed of num_samples samples:
+  words3, words4  the share of the samples' words of 3+ (4+) letters, in lower case, that occur
+                  as words in the training text of the model's dataset (byte-level corpora only;
+                  skipped with a note otherwise)
   blank           the share of characters that sit in runs of 3 or more whitespace characters
-  gen_ppl         with --judge (an alpha_0 = 0 model, whose loss is exact AR cross-entropy):
-                  exp of its NLL per token of the samples ("generative perplexity", paper App. C)
-  entropy         the mean over samples of each sample's unigram entropy (nats; the paper's
-                  check for repetitive, mode-collapsed samples)
-Prints a line per seed, the medians, then one JSON line with everything.
+  gen_ppl         with --judge (a Hugging Face causal LM, gpt2-large as the paper): the authors'
+                  generative perplexity (judge.py names their rules); pooled over all samples
+                  with --ar_judge (an alpha_0 = 0 model of ours, whose NELBO is its exact NLL):
+                  exp of its NLL per token of the samples' own tokens, all L of them
+  entropy         the mean over samples of each sample's unigram entropy over its token ids
+                  (nats; the paper's check for repetitive, mode-collapsed samples)
+Prints a line per seed, the pooled figures and the medians, then one JSON line with everything.
 """
 
 import json
@@ -27,23 +33,33 @@ import torch
 
 import cli
 import eso
+import judge
+from compiled import CompiledSampler
 from data.prepare import get_tokenizer, load_dataset
 
 # -----------------------------------------------------------------------------
 # Defaults: each is a flag, --key=value; the sampling ones are sample.py's (cli.SAMPLING).
 CONFIG = dict(
     out_dir=("out", "folder of ckpt.pt (written by train.py)"),
-    num_samples=(8, "samples per seed"),
-    seeds=(1, "how many seeds: seed, seed + 1, ...; medians are printed when more than one"),
-    **cli.SAMPLING,  # sample.py's: steps, alpha_0, top_p, temperature, block_order, seed
-    judge=(
+    init_from=(
         "",
-        "out_dir of an alpha_0 = 0 model: its generative perplexity and entropy of the samples",
+        "a model to draw from instead: a checkpoint file (ours, or an authors' Lightning file), "
+        "an authors' Hugging Face folder or hub id (give --alpha_0)",
+    ),
+    **cli.SAMPLING,  # sample.py's: preset, num_samples, batch_size, steps, alpha_0, ..., seed
+    seeds=(1, "how many seeds: seed, seed + 1, ...; medians are printed when more than one"),
+    samples=("", 'a .jsonl file of samples, one {"text": ...} a line, to score instead'),
+    judge=("", "a Hugging Face causal LM (gpt2-large, or a folder): the paper's generative PPL"),
+    ar_judge=(
+        "",
+        "out_dir of an alpha_0 = 0 model of ours, the offline judge for byte-level models "
+        "(make one: python train.py --alpha_0=0 --out_dir=out/judge)",
     ),
     quiet=(False, "print only the JSON line"),
     **cli.SYSTEM,  # device, dtype
 )
 WORD = re.compile(r"[a-z]+")
+MAX_CORPUS_TOKENS = 20_000_000  # the words of the word shares come from this much training text
 
 
 def corpus_words(text):
@@ -59,114 +75,223 @@ def word_share(texts, vocab, min_len):
 
 def blank_share(texts):
     """The share of characters that sit in runs of 3 or more whitespace characters."""
-    return sum(len(m) for t in texts for m in re.findall(r"\s{3,}", t)) / max(
-        1, sum(map(len, texts))
-    )
+    blank = sum(len(m) for t in texts for m in re.findall(r"\s{3,}", t))
+    return blank / max(1, sum(map(len, texts)))
 
 
 @torch.no_grad()
-def judge_nll(judge, tokens):
-    """The judge's NLL per token of the samples: at alpha_0 = 0 the bound has one order and is exact."""
-    return sum(judge.likelihood(t, 1).item() * len(t) for t in tokens.split(64)) / len(tokens)
+def ar_judge_nll(model, tokens):
+    """Our alpha_0 = 0 model's NLL per token of the samples (B, L): at alpha_0 = 0 the bound
+    has one order and is exact."""
+    total = sum(model.likelihood(t, 1).item() * len(t) for t in tokens.split(64))
+    return total / len(tokens)
 
 
-def unigram_entropy(tokens):
-    """The mean over rows of each row's unigram entropy, in nats."""
-    p = [torch.bincount(row).float() for row in tokens]
-    return sum(float(-(q[q > 0] / q.sum() * (q[q > 0] / q.sum()).log()).sum()) for q in p) / len(p)
+def read_samples(path):
+    """The texts of a .jsonl file, one {"text": ...} a line, or one line naming the bad line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or e
+        raise cli.UserError(f"cannot read --samples={path} ({why})") from None
+    texts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise cli.UserError(
+                f'--samples={path}, line {number}: not a JSON object with a "text" string'
+            )
+        texts.append(record["text"])
+    if not texts:
+        raise cli.UserError(f"--samples={path} holds no samples")
+    return texts
+
+
+def load_ar_judge(c, tokenizer, L, device):
+    """Our alpha_0 = 0 judge of --ar_judge, checked against the samples' tokenizer and length."""
+    path = Path(c.ar_judge) / "ckpt.pt"
+    if not path.is_file():
+        raise cli.UserError(
+            f"--ar_judge={c.ar_judge} holds no ckpt.pt: make a judge with `python train.py "
+            f"--alpha_0=0 --out_dir={c.ar_judge}` (an AR model of ours, a few minutes on a CPU)"
+        )
+    model, ckpt = cli.load_model(path, device)
+    fits = model.config.alpha_0 == 0 and ckpt["tokenizer"] == tokenizer
+    if not fits or model.config.block_size < L:
+        raise cli.UserError(
+            f"--ar_judge needs an alpha_0 = 0 model with the {tokenizer} tokenizer and "
+            f"block_size >= {L}; {c.ar_judge} has alpha_0={model.config.alpha_0}, "
+            f"{ckpt['tokenizer']}, block_size {model.config.block_size}"
+        )
+    return model
+
+
+def vocabulary_of(ckpt, enc):
+    """(the words of the model's training corpus, its name), or (None, why not): the word
+    shares are for byte-level corpora."""
+    dataset = ckpt.get("dataset") or ckpt.get("train_config", {}).get("dataset")
+    if ckpt["tokenizer"] != "bytes" or not dataset:
+        return None, "word shares skipped: they are for the byte-level corpora"
+    try:
+        train, _, _ = load_dataset(dataset)
+    except Exception:  # not prepared here: say so, score the rest
+        return None, f"word shares skipped: data/{dataset} is not prepared here"
+    return corpus_words(enc.decode(train[:MAX_CORPUS_TOKENS].tolist())), dataset
+
+
+def draw(model, sampler, c, a0, steps, seed, ctx, device):
+    """(tokens (num_samples, L), nfe, the batches of rows): the samples sample.py draws for this
+    seed, batch by batch."""
+    generator = torch.Generator(device).manual_seed(seed)
+    batches = []
+    nfe = 0
+    for start in range(0, c.num_samples, c.batch_size):
+        n = min(c.batch_size, c.num_samples - start)
+        with ctx:
+            plan = model.plan(n, steps, alpha_0=a0, block_order=c.block_order, generator=generator)
+            tokens, nfe = sampler.decode(
+                *plan, temperature=c.temperature, top_p=c.top_p, generator=generator
+            )
+        batches.append(tokens)
+    return torch.cat(batches), nfe, batches
 
 
 def main(argv):
-    c, _ = cli.parse(CONFIG, argv, __doc__)
-    dev = cli.device(c["device"])
-    _, ctx = cli.precision(dev, c["dtype"])
-    model, ckpt = cli.load_checkpoint(Path(c["out_dir"]) / "ckpt.pt", dev)
-    enc, L = get_tokenizer(ckpt["tokenizer"]), model.config.block_size
-    a0 = model.config.alpha_0 if c["alpha_0"] is None else c["alpha_0"]
+    c, given = cli.parse(CONFIG, argv, __doc__)
+    c = cli.sampling_settings(c)
+    dev = cli.device(c.device)
+    _, ctx = cli.precision(dev, c.dtype)
     try:
-        steps = eso.check_sampling_args(c["steps"], a0, c["temperature"], c["top_p"])
-        eso.whole("num_samples", c["num_samples"])
-        eso.whole("seeds", c["seeds"])
+        eso.whole("num_samples", c.num_samples)
+        eso.whole("batch_size", c.batch_size)
+        eso.whole("seeds", c.seeds)
     except ValueError as e:
         raise cli.UserError(f"--{e}") from None
-    dataset = ckpt.get("train_config", {}).get("dataset", "python_prose")
-    vocab = corpus_words(enc.decode(load_dataset(dataset)[0][:20_000_000].tolist()))
-    judge = None
-    if c["judge"]:
-        judge, jckpt = cli.load_checkpoint(Path(c["judge"]) / "ckpt.pt", dev)
-        if (
-            judge.config.alpha_0 != 0
-            or jckpt["tokenizer"] != ckpt["tokenizer"]
-            or judge.config.block_size < L
-        ):
-            raise cli.UserError(
-                f"--judge needs an alpha_0 = 0 model with the {ckpt['tokenizer']} tokenizer and "
-                f"block_size >= {L}; {c['judge']} has alpha_0={judge.config.alpha_0}, "
-                f"{jckpt['tokenizer']}, block_size {judge.config.block_size}"
-            )
+    hf_judge = None
+    if c.judge:
+        hf_judge = judge.load(c.judge, dev)
+    if c.samples:
+        return score_file(c, given, hf_judge)
+    source = c.init_from or Path(c.out_dir) / "ckpt.pt"
+    model, ckpt = cli.load_model(source, dev, alpha_0=c.alpha_0)
+    enc = get_tokenizer(ckpt["tokenizer"], ckpt.get("vocab"))
+    L = model.config.block_size
+    a0 = model.config.alpha_0 if c.alpha_0 is None else c.alpha_0
+    try:
+        steps = eso.check_sampling_args(c.steps, a0, c.temperature, c.top_p)
+    except ValueError as e:
+        raise cli.UserError(f"--{e}") from None
+    vocab, corpus = vocabulary_of(ckpt, enc)
+    ar_judge = None
+    if c.ar_judge:
+        ar_judge = load_ar_judge(c, ckpt["tokenizer"], L, dev)
+    if vocab is None and not c.quiet:
+        print(f"note: {corpus}")
+    sampler = model
+    if c.compile:
+        sampler = CompiledSampler(model)
     runs = []
-    for seed in range(c["seed"], c["seed"] + c["seeds"]):
-        generator = torch.Generator(dev).manual_seed(seed)
-        with ctx:
-            tokens, nfe = model.generate(
-                c["num_samples"],
-                steps,
-                alpha_0=a0,
-                temperature=c["temperature"],
-                top_p=c["top_p"],
-                block_order=c["block_order"],
-                compile=c["compile"],
-                generator=generator,
-            )
+    pooled = [0.0, 0.0]  # the judge's NLL sum and counted tokens over every seed
+    for seed in range(c.seed, c.seed + c.seeds):
+        tokens, nfe, batches = draw(model, sampler, c, a0, steps, seed, ctx, dev)
         texts = [enc.decode(row.tolist()) for row in tokens]
-        (f3, n3), (f4, n4) = word_share(texts, vocab, 3), word_share(texts, vocab, 4)
-        run = {
-            "seed": seed,
-            "nfe": nfe,
-            "words3": f3 / max(n3, 1),
-            "words4": f4 / max(n4, 1),
-            "blank": blank_share(texts),
-            "n_words3": n3,
-            "n_words4": n4,
-            "entropy": unigram_entropy(tokens),
-        }
-        if judge is not None:
+        run = {"seed": seed, "nfe": nfe, "blank": blank_share(texts)}
+        run["entropy"] = judge.unigram_entropy(tokens)
+        if vocab is not None:
+            found3, n3 = word_share(texts, vocab, 3)
+            found4, n4 = word_share(texts, vocab, 4)
+            run |= {"words3": found3 / max(n3, 1), "words4": found4 / max(n4, 1)}
+            run |= {"n_words3": n3, "n_words4": n4}
+        if ar_judge is not None:
             with ctx:
-                run["judge_nll"] = judge_nll(judge, tokens)
+                run["judge_nll"] = ar_judge_nll(ar_judge, tokens)
             run["gen_ppl"] = math.exp(run["judge_nll"])
+        if hf_judge is not None:
+            text_batches = [[enc.decode(row.tolist()) for row in b] for b in batches]
+            run |= judge.gen_ppl(*hf_judge, text_batches, max_length=L)
+            pooled[0] += run["judge_nll"] * run["counted"]
+            pooled[1] += run["counted"]
         runs.append(run)
-        if not c["quiet"]:
-            print(
-                f"seed {seed}: words of 3+ letters {run['words3']:.1%} ({f3} of {n3}), of 4+ letters "
-                f"{run['words4']:.1%} ({f4} of {n4}) found in data/{dataset}; characters in blank runs "
-                f"{run['blank']:.1%}; unigram entropy {run['entropy']:.3f} nats"
-                + (
-                    f"; judge NLL {run['judge_nll']:.4f}, generative perplexity {run['gen_ppl']:.3f}"
-                    if judge is not None
-                    else ""
-                ),
-                flush=True,
-            )
+        if not c.quiet:
+            print(seed_line(run, corpus), flush=True)
+    summary = summarize(runs, pooled, c)
+    record = {"checkpoint": str(source), "alpha_0_train": model.config.alpha_0, "alpha_0": a0}
+    record |= {"steps": steps, "block_order": c.block_order, "temperature": c.temperature}
+    record |= {"top_p": c.top_p, "num_samples": c.num_samples, "batch_size": c.batch_size}
+    record |= {"judge": c.judge or c.ar_judge or None, **summary, "runs": runs}
+    print(json.dumps(record))
+    return 0
+
+
+def seed_line(run, corpus):
+    """One seed's scores, in words."""
+    parts = [f"seed {run['seed']}: NFE {run['nfe']}"]
+    if "words3" in run:
+        parts.append(
+            f"words of 3+ letters {run['words3']:.1%} (of {run['n_words3']}), of 4+ letters "
+            f"{run['words4']:.1%} (of {run['n_words4']}) found in data/{corpus}"
+        )
+    parts.append(f"characters in blank runs {run['blank']:.1%}")
+    parts.append(f"unigram entropy {run['entropy']:.3f} nats")
+    if "gen_ppl" in run:
+        parts.append(
+            f"judge NLL {run['judge_nll']:.4f}, generative perplexity {run['gen_ppl']:.2f}"
+        )
+    return "; ".join(parts)
+
+
+def summarize(runs, pooled, c):
+    """The medians over seeds (printed when more than one), and the pooled generative
+    perplexity over every sample (the paper's figure)."""
     keys = [k for k in ("words3", "words4", "blank", "entropy", "gen_ppl") if k in runs[0]]
     median = {k: statistics.median(r[k] for r in runs) for k in keys}
-    if not c["quiet"] and len(runs) > 1:
+    entropy = statistics.fmean(r["entropy"] for r in runs)
+    out = {"median": median, "entropy": entropy}
+    if pooled[1]:
+        nll = pooled[0] / pooled[1]
+        out |= {"gen_ppl": math.exp(min(nll, 700)), "judge_nll": nll, "counted": int(pooled[1])}
+    if c.quiet:
+        return out
+    if len(runs) > 1:
         print(f"median of {len(runs)} seeds: " + ", ".join(f"{k} {median[k]:.4g}" for k in keys))
-    print(
-        json.dumps(
-            {
-                "checkpoint": str(Path(c["out_dir"]) / "ckpt.pt"),
-                "alpha_0_train": model.config.alpha_0,
-                "alpha_0": a0,
-                "steps": steps,
-                "block_order": c["block_order"],
-                "temperature": c["temperature"],
-                "top_p": c["top_p"],
-                "num_samples": c["num_samples"],
-                "median": median,
-                "runs": runs,
-            }
+    samples = len(runs) * c.num_samples
+    line = f"all {samples} samples: mean unigram entropy {entropy:.3f} nats"
+    if pooled[1]:
+        line += (
+            f", generative perplexity {out['gen_ppl']:.2f} (pooled over {out['counted']:,} tokens)"
         )
-    )
+    print(line)
+    return out
+
+
+def score_file(c, given, hf_judge):
+    """--samples=FILE: the texts scored by the judge, in batches of batch_size (the sampler's
+    batches of the paper: 256), and their entropy over the judge tokenizer's ids."""
+    if hf_judge is None:
+        raise cli.UserError("--samples needs --judge (a Hugging Face causal LM, e.g. gpt2-large)")
+    texts = read_samples(c.samples)
+    model, tokenizer = hf_judge
+    size = len(texts)  # one batch, unless a batch size is asked for (the paper's: 256)
+    if "batch_size" in given or c.preset:
+        size = c.batch_size
+    batches = [texts[i : i + size] for i in range(0, len(texts), size)]
+    scores = judge.gen_ppl(model, tokenizer, batches, max_length=judge.JUDGE_CONTEXT)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    entropy = judge.unigram_entropy(ids)
+    record = {"samples": c.samples, "judge": c.judge, "num_samples": len(texts)}
+    record |= {"batch_size": size, **scores, "entropy": entropy}
+    if not c.quiet:
+        print(
+            f"{len(texts)} samples of {c.samples}: generative perplexity {scores['gen_ppl']:.2f} "
+            f"under {c.judge} (pooled over {scores['counted']:,} tokens), mean unigram entropy "
+            f"{entropy:.3f} nats (over its tokenizer's ids)"
+        )
+    print(json.dumps(record))
     return 0
 
 
