@@ -1,21 +1,33 @@
 """
 Speed of Eso-LM sampling and training with random weights (the paper's Tables 11 and 13).
 
-  python bench.py                                   # CPU: L = 1024 (GPU: 1024, 2048, 8192); ~12 min on 2 cores
-  python bench.py --lengths=1024,2048 --repeats=3   # more lengths, fewer runs
-  python bench.py --peak_flops=989e12               # also MFU of training, against the peak you give
+  python bench.py                          # CPU: a 4 x 256 model, L = 1024 to 8192; ~40 min
+  python bench.py --preset=paper           # the paper's shape (12 x 768, vocab 50,257): a GPU
+  python bench.py --lengths=1024 --table11=False --repeats=3   # the decode cases only
+  python bench.py --batch=16               # Table 13's time column: seconds per batch
 
-Sampling: batch 1, nucleus off, T = 1e6 ("NFE ~ L": one token per step, the paper's protocol).
-  floor_2row, _1row, _32row  a pass over every weight matrix with 2 (1, 32) rows: a decode step's floor
-  eso_cached, eso_alpha0  Eso-LM (B) with its KV cache at alpha_0 = 1 (0): two rows per step
-  eso_compiled[_T=L/16]   generate(compile=True) at NFE ~ L (T = L/16), against its floor timed between its
-                          runs: a weight pass with the rows it feeds plus the KV reads of its windows
-  ar, hf_gpt2             a one-row GPT decode of the same transformer; Hugging Face GPT-2 `generate`, same
-                          size (when transformers is installed: a peer, not a dependency)
-  eso_T=L/k, eso_uncached cached at T = L/k (~k tokens per step); the uncached path (what MDLM costs)
-  gpt2_vocab              eso_cached with GPT-2's 50,257 tokens: the share of a step in sample_tokens
-Training: a step of model.loss (forward, backward, AdamW) per alpha_0, fast and dense sequential term, and
-their largest loss and gradient difference. Cases run in fresh processes; medians of --repeats runs.
+Table 11 (batch 1, nucleus off, T = 1e6: one token per step, NFE ~ L), at every length:
+  eso_cached    Eso-LM (B) with its KV cache at alpha_0 = 1: two rows per step
+  ar            the AR limit: a one-row GPT decode of the same transformer with a KV cache
+  mdlm          MDLM's cost: the same network attending both ways over all L tokens at every
+                step (a full forward per step, nothing cached)
+  eso_uncached  our causal path without the cache (all L slots every step)
+The uncached cases take L full forwards; past --full_max they time --extrapolate_steps steps and
+scale to NFE linearly (each step costs the same), and say so. Mean +- std and median of --repeats.
+Decode cases at the first length (CPU floors and peers):
+  floor_2row, _1row, _32row  a pass over every weight matrix with 2 (1, 32) rows: a step's floor
+  eso_alpha0             the cached sampler at alpha_0 = 0
+  eso_compiled[_T=L/16]  compiled.CompiledSampler at NFE ~ L (T = L/16), against its floor timed
+                         between its runs: a weight pass with the rows it feeds plus its KV reads
+  hf_gpt2                Hugging Face GPT-2 `generate`, same size (transformers: a peer, optional)
+  eso_T=L/k              cached at T = L/k (~k tokens per step)
+  gpt2_vocab             eso_cached with GPT-2's 50,257 tokens: the share of a step in sampling
+  step_split             where a compiled step's time goes: in the compiled forward or around it
+Batch mode (--batch=B): seconds per batch of B samples at the first length, Eso-LM at alpha_0 =
+1 for several T and the AR limit (Table 13's time column, batch 512 there).
+Training: a step of model.loss (forward, backward, AdamW) per alpha_0, fast and dense sequential
+term, their largest loss and gradient difference, and the n_skip each step drew. Cases run in
+fresh processes.
 """
 
 import importlib.util
@@ -32,378 +44,553 @@ import torch
 
 import cli
 import eso
+from compiled import CompiledSampler
 
 CONFIG = dict(
-    lengths=("", "comma-separated L values (empty: 1024 on CPU; 1024,2048,8192 on GPU)"),
-    n_layer=(6, "transformer blocks"),
-    n_head=(6, "attention heads"),
-    n_embd=(384, "width"),
+    preset=("", "paper: 12 x 768, 12 heads, vocab 50,257 (the paper's models)", ("", "paper")),
+    lengths=("", "comma-separated L values (empty: 1024,2048,4096,8192)"),
+    n_layer=(4, "transformer blocks"),
+    n_head=(4, "attention heads"),
+    n_embd=(256, "width"),
     vocab_size=(256, "vocabulary (256: the byte-level default)"),
     big_vocab=(50257, "the vocabulary of the gpt2_vocab case (GPT-2's)"),
-    repeats=(5, "timed runs per case (the median is reported)"),
-    uncached_repeats=(1, "the uncached reference costs L full forwards per run"),
-    uncached_max=(2048, "run the uncached reference only up to this L"),
+    repeats=(3, "timed runs per case"),
+    table11=(True, "time Table 11's cases (eso_cached, ar, mdlm, eso_uncached) at every length"),
+    decode=(True, "time the decode cases at the first length (floors, compiled, peers)"),
+    full_max=(256, "uncached cases run all their steps only up to this L, then extrapolate"),
+    extrapolate_steps=(32, "steps timed by an uncached case past full_max"),
+    uncached_repeats=(2, "timed runs of each uncached case (the slow ones)"),
     parallel=("64,16,4", "also time T = L/k steps for these k, at alpha_0 = 1"),
+    batch=(0, "Table 13's batch mode: seconds per batch of this many samples (0 = skip)"),
+    batch_steps=("16,128,1024", "the T of the batch mode's Eso-LM cases (alpha_0 = 1)"),
     train_alphas=("1,0.5,0.25,0", "training step time at these alpha_0"),
     train_batch=(4, "sequences per training step (of the first length)"),
+    train_length=(1024, "L of the training cases"),
     peak_flops=(0.0, "the device's peak FLOP/s for MFU (0 = skip), e.g. 989e12 for an H100's bf16"),
     compile=(True, "also time the compiled cached step (eso_compiled cases)"),
     fresh=(True, "run every case in a fresh process (False: in this one, for a quick check)"),
     device=("auto", "auto, cpu, cuda, cuda:N or mps"),
     seed=(0, "seed of the random weights and of the samplers"),
 )
+PAPER_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257)
+BIG_T = 10**6  # the paper's speed protocol: NFE ~ L
 
 
-def model_for(c, dev, L, alpha_0=1.0, vocab=None):
+def model_for(c, device, L, alpha_0=1.0, vocab=None):
     torch.manual_seed(c["seed"])
-    return eso.EsoLM(
-        eso.EsoConfig(
-            block_size=L,
-            vocab_size=vocab or c["vocab_size"],
-            n_layer=c["n_layer"],
-            n_head=c["n_head"],
-            n_embd=c["n_embd"],
-            alpha_0=alpha_0,
-        )
-    ).to(dev)
-
-
-def timed(fn, repeats, dev, warmup=True, *others):
-    """(median seconds, all runs, last result, then the medians of the others, each timed after each run of
-    fn) of fn(), after one warm-up run unless warmup=False."""
-    _ = warmup and fn()
-    times = [[] for _ in range(1 + len(others))]
-    for _ in range(repeats):  # fn, then each of the others, in turn
-        for i, f in enumerate((fn, *others)):
-            cli.synchronize(dev)
-            t0, res = time.perf_counter(), f()
-            cli.synchronize(dev)
-            times[i].append(time.perf_counter() - t0)
-            out = res if i == 0 else out
-    return (
-        statistics.median(times[0]),
-        [round(t, 4) for t in times[0]],
-        out,
-        *[statistics.median(t) for t in times[1:]],
+    config = eso.EsoConfig(
+        block_size=L,
+        vocab_size=vocab or c["vocab_size"],
+        n_layer=c["n_layer"],
+        n_head=c["n_head"],
+        n_embd=c["n_embd"],
+        alpha_0=alpha_0,
     )
+    return eso.EsoLM(config).to(device)
 
 
-def weight_pass(model, rows, dev):  # every weight matrix read once by `rows` rows: a step's floor
-    x = {
-        w: torch.randn(rows, w.size(0), device=dev)
-        for w in [m.weight for m in model.modules() if isinstance(m, eso.Linear)]
-    }
-    return lambda: [x[w] @ w for w in x] and (None, 0)
+def generator(c, device):
+    return torch.Generator(device).manual_seed(c["seed"])
 
 
-def kv_reads(model, windows, dev):
-    """The attention reads of a run's steps: per (rows, keys) window, two products over all layers and heads."""
-    cfg, counts = model.config, {w: windows.count(w) for w in set(windows)}
-    heads = (
-        cfg.n_layer * cfg.n_head,
-        cfg.n_embd // cfg.n_head,
-    )  # q, k, v: (layers x heads, rows or keys, hd)
-    data = {
-        w: [torch.randn(heads[0], n, heads[1], device=dev) for n in (w[0], w[1], w[1])]
-        for w in counts
-    }
-    return lambda: [[(q @ k.mT) @ v for _ in range(counts[w])] for w, (q, k, v) in data.items()]
+def stopwatch(fn, device, *args):
+    """(seconds, result) of fn(*args), the device's queue waited for before and after."""
+    cli.synchronize(device)
+    t0 = time.perf_counter()
+    result = fn(*args)
+    cli.synchronize(device)
+    return time.perf_counter() - t0, result
+
+
+def summary(times):
+    """The median, mean and standard deviation of a case's runs."""
+    std = statistics.stdev(times) if len(times) > 1 else 0.0
+    return dict(seconds=statistics.median(times), mean=statistics.fmean(times), std=std)
+
+
+def weight_pass(model, rows, device):
+    """Every weight matrix read once by `rows` rows: a decode step's floor."""
+    weights = [m.weight for m in model.modules() if isinstance(m, eso.Linear)]
+    inputs = [torch.randn(rows, w.size(0), device=device) for w in weights]
+
+    def run():
+        for x, w in zip(inputs, weights):
+            x @ w
+
+    return run
+
+
+def kv_reads(model, windows, device):
+    """The attention reads of a run's steps: per (rows, keys) window, two products over all
+    layers and heads."""
+    cfg = model.config
+    heads = cfg.n_layer * cfg.n_head
+    hd = cfg.n_embd // cfg.n_head
+    counts = {w: windows.count(w) for w in set(windows)}
+    data = {}
+    for rows, keys in counts:
+        q = torch.randn(heads, rows, hd, device=device)
+        k = torch.randn(heads, keys, hd, device=device)
+        v = torch.randn(heads, keys, hd, device=device)
+        data[(rows, keys)] = (q, k, v)
+
+    def run():
+        for window, (q, k, v) in data.items():
+            for _ in range(counts[window]):
+                (q @ k.mT) @ v
+
+    return run
 
 
 @torch.no_grad()
-def plain_ar_decode(model, L, generator):
+def ar_decode(model, L, gen):
     """A GPT decode with a KV cache: feed the last token, sample the next, L times."""
-    cache, dev = model.kv_cache(1), model.wte.weight.device
-    tok = torch.zeros(1, 1, dtype=torch.long, device=dev)
+    cache = model.kv_cache(1)
+    device = model.wte.weight.device
+    token = torch.zeros(1, 1, dtype=torch.long, device=device)
     for i in range(L):
-        cache.slots = torch.full((1,), i, device=dev)
-        h = model.hidden(tok, cache.slots[None], eso.prefix_lm_mask(cache.slots, i + 1), cache)
-        tok = eso.sample_tokens(model.logits(h), generator=generator)
-    return None, L
+        cache.slots = torch.full((1,), i, device=device)
+        mask = eso.prefix_lm_mask(cache.slots, i + 1)
+        h = model.hidden(token, cache.slots[None], mask, cache)
+        token = eso.sample_tokens(model.logits(h), generator=gen)
+    return L
+
+
+@torch.no_grad()
+def uncached_steps(model, L, max_steps, gen, bidirectional):
+    """(NFE of a whole run, steps timed): the first max_steps steps of a sample at alpha_0 = 1,
+    T = 1e6, each a full forward of all L tokens. bidirectional: MDLM's cost (the canvas in
+    position order, every token attending to every other); else our causal uncached path."""
+    canvas, sigma, sizes = model.plan(1, BIG_T, alpha_0=1.0, generator=gen)
+    canvas = canvas.gather(1, sigma)
+    everyone = None
+    if bidirectional:
+        everyone = torch.ones(1, 1, L, L, dtype=torch.bool, device=canvas.device)
+    done = 0
+    for k in sizes[:max_steps]:
+        if bidirectional:
+            h = model.hidden(canvas, sigma, everyone)[:, done : done + k]
+        else:
+            h = model.uncached_step(canvas, sigma, done, k, L)
+        canvas[:, done : done + k] = eso.sample_tokens(model.logits(h), generator=gen)
+        done += k
+    return len(sizes), min(max_steps, len(sizes))
+
+
+def hf_gpt2(c, L, device):
+    """Hugging Face GPT-2 `generate` of L - 1 tokens, the same size as ours."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=c["vocab_size"],
+        n_positions=L,
+        n_embd=c["n_embd"],
+        bos_token_id=0,
+        eos_token_id=0,
+        n_layer=c["n_layer"],
+        n_head=c["n_head"],
+    )
+    hf = GPT2LMHeadModel(config).to(device).eval()
+    ids = torch.zeros(1, 1, dtype=torch.long, device=device)
+
+    def run():
+        hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=L - 1,
+            min_new_tokens=L - 1,
+            do_sample=True,
+            top_k=0,
+            pad_token_id=0,
+        )
+        return L
+
+    return run
 
 
 def run_sampling(case, c):
-    """One case, in its own process: returns the case with its timings and memory."""
-    dev, L, method, steps = cli.device(c["device"]), case["L"], case["method"], case["steps"]
-    model = model_for(c, dev, L, vocab=c["big_vocab"] if method == "gpt2_vocab" else None).eval()
-    gen = lambda: torch.Generator(dev).manual_seed(c["seed"])  # noqa: E731
-    extra, others = {}, []
-    if method.startswith("floor"):
-        fn = weight_pass(model, int(method[6:-3]), dev)  # floor_<rows>row
-    elif method == "hf_gpt2":
-        from transformers import GPT2Config, GPT2LMHeadModel
+    """One sampling case, in its own process: the case with its timings and memory."""
+    device = cli.device(c["device"])
+    L = case["L"]
+    method = case["method"]
+    vocab = c["big_vocab"] if method == "gpt2_vocab" else None
+    model = model_for(c, device, L, vocab=vocab).eval()
+    out = dict(case)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad(), cli.precision(device)[1]:
+        if method in ("mdlm", "eso_uncached"):
+            out |= time_uncached(model, case, c, device)
+        elif method.startswith("eso_compiled"):
+            out |= time_compiled(model, case, c, device)
+        elif method == "step_split":
+            out |= time_step_split(model, case, c, device)
+        elif method.startswith("batch_"):
+            out |= time_batch(model, case, c, device)
+        else:
+            out |= time_simple(model, case, c, device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux: KiB)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss
+    nfe = max(out["nfe"], 1)
+    out |= {"peak_mb": round(peak / 2**20, 1), "per_step_ms": 1e3 * out["seconds"] / nfe}
+    out["tokens_per_s"] = L * case.get("batch", 1) / out["seconds"]
+    return out
 
-        hf = (
-            GPT2LMHeadModel(
-                GPT2Config(
-                    vocab_size=c["vocab_size"],
-                    n_positions=L,
-                    n_embd=c["n_embd"],
-                    bos_token_id=0,
-                    eos_token_id=0,
-                    n_layer=c["n_layer"],
-                    n_head=c["n_head"],
-                )
-            )
-            .to(dev)
-            .eval()
-        )
-        ids = torch.zeros(1, 1, dtype=torch.long, device=dev)
-        fn = lambda: (
-            hf.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=L - 1,  # noqa: E731
-                min_new_tokens=L - 1,
-                do_sample=True,
-                top_k=0,
-                pad_token_id=0,
-            ),
-            L,
-        )
+
+def time_simple(model, case, c, device):
+    """The cases that are one function run repeatedly after a warm-up: floors, cached
+    samplers, the AR decode, the GPT-2 peer."""
+    L = case["L"]
+    method = case["method"]
+    if method.startswith("floor"):
+        run = weight_pass(model, int(method[6:-3]), device)  # floor_<rows>row
+
+        def fn():
+            run()
+            return 0
+
+    elif method == "hf_gpt2":
+        fn = hf_gpt2(c, L, device)
     elif method == "ar":
-        fn = lambda: plain_ar_decode(model, L, gen())  # noqa: E731
-    else:
-        alpha_0, compiled = (
-            0.0 if method == "eso_alpha0" else 1.0,
-            method.startswith("eso_compiled"),
+
+        def fn():
+            return ar_decode(model, L, generator(c, device))
+
+    else:  # eso_cached, eso_alpha0, eso_T=L/k, gpt2_vocab
+        alpha_0 = 0.0 if method == "eso_alpha0" else 1.0
+
+        def fn():
+            _, nfe = model.generate(
+                1, case["steps"], alpha_0=alpha_0, generator=generator(c, device)
+            )
+            return nfe
+
+    fn()  # warm-up
+    times = []
+    for _ in range(case["repeats"]):
+        seconds, nfe = stopwatch(fn, device)
+        times.append(seconds)
+    out = summary(times) | {"nfe": nfe, "runs": [round(t, 4) for t in times]}
+    if method == "gpt2_vocab":  # what share of a step is sample_tokens over 50,257 logits?
+        logits = torch.randn(1, 1, c["big_vocab"], device=device)
+        gen = generator(c, device)
+
+        def draws():
+            for _ in range(20):
+                eso.sample_tokens(logits, generator=gen)
+
+        draw = statistics.median(stopwatch(draws, device)[0] for _ in range(3)) / 20
+        out["sampling_share"] = draw * nfe / out["seconds"]
+    return out
+
+
+def time_uncached(model, case, c, device):
+    """MDLM's cost or our uncached path: all steps up to full_max, else extrapolated."""
+    L = case["L"]
+    max_steps = L if L <= c["full_max"] else c["extrapolate_steps"]
+    bidirectional = case["method"] == "mdlm"
+    times = []
+
+    def fn():
+        return uncached_steps(model, L, max_steps, generator(c, device), bidirectional)
+
+    for _ in range(c["uncached_repeats"]):
+        seconds, (nfe, timed) = stopwatch(fn, device)
+        times.append(seconds * nfe / timed)
+    out = summary(times) | {"nfe": nfe, "steps_timed": timed, "runs": [round(t, 3) for t in times]}
+    out["extrapolated"] = timed < nfe
+    return out
+
+
+def time_compiled(model, case, c, device):
+    """The compiled sampler: the first run compiles (and records each step's window); then its
+    runs, each followed by its floor (a weight pass with the rows it feeds, and its KV reads)."""
+    sampler = CompiledSampler(model)
+
+    def fn():
+        _, nfe = sampler.generate(1, case["steps"], alpha_0=1.0, generator=generator(c, device))
+        return nfe
+
+    compile_s, _ = stopwatch(fn, device)
+    windows = list(sampler.windows)
+    rows = max(2, round(sum(fed for fed, _ in windows) / len(windows)))
+    weights = weight_pass(model, rows, device)
+    reads = kv_reads(model, windows, device)
+    times, weight_times, read_times = [], [], []
+    for _ in range(case["repeats"]):
+        seconds, nfe = stopwatch(fn, device)
+        times.append(seconds)
+        weight_times.append(stopwatch(weights, device)[0])
+        read_times.append(stopwatch(reads, device)[0])
+    out = summary(times) | {"nfe": nfe, "runs": [round(t, 4) for t in times]}
+    floor_weights = statistics.median(weight_times)
+    floor_reads = statistics.median(read_times)
+    out |= {"compile_s": compile_s - out["seconds"], "floor_rows": rows}
+    out |= {"floor_weights_ms": 1e3 * floor_weights, "floor_kv_ms": 1e3 * floor_reads / nfe}
+    out["step_over_floor"] = out["seconds"] / (nfe * floor_weights + floor_reads)
+    return out
+
+
+def time_step_split(model, case, c, device):
+    """Where a compiled step's time goes (on the CPU, where its work is synchronous): inside the
+    compiled forward (CompiledSampler.forward_seconds) or in the sampler's Python around it."""
+    sampler = CompiledSampler(model)
+
+    def fn():
+        _, nfe = sampler.generate(1, BIG_T, alpha_0=1.0, generator=generator(c, device))
+        return nfe
+
+    fn()  # compiles
+    wholes, insides = [], []
+    for _ in range(case["repeats"]):
+        sampler.forward_seconds = 0.0
+        seconds, nfe = stopwatch(fn, device)
+        wholes.append(seconds / nfe)
+        insides.append(sampler.forward_seconds / nfe)
+    whole = statistics.median(wholes)
+    inside = statistics.median(insides)
+    return {"nfe": nfe, "seconds": whole * nfe, "step_ms": 1e3 * whole, "forward_ms": 1e3 * inside}
+
+
+def time_batch(model, case, c, device):
+    """Seconds per batch of case["batch"] samples: Eso-LM at alpha_0 = 1 and T steps, or the AR
+    limit (alpha_0 = 0, NFE = L); one warm-up batch first (the authors drop their first)."""
+    alpha_0 = 0.0 if case["method"] == "batch_ar" else 1.0
+
+    def fn():
+        _, nfe = model.generate(
+            case["batch"], case["steps"], alpha_0=alpha_0, generator=generator(c, device)
         )
-        fn = lambda: model.generate(
-            1,
-            steps,
-            alpha_0=alpha_0,
-            kv_cache=method != "eso_uncached",  # noqa: E731
-            compile=compiled,
-            generator=gen(),
-        )
-        if (
-            compiled
-        ):  # the first run compiles; it also records each step's (tokens fed, keys attended)
-            windows, window = [], eso.static_window
-            eso.static_window = lambda lo, hi, n: (
-                windows.append((hi - lo, window(lo, hi, n)[2])) or window(lo, hi, n)
-            )
-            with torch.no_grad(), cli.precision(dev)[1]:
-                extra["compile_s"] = timed(fn, 1, dev, False)[0]
-            eso.static_window, rows = (
-                window,
-                max(2, round(sum(p for p, _ in windows) / len(windows))),
-            )
-            extra["floor_rows"], others = (
-                rows,
-                [weight_pass(model, rows, dev), kv_reads(model, windows, dev)],
-            )
-    _ = dev.type == "cuda" and torch.cuda.reset_peak_memory_stats(dev)
-    with torch.no_grad(), cli.precision(dev)[1]:
-        seconds, runs, (_, nfe), *floors = timed(
-            fn, case["repeats"], dev, method != "eso_uncached", *others
-        )
-        if floors:  # per step: a weight pass, and the run's KV reads spread over its steps
-            extra |= {
-                "floor_weights_ms": 1e3 * floors[0],
-                "floor_kv_ms": 1e3 * floors[1] / nfe,
-                "compile_s": extra["compile_s"] - seconds,
-                "step_over_floor": seconds / (nfe * floors[0] + floors[1]),
-            }
-        if (
-            method == "gpt2_vocab"
-        ):  # what share of a step is sample_tokens, float64 over 50,257 logits?
-            logits, g = torch.randn(1, 1, c["big_vocab"], device=dev), gen()
-            draw = (
-                timed(lambda: [eso.sample_tokens(logits, generator=g) for _ in range(20)], 3, dev)[
-                    0
-                ]
-                / 20
-            )
-            extra["sampling_share"] = draw * nfe / seconds
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports KiB)
-    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else rss
-    return (
-        case
-        | extra
-        | {
-            "nfe": nfe,
-            "seconds": seconds,
-            "runs": runs,
-            "peak_mb": round(peak / 2**20, 1),
-            "per_step_ms": 1e3 * seconds / max(nfe, 1),
-            "tokens_per_s": L / seconds,
-        }
-    )
+        return nfe
+
+    fn()
+    times = []
+    for _ in range(case["repeats"]):
+        seconds, nfe = stopwatch(fn, device)
+        times.append(seconds)
+    return summary(times) | {"nfe": nfe, "runs": [round(t, 3) for t in times]}
+
+
+def train_step(model, opt, x, draws, dense, ctx):
+    """One training step: forward, backward, AdamW."""
+    with ctx:
+        loss, _ = model(x, draws, dense=dense)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def run_training(case, c):
-    """Training step times at one alpha_0: the fast sequential term, and the dense reference."""
-    dev, L, B = cli.device(c["device"]), case["L"], c["train_batch"]
-    ctx, model = cli.precision(dev)[1], model_for(c, dev, L, case["alpha_0"]).train()
+    """Training step times at one alpha_0: the fast sequential term and the dense reference,
+    fresh draws every step (as training has: n_skip varies with them)."""
+    device = cli.device(c["device"])
+    L = case["L"]
+    B = c["train_batch"]
+    ctx = cli.precision(device)[1]
+    model = model_for(c, device, L, case["alpha_0"]).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, c["vocab_size"], (B, L), device=dev)
+    x = torch.randint(0, c["vocab_size"], (B, L), device=device)
     out = dict(case)
+    skips = []
     for name, dense in (("fast", False), ("dense", True)):
-
-        def step():
-            with ctx:
-                loss, _ = model.loss(x, generator=torch.Generator(dev).manual_seed(1), dense=dense)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        out[name], _, _ = timed(step, case["repeats"], dev)
+        times = []
+        for step in range(case["repeats"] + 1):  # the first: a warm-up
+            draws = model.draws(x, torch.Generator(device).manual_seed(step))
+            if not dense:
+                skips.append(eso.skip_of(draws))
+            seconds, _ = stopwatch(train_step, device, model, opt, x, draws, dense, ctx)
+            times.append(seconds)
+        out[name] = statistics.median(times[1:])
+        out[name + "_std"] = statistics.stdev(times[1:]) if len(times) > 2 else 0.0
+    out["n_skip"] = skips[1:]
     grads = []  # the same batch and noise through both paths, without an update
     for dense in (False, True):
         with ctx:
-            loss, _ = model.loss(x, generator=torch.Generator(dev).manual_seed(2), dense=dense)
+            loss, _ = model.loss(x, generator=torch.Generator(device).manual_seed(99), dense=dense)
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
         model.zero_grad(set_to_none=True)
-    (l1, g1), (l2, g2) = grads
-    cfg, n_diff = model.config, round(model.config.batch_split * B)
-    tokens = n_diff * L + (B - n_diff) * L * (
-        2 - cfg.alpha_0
-    )  # x + the masked z slots, in expectation
-    flops = (
-        6 * 12 * cfg.n_layer * cfg.n_embd**2 * tokens
-    )  # nanoGPT's 6N per token, attention left out
-    grad_diff = max(float((a - b).abs().max()) for a, b in zip(g1, g2))
-    return out | {
-        "loss_diff": float((l1 - l2).abs()),
-        "grad_diff": grad_diff,
-        "tokens_per_s": B * L / out["fast"],
-        "mfu": flops / out["fast"] / c["peak_flops"] if c["peak_flops"] else None,
-    }
+    (loss_fast, grads_fast), (loss_dense, grads_dense) = grads
+    cfg = model.config
+    n_diff = model.diffusion_rows(B)
+    # x and the z slots fed, in expectation: nanoGPT's 6N per token, attention left out
+    tokens = n_diff * L + (B - n_diff) * L * (2 - cfg.alpha_0)
+    flops = 6 * 12 * cfg.n_layer * cfg.n_embd**2 * tokens
+    out["loss_diff"] = float((loss_fast - loss_dense).abs())
+    out["grad_diff"] = max(float((a - b).abs().max()) for a, b in zip(grads_fast, grads_dense))
+    out["tokens_per_s"] = B * L / out["fast"]
+    out["mfu"] = flops / out["fast"] / c["peak_flops"] if c["peak_flops"] else None
+    return out
 
 
 def in_fresh_process(fn, case, c):
+    if not c["fresh"]:
+        return fn(case, c)
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(fn, case, c).result() if c["fresh"] else fn(case, c)
+        return pool.submit(fn, case, c).result()
+
+
+def numbers(text, kind, flag):
+    """The comma-separated numbers of a flag, or one line."""
+    try:
+        return [kind(x) for x in text.split(",") if x]
+    except ValueError:
+        raise cli.UserError(f"--{flag} takes comma-separated numbers, not {text!r}") from None
+
+
+def plan_cases(c, Ls, peer):
+    """Every case to time, in order."""
+    cases = []
+    first = Ls[0]
+    repeats = c["repeats"]
+    if c["decode"]:
+        for method in ("floor_2row", "floor_1row", "floor_32row"):
+            cases.append(dict(L=first, method=method, steps=0, repeats=20 * repeats))
+        for method in ["eso_alpha0"] + ["hf_gpt2"] * peer + ["gpt2_vocab"]:
+            cases.append(dict(L=first, method=method, steps=BIG_T, repeats=repeats))
+        for k in numbers(c["parallel"], int, "parallel"):
+            cases.append(
+                dict(L=first, method=f"eso_T=L/{k}", steps=max(1, first // k), repeats=repeats)
+            )
+        if c["compile"]:
+            cases.append(dict(L=first, method="eso_compiled", steps=BIG_T, repeats=repeats))
+            steps = max(1, first // 16)
+            cases.append(dict(L=first, method="eso_compiled_T=L/16", steps=steps, repeats=repeats))
+            cases.append(dict(L=first, method="step_split", steps=BIG_T, repeats=repeats))
+    for L in Ls if c["table11"] else []:
+        for method in ("eso_cached", "ar", "mdlm", "eso_uncached"):
+            cases.append(dict(L=L, method=method, steps=BIG_T, repeats=repeats))
+    if c["decode"] and not c["table11"]:
+        cases.append(dict(L=first, method="eso_cached", steps=BIG_T, repeats=repeats))
+        cases.append(dict(L=first, method="ar", steps=BIG_T, repeats=repeats))
+    if c["batch"]:
+        batch = c["batch"]
+        for T in numbers(c["batch_steps"], int, "batch_steps"):
+            method = f"batch_eso_T={T}"
+            cases.append(dict(L=first, method=method, steps=T, repeats=repeats, batch=batch))
+        cases.append(dict(L=first, method="batch_ar", steps=BIG_T, repeats=repeats, batch=batch))
+    return cases
+
+
+def case_line(r):
+    """A sampling case's row of the table."""
+    spread = f"{r['mean']:.3f} +- {r['std']:.3f}" if "mean" in r else ""
+    line = (
+        f"{r['L']:>6} {r['method']:<19} {r['nfe']:>6} {r['seconds']:>10.4f} {spread:>18} "
+        f"{r['per_step_ms']:>8.2f} {r['peak_mb']:>8.0f}"
+    )
+    if r.get("extrapolated"):
+        line += f"   timed {r['steps_timed']} of {r['nfe']} steps, scaled linearly"
+    if "compile_s" in r:
+        line += (
+            f"   compiling {r['compile_s']:.1f} s once; step {r['step_over_floor']:.2f}x its "
+            f"floor: {r['floor_rows']}-row weight pass {r['floor_weights_ms']:.2f} ms + KV reads "
+            f"{r['floor_kv_ms']:.2f} ms"
+        )
+    if "forward_ms" in r:
+        line += (
+            f"   per step {r['step_ms']:.3f} ms: {r['forward_ms']:.3f} in the compiled forward, "
+            f"{r['step_ms'] - r['forward_ms']:.3f} around it"
+        )
+    if "batch" in r:
+        line += f"   a batch of {r['batch']}: {r['seconds']:.2f} s"
+    return line
+
+
+RATIOS = [
+    # name, numerator, denominator, key: Table 11's ratios first
+    ("mdlm_over_eso", "mdlm", "eso_cached", "seconds"),
+    ("eso_over_ar", "eso_cached", "ar", "seconds"),
+    ("eso_uncached_over_eso", "eso_uncached", "eso_cached", "seconds"),
+    ("step_over_2row_floor", "eso_cached", "floor_2row", "per_step_ms"),
+    ("eso_over_hf_gpt2", "eso_cached", "hf_gpt2", "seconds"),
+    ("compiled_over_eager", "eso_compiled", "eso_cached", "seconds"),
+    ("compiled_over_hf_gpt2", "eso_compiled", "hf_gpt2", "seconds"),
+]
+
+
+def ratios_at(results, L, ks):
+    """The ratios of one length's cases."""
+    t = {r["method"]: r for r in results if r["L"] == L}
+    pairs = RATIOS + [(f"nfe_L_over_T=L/{k}", "eso_cached", f"eso_T=L/{k}", "seconds") for k in ks]
+    out = {name: t[a][key] / t[b][key] for name, a, b, key in pairs if a in t and b in t}
+    if "gpt2_vocab" in t:
+        out["gpt2_vocab_sampling_share"] = t["gpt2_vocab"]["sampling_share"]
+    for method, r in t.items():
+        if "step_over_floor" in r:
+            out[f"{method}_over_floor"] = r["step_over_floor"]
+    return out
+
+
+def environment(c, device):
+    """What the numbers were measured on."""
+    cpu = []
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = [line.split(":")[1].strip() for line in f if "model name" in line]
+    name = (cpu + [platform.machine()])[0]
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    shape = f"{c['n_layer']}x{c['n_embd']}, {c['n_head']} heads, vocab {c['vocab_size']}"
+    return {
+        "device": str(device),
+        "name": name,
+        "threads": torch.get_num_threads(),
+        "torch": str(torch.__version__),
+        "model": shape,
+        "dtype": cli.precision(device)[0],
+    }
 
 
 def main(argv):
-    c, _ = cli.parse(CONFIG, argv, __doc__)
-    dev = cli.device(c["device"])
-    try:
-        Ls = [
-            int(x)
-            for x in (c["lengths"] or ("1024,2048,8192" if dev.type == "cuda" else "1024")).split(
-                ","
-            )
-        ]
-        ks = [int(x) for x in c["parallel"].split(",") if x]
-        alphas = [float(x) for x in c["train_alphas"].split(",") if x]
-    except ValueError:
-        raise cli.UserError(
-            "--lengths, --parallel and --train_alphas take comma-separated numbers"
-        ) from None
-    if min(Ls) < 16 or min(c["repeats"], c["uncached_repeats"]) < 1 or c["train_batch"] < 2:
-        raise cli.UserError(
-            "lengths must be at least 16, repeats at least 1 and --train_batch at least 2"
-        )
-    if not (peer := importlib.util.find_spec("transformers") is not None):
-        print(
-            "# note: transformers is not installed (pip install transformers): the GPT-2 peer is skipped"
-        )
-    cpu = (
-        [ln.split(":")[1].strip() for ln in open("/proc/cpuinfo") if "model name" in ln]
-        if os.path.exists("/proc/cpuinfo")
-        else []
-    )
-    env = {
-        "device": str(dev),
-        "name": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else (cpu + [platform.machine()])[0],
-        "threads": torch.get_num_threads(),
-        "torch": str(torch.__version__),
-        "model": f"{c['n_layer']}x{c['n_embd']}, {c['n_head']} heads, vocab {c['vocab_size']}",
-        "dtype": cli.precision(dev)[0],
-    }
+    c, given = cli.parse(CONFIG, argv, __doc__)
+    c = vars(c)
+    if c["preset"] == "paper":
+        c |= {k: v for k, v in PAPER_SHAPE.items() if k not in given}
+    device = cli.device(c["device"])
+    Ls = numbers(c["lengths"] or "1024,2048,4096,8192", int, "lengths")
+    ks = numbers(c["parallel"], int, "parallel")
+    alphas = numbers(c["train_alphas"], float, "train_alphas")
+    if not Ls or min(Ls) < 16 or c["repeats"] < 1 or c["train_batch"] < 2:
+        raise cli.UserError("lengths must be at least 16, repeats at least 1, train_batch 2")
+    peer = importlib.util.find_spec("transformers") is not None
+    if not peer:
+        print("# note: transformers is not installed (pip install transformers): no GPT-2 peer")
+    env = environment(c, device)
     print(
-        f"# bench.py on {env['device']} ({env['name']}, {env['threads']} threads), torch {env['torch']}, "
-        f"model {env['model']}, {env['dtype']}, batch 1, nucleus off"
+        f"# bench.py on {env['device']} ({env['name']}, {env['threads']} threads), torch "
+        f"{env['torch']}, model {env['model']}, {env['dtype']}, batch 1 unless said, nucleus off"
     )
-    cases, big = [], 10**6
-    for L in Ls:
-        cases += [
-            dict(
-                L=L,
-                method=m,
-                steps=big,
-                repeats=c["repeats"] * (20 if m.startswith("floor") else 1),
-            )
-            for m in ("floor_2row", "floor_1row", "floor_32row", "eso_cached", "eso_alpha0", "ar")
-            + ("hf_gpt2",) * peer
-        ]
-        cases += [
-            dict(L=L, method=f"eso_T=L/{k}", steps=max(1, L // k), repeats=c["repeats"]) for k in ks
-        ]
-        cases += [
-            dict(L=L, method=m, steps=s, repeats=c["repeats"])
-            for m, s in (("eso_compiled", big), ("eso_compiled_T=L/16", max(1, L // 16)))
-        ] * c["compile"]
-        cases += [dict(L=L, method="eso_uncached", steps=big, repeats=c["uncached_repeats"])] * (
-            L <= c["uncached_max"]
-        )
-        cases += [dict(L=L, method="gpt2_vocab", steps=big, repeats=max(1, c["repeats"] // 2))] * (
-            L == Ls[0]
-        )
-    print(
-        f"{'L':>6} {'method':<19} {'NFE':>6} {'median s':>10} {'ms/step':>8} {'tok/s':>9} {'peak MB':>8}"
-    )
+    header = f"{'L':>6} {'method':<19} {'NFE':>6} {'median s':>10} {'mean +- std s':>18}"
+    print(header + f" {'ms/step':>8} {'peak MB':>8}")
     results = []
-    for case in cases:
+    for case in plan_cases(c, Ls, peer):
         r = in_fresh_process(run_sampling, case, c)
         results.append(r)
-        print(
-            f"{r['L']:>6} {r['method']:<19} {r['nfe']:>6} {r['seconds']:>10.4f} {r['per_step_ms']:>8.2f} "
-            f"{r['tokens_per_s']:>9.1f} {r['peak_mb']:>8.0f}"
-            + (
-                f"   compiling {r['compile_s']:.1f} s once; step "
-                f"{r['step_over_floor']:.2f}x its floor: {r['floor_rows']}-row weight pass {r['floor_weights_ms']:.2f} "
-                f"ms + KV reads {r['floor_kv_ms']:.2f} ms"
-                if "compile_s" in r
-                else ""
-            ),
-            flush=True,
-        )
-    pairs = [
-        ("step_over_2row_floor", "eso_cached", "floor_2row", "per_step_ms"),
-        ("cached_over_ar", "eso_cached", "ar", "seconds"),
-        ("cached_over_hf_gpt2", "eso_cached", "hf_gpt2", "seconds"),
-        ("uncached_over_cached", "eso_uncached", "eso_cached", "seconds"),
-        ("compiled_over_eager", "eso_compiled", "eso_cached", "seconds"),
-        ("compiled_over_hf_gpt2", "eso_compiled", "hf_gpt2", "seconds"),
-    ] + [(f"nfe_L_over_T=L/{k}", "eso_cached", f"eso_T=L/{k}", "seconds") for k in ks]
+        print(case_line(r), flush=True)
     ratios = {}
     for L in Ls:
-        t = {r["method"]: r for r in results if r["L"] == L}
-        ratios[L] = {name: t[a][key] / t[b][key] for name, a, b, key in pairs if a in t and b in t}
-        ratios[L] |= (
-            {"gpt2_vocab_sampling_share": t["gpt2_vocab"]["sampling_share"]}
-            if "gpt2_vocab" in t
-            else {}
-        )
-        ratios[L] |= {
-            f"{m}_over_floor": t[m]["step_over_floor"] for m in t if "step_over_floor" in t[m]
-        }
-        print(f"L={L}: " + ", ".join(f"{k} {v:.3g}" for k, v in ratios[L].items()), flush=True)
+        ratios[L] = ratios_at(results, L, ks)
+        if ratios[L]:
+            print(f"L={L}: " + ", ".join(f"{k} {v:.3g}" for k, v in ratios[L].items()), flush=True)
     training = []  # the step time of each alpha_0, and as a multiple of the first one's
     for a in alphas:
-        training.append(
-            r := in_fresh_process(run_training, dict(L=Ls[0], alpha_0=a, repeats=c["repeats"]), c)
-        )
+        case = dict(L=c["train_length"], alpha_0=a, repeats=c["repeats"])
+        r = in_fresh_process(run_training, case, c)
+        training.append(r)
         base = training[0]["fast"]
-        print(
+        line = (
             f"training L={r['L']}, batch {c['train_batch']}, alpha_0={a}: {r['fast']:.3f} s/step "
-            f"({r['fast'] / base:.2f}x the first alpha_0; dense {r['dense']:.3f} s, {r['dense'] / base:.2f}x), "
-            f"{r['tokens_per_s']:,.0f} tokens/s, fast - dense: loss {r['loss_diff']:.1e}, grads {r['grad_diff']:.1e}"
-            + (f", MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""),
-            flush=True,
+            f"({r['fast'] / base:.2f}x the first alpha_0; dense {r['dense']:.3f} s, "
+            f"{r['dense'] / base:.2f}x), n_skip {r['n_skip']}, {r['tokens_per_s']:,.0f} tokens/s, "
+            f"fast - dense: loss {r['loss_diff']:.1e}, grads {r['grad_diff']:.1e}"
         )
-    print(
-        json.dumps(
-            {"env": env, "config": c, "sampling": results, "ratios": ratios, "training": training}
-        )
-    )
+        if r["mfu"] is not None:
+            line += f", MFU {100 * r['mfu']:.1f}%"
+        print(line, flush=True)
+    record = {"env": env, "config": c, "sampling": results, "ratios": ratios}
+    record["training"] = training
+    print(json.dumps(record))
     return 0
 
 
