@@ -26,7 +26,8 @@ def jsonl(name):
 
 
 def attention(plt):
-    """The masks of the paper's worked example (x = ABCDEF, z_0 = A_C__F): what `python eso.py` prints."""
+    """The attention masks of the paper's worked example (x = ABCDEF, z_0 = A_C__F): what
+    `python eso.py` prints."""
     x, masked = "ABCDEF", torch.tensor([[0, 1, 0, 1, 1, 0]], dtype=torch.bool)
     u = torch.tensor(
         [[0.2, 0.9, 0.1, 0.3, 0.5, 0.4]]
@@ -170,7 +171,8 @@ def curve(plt):
 
 
 def nanogpt(plt):
-    """nanoGPT against Eso-LM at alpha_0 = 0 (results/nanogpt/run_compare.sh): loss per iteration and per second."""
+    """nanoGPT against Eso-LM at alpha_0 = 0 (python -m results.nanogpt.compare): loss per
+    iteration and per second."""
     runs = json.loads((HERE / "nanogpt_compare.json").read_text())
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, col, xlabel in (
@@ -205,9 +207,7 @@ def main():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        sys.exit(
-            "results/figures.py: error: needs matplotlib, an optional dependency: pip install matplotlib"
-        )
+        sys.exit("results/figures.py: error: needs matplotlib (optional): pip install matplotlib")
     ASSETS.mkdir(exist_ok=True)
     for name, draw, needs in (
         ("attention", attention, None),

@@ -58,7 +58,7 @@ if want quality; then
         for a in 1 0.5 0.25; do
             for T in 16 64 256 1024; do
                 for block in False True; do
-                    python evaluate.py --out_dir="$runs/$m" --judge="$runs/b0" --alpha_0=$a --steps=$T --top_p=0.9 \
+                    python evaluate.py --out_dir="$runs/$m" --ar_judge="$runs/b0" --alpha_0=$a --steps=$T --top_p=0.9 \
                         --temperature=1 --num_samples=64 --block_order=$block --quiet=True >> results/quality.jsonl
                 done
             done
@@ -66,17 +66,9 @@ if want quality; then
     done
 fi
 if want reference; then
-    python evaluate.py --out_dir="$runs/b0" --judge="$runs/b0" --alpha_0=0 --top_p=0.9 --temperature=1 \
+    python evaluate.py --out_dir="$runs/b0" --ar_judge="$runs/b0" --alpha_0=0 --top_p=0.9 --temperature=1 \
         --num_samples=64 --quiet=True > results/reference.jsonl
-    python - "$runs/b0/ckpt.pt" >> results/reference.jsonl <<'EOF'
-import json, math, sys, torch, cli, evaluate
-from data.prepare import load_dataset
-judge, _ = cli.load_checkpoint(sys.argv[1], torch.device("cpu"))
-val = torch.from_numpy(load_dataset("python_prose")[1][:].astype("int64"))
-windows = val[: len(val) // 128 * 128].view(-1, 128)
-print(json.dumps({"text": f"validation text, {len(windows)} windows of 128 bytes", "entropy":
-                  evaluate.unigram_entropy(windows), "gen_ppl": math.exp(evaluate.judge_nll(judge, windows))}))
-EOF
+    python -m results.reference_text "$runs/b0/ckpt.pt" >> results/reference.jsonl
 fi
 if want default; then
     python sample.py --out_dir="$runs/b0.0625" --num_samples=8 > results/default_samples.txt
@@ -87,7 +79,6 @@ fi
 if want bench; then
     TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python bench.py | tee results/bench.txt  # compiling from a cold cache
     tail -n 1 results/bench.txt > results/bench.json && rm results/bench.txt
-    python -m results.step_split | tee results/step_split.txt
 fi
 if want figures; then
     python -m results.figures

@@ -1,456 +1,329 @@
-#!/usr/bin/env python
 """
-Side-by-side of nanoGPT (run_nanogpt.py -> nanogpt.json) and our Eso-LM at alpha_0 = 0
-(train.py -> out_dir/log.jsonl): validation loss at each eval, the training seconds to reach it,
-tokens/s, and the final training loss. Writes the same numbers, and both loss curves against
-iterations and seconds, to compare.json.
+karpathy/nanoGPT's own train.py, unmodified, against ours at --alpha_0=0 (the AR special case):
+the same bytes and settings, one run after the other on the CPU; then both final checkpoints on the
+same validation windows, and where the time of a step goes. From the repository root:
 
-  python results/nanogpt/compare.py                 # out/nanogpt/{nanogpt.json, eso_a0/} -> out/nanogpt/compare.json
-  python results/nanogpt/compare.py --nanogpt=out/nanogpt/short/nanogpt.json --eso=out/nanogpt/short/eso_a0 \
-      --out=out/nanogpt/short/compare.json
-  python results/nanogpt/compare.py --last=100      # final train loss: mean of the last 100 iterations
+  python -m results.nanogpt.compare               # 2,400 iterations each: ~15 min on 2 quiet cores
+  python -m results.nanogpt.compare --max_iters=40 --eval_interval=20 --eval_iters=5 --work=/tmp/ng
+  python -m results.nanogpt.compare --skip_train  # re-evaluate the checkpoints already in --work
+  python -m results.nanogpt.compare --publish     # the full run, also into results/
 
-Both sides count tokens the same way: B x L input bytes per iteration (2,048 by default). Ours
-runs 2L positions through the transformer per sequence at alpha_0 = 0; that is the cost measured.
-
-Training seconds exclude evaluation and checkpoints on both sides:
-  nanoGPT: the sum of its printed per-iteration times, less the evals (see run_nanogpt.py)
-  ours:    recovered exactly from log.jsonl's tok_s: each record covers
-           batch x L x (iterations since the last record or eval) / tok_s seconds (train.py restarts
-           its clock after every eval and checkpoint); or train.py's own train_s where its log
-           has one (train.py logs it; logs from before it did are rebuilt; the two are cross-checked).
-Paths inside the repository are written relative to its root in compare.json (run_compare.sh
-copies it to results/nanogpt_compare.json).
+nanoGPT's checkout: --nanogpt, else $NANOGPT, else results/nanogpt/src (git-ignored). It reads its
+configurator.py, config and data from its working directory: the work folder (default out/nanogpt),
+which gets links to its configurator.py and our bytes, a meta.pkl and config_prose.py. Its
+checkpoint and stamped output go to work/nanogpt/, ours to work/eso/, the results to compare.json.
 """
 
-import itertools
+import argparse
+import importlib.util
 import json
+import os
+import pickle
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-from run_nanogpt import REPO, WORK
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-MATCHED = [
-    "batch_size",
-    "block_size",
-    "n_layer",
-    "n_head",
-    "n_embd",
-    "dropout",
-    "learning_rate",
-    "max_iters",
-    "warmup_iters",
-    "min_lr",
-    "weight_decay",
-    "beta1",
-    "beta2",
-    "grad_clip",
-    "eval_interval",
-    "eval_iters",
-    "gradient_accumulation_steps",
-    "dtype",
-]
+import checkpoint
+import eso
 
-
-def args(argv):
-    a = {
-        "nanogpt": str(WORK / "nanogpt.json"),
-        "eso": str(WORK / "eso_a0"),
-        "out": str(WORK / "compare.json"),
-        "last": "100",
-    }
-    for x in argv:
-        k, _, v = x.lstrip("-").partition("=")
-        if k not in a or not v:
-            sys.exit(
-                f"compare.py: unknown or empty flag {x!r}; flags: "
-                + ", ".join(f"--{k}=" for k in a)
-            )
-        a[k] = v
-    if not a["last"].isdigit() or int(a["last"]) < 1:
-        sys.exit(f"compare.py: --last must be a positive integer, got {a['last']!r}")
-    a["last"] = int(a["last"])
-    return a
+REPO = Path(__file__).resolve().parents[2]
+BYTES = REPO / "data" / "python_prose"
+# The settings of both runs, by the names both train.py's use: our default run, at alpha_0 = 0.
+BATCH = dict(dataset="python_prose", batch_size=16, block_size=128, gradient_accumulation_steps=1)
+MODEL = dict(n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False)
+OPTIMIZER = dict(learning_rate=3e-3, beta1=0.9, beta2=0.99, weight_decay=0.0, grad_clip=1.0)
+SCHEDULE = dict(warmup_iters=200, min_lr=3e-4, max_iters=2400)  # warmup, then cosine to min_lr
+EVALS = dict(eval_interval=400, eval_iters=20, log_interval=1)  # both curves at every iteration
+SYSTEM = dict(device="cpu", dtype="float32", compile=False)
+SHARED = BATCH | MODEL | OPTIMIZER | SCHEDULE | EVALS | SYSTEM
+# Each side's own names for the rest (and nanoGPT's lr_decay_iters = max_iters)
+NANOGPT_ONLY = dict(decay_lr=True, always_save_checkpoint=True, wandb_log=False, out_dir="nanogpt")
+OURS_ONLY = dict(alpha_0=0.0, lr_schedule="cosine", ema=0.0)
+SHORT_RUN = ("max_iters", "eval_interval", "eval_iters")  # the flags that go to both sides
 
 
-def resolve(p):
-    p = Path(p)
-    return p if p.is_absolute() else (Path.cwd() / p)
-
-
-def shown(p):
-    """An absolute p relative to the repository root when it lies inside it (compare.json may be committed)."""
-    p = Path(p)
-    return (
-        str(p.resolve().relative_to(REPO))
-        if p.is_absolute() and p.resolve().is_relative_to(REPO)
-        else str(p)
+def parse_args():
+    """This script's flags; those of a short run go to both sides."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    for key in SHORT_RUN:
+        parser.add_argument(f"--{key}", type=int, default=SHARED[key])
+    default_src = os.environ.get("NANOGPT", REPO / "results" / "nanogpt" / "src")
+    parser.add_argument("--nanogpt", type=Path, default=default_src, help="nanoGPT's checkout")
+    parser.add_argument("--work", type=Path, default=REPO / "out" / "nanogpt")
+    parser.add_argument("--json", type=Path, help="the results (default: WORK/compare.json)")
+    parser.add_argument("--publish", action="store_true", help="copy a full run's JSON to results/")
+    parser.add_argument("--skip_train", action="store_true", help="evaluate WORK's checkpoints")
+    return parser.parse_args()
 
 
-def load_nanogpt(path):
-    if not path.exists():
-        sys.exit(f"compare.py: {path} not found (run run_nanogpt.py first)")
-    records = json.loads(path.read_text())
-    meta_path = path.with_name(path.stem + "_meta.json")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    train = [
-        (r["iter"], r["train_loss"], r["wall_s"])
-        for r in records
-        if r.get("train_loss") is not None
-    ]
-    val = [
-        (r["iter"], r["val_loss"], r["wall_s"]) for r in records if r.get("val_loss") is not None
-    ]
-    steps = [r["step_ms"] for r in records if r.get("step_ms") is not None]
-    cfg = meta.get("config", {})
+def with_load(loads, name, function, *args):
+    """function(*args), with the 1, 5 and 15-minute load averages around it in loads[name]."""
+    before = os.getloadavg()
+    result = function(*args)
+    loads[name] = {"before": before, "after": os.getloadavg()}
+    return result
+
+
+def commit(path):
+    """The git commit of a checkout, with a '+' when its tracked files have uncommitted edits."""
+    head = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True)
+    status = ["git", "--no-optional-locks", "-C", path, "status", "--porcelain", "-uno"]
+    edits = subprocess.run(status, capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + ("+" if edits else "")
+
+
+def train_nanogpt(src, work, config):
+    """nanoGPT's train.py, run from the work folder laid out for it; each line of its output is
+    echoed and kept in work/nanogpt/stdout.tsv, stamped with the seconds since launch."""
+    data = work / "data" / config["dataset"]
+    data.mkdir(parents=True, exist_ok=True)
+    links = {work / "configurator.py": src / "configurator.py"}
+    links |= {data / name: BYTES / name for name in ("train.bin", "val.bin")}
+    for link, target in links.items():
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    (data / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 256}))
+    (work / "config_prose.py").write_text("".join(f"{k} = {v!r}\n" for k, v in config.items()))
+    out = work / config["out_dir"]
+    out.mkdir(exist_ok=True)
+    cmd = [sys.executable, "-u", str(src / "train.py"), "config_prose.py"]
+    pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    start = time.perf_counter()
+    with open(out / "stdout.tsv", "w") as log, subprocess.Popen(cmd, cwd=work, **pipe) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            log.write(f"{time.perf_counter() - start:.4f}\t{line.rstrip()}\n")
+    if proc.returncode:
+        sys.exit(f"nanoGPT's train.py failed (status {proc.returncode}): see {out / 'stdout.tsv'}")
+
+
+def read_nanogpt(work, max_iters):
+    """nanoGPT's curves, [iter, loss, training seconds], numbered as ours: the loss it prints as
+    `iter k` is that of update k + 1, and `step k` comes after k updates. The seconds are its own
+    per-iteration times, except where an iteration began with an eval: there, the stamps from
+    `step k` to `iter k` (the update, and the checkpoint write, milliseconds). The update it makes
+    after its last eval (it stops once iter_num > max_iters) is dropped."""
+    train = []
+    val = []
+    seconds = 0.0
+    eval_end = None  # the stamp of the last `step k` line, until the iteration it began ends
+    for row in (work / "nanogpt" / "stdout.tsv").read_text().splitlines():
+        stamp, _, line = row.partition("\t")
+        words = line.split()
+        if line.startswith("step ") and "val loss" in line:  # step N: train loss X, val loss Y
+            val.append([int(words[1].rstrip(":")), float(words[-1]), round(seconds, 4)])
+            eval_end = float(stamp)
+        elif line.startswith("iter ") and "time" in line:  # iter N: loss X, time Yms, mfu Z%
+            k = int(words[1].rstrip(":"))
+            step_s = float(words[5].removesuffix("ms,")) / 1000
+            if eval_end is not None:
+                step_s = float(stamp) - eval_end
+                eval_end = None
+            if k < max_iters:
+                seconds += step_s
+                train.append([k + 1, float(words[3].rstrip(",")), round(seconds, 4)])
+    return {"train": train, "val": val}
+
+
+def train_ours(work, config):
+    """Our train.py with the same settings, at alpha_0 = 0; it logs to work/eso/log.jsonl."""
+    flags = [f"--{key}={value}" for key, value in config.items()]
+    out_dir = work / "eso"
+    if out_dir.is_relative_to(REPO):  # as the published JSON shows it
+        out_dir = out_dir.relative_to(REPO)
+    done = subprocess.run([sys.executable, "train.py", *flags, f"--out_dir={out_dir}"], cwd=REPO)
+    if done.returncode:
+        sys.exit(f"our train.py failed (status {done.returncode})")
+
+
+def read_ours(work):
+    """Our curves from log.jsonl, [iter, loss (val: NELBO), training seconds]."""
+    rows = [json.loads(line) for line in (work / "eso" / "log.jsonl").read_text().splitlines()]
+    train = [[r["iter"], r["loss"], r["train_s"]] for r in rows if "loss" in r]
+    val = [[r["iter"], r["val"]["nelbo"], r["train_s"]] for r in rows if "val" in r]
+    return {"train": train, "val": val}
+
+
+def settings_differ(configs, ran):
+    """What differs between the settings each side ran with (nanoGPT's checkpoint's config, our
+    checkpoint's train_config) and those it was given: an empty list when both ran as asked."""
+    differ = []
+    for side, config in configs.items():
+        for key, value in config.items():
+            if ran[side].get(key) != value:
+                differ.append(f"{side} {key}={ran[side].get(key)!r}, not {value!r}")
+    return differ
+
+
+@torch.no_grad()
+def fixed_windows(gpt, model, n, B):
+    """Both final models on our fixed validation set (train.py's: n x B offsets drawn with seed
+    0), nats per byte: on targets 1..L-1 with the same contexts; ours on all L, byte 0 predicted
+    from nothing, against likelihood(x, 1) (exact at alpha_0 = 0); nanoGPT by its own convention,
+    targets 1..L of a window of L + 1 (what its evals average)."""
+    val = np.memmap(BYTES / "val.bin", dtype=np.uint16, mode="r")
+    L = model.config.block_size
+    offsets = torch.randint(len(val) - L, (n, B), generator=torch.Generator().manual_seed(0))
+    masked = torch.ones(B, L, dtype=torch.bool)  # at alpha_0 = 0 every byte is a [MASK] in z_0
+    sigma = torch.arange(L).expand(B, L)  # decoded left to right
+    nll_nanogpt = []
+    nll_eso = []
+    likelihood = []
+    for batch in offsets:
+        window = torch.from_numpy(val[batch.numpy()[:, None] + np.arange(L + 1)].astype(np.int64))
+        x = window[:, :L]  # (B, L)
+        targets = window[:, 1:].contiguous()  # (B, L): byte i + 1 is predicted from bytes <= i
+        logits, _ = gpt(x, targets)  # (B, L, V)
+        nll_nanogpt.append(-F.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1))
+        nll_eso.append(-model.sequential_logprobs(x, masked, sigma).double())  # bytes 0..L-1
+        likelihood.append(model.likelihood(x, 1).item())
+    nll_nanogpt = torch.cat(nll_nanogpt).double()  # (n B, L): targets 1..L
+    nll_eso = torch.cat(nll_eso)  # (n B, L): targets 0..L-1
+    per_batch = nll_eso.view(n, B * L).mean(1)
     return {
-        "train": train,
-        "val": val,
-        "step_ms": steps,
-        "config": cfg,
-        "meta": meta,
-        "tokens_per_iter": cfg.get("batch_size", 16)
-        * cfg.get("block_size", 128)
-        * cfg.get("gradient_accumulation_steps", 1),
-        "params": meta.get("params", {}).get("total"),
-        "eval_train": {
-            r["iter"]: r["eval_train_loss"] for r in records if r.get("eval_train_loss") is not None
-        },
+        "windows": [n, B, L],
+        "nanogpt_1_to_L-1": nll_nanogpt[:, :-1].mean().item(),
+        "eso_1_to_L-1": nll_eso[:, 1:].mean().item(),
+        "eso_all_L": nll_eso.mean().item(),
+        "eso_likelihood": statistics.mean(likelihood),
+        "max_gap_all_L_vs_likelihood": (per_batch - torch.tensor(likelihood)).abs().max().item(),
+        "nanogpt_own_convention": nll_nanogpt.mean().item(),
     }
 
 
-def load_eso(out_dir):
-    log = out_dir / "log.jsonl"
-    if not log.exists():
-        sys.exit(
-            f"compare.py: {log} not found (run run_eso.py, or train.py with --out_dir={out_dir})"
-        )
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    # train.py appends: keep the last run (a record whose iter does not move forward starts a new one)
-    start, last = 0, -1
-    for i, r in enumerate(rows):
-        if r["iter"] < last or (r["iter"] == last and "val" not in r):
-            start = i
-        last = r["iter"]
-    if start:
-        print(
-            f"note: {log} holds more than one run; using the last ({len(rows) - start} of {len(rows)} records)"
-        )
-    rows = rows[start:]
-    cfg, params, world = {}, None, 1
-    ckpt_path = out_dir / "ckpt.pt"
-    if ckpt_path.exists():
-        import torch
+def step_split(module, config, reps=20, warmup=3):
+    """Median milliseconds of forward + backward of one batch (B x L random bytes, random
+    weights), the cases interleaved: nanoGPT's GPT; our transformer as a plain AR model (L
+    positions, causal, shifted targets); ours at alpha_0 = 0 as train.py runs it (2L positions,
+    the fast path); and the same through the dense 2L x 2L mask."""
+    B = config["batch_size"]
+    L = config["block_size"]
+    size = {key: config[key] for key in ("n_layer", "n_head", "n_embd")}
+    torch.manual_seed(0)
+    gpt_config = module.GPTConfig(block_size=L, vocab_size=256, dropout=0.0, bias=False, **size)
+    gpt = module.GPT(gpt_config)
+    model = eso.EsoLM(eso.EsoConfig(block_size=L, vocab_size=256, alpha_0=0.0, **size))
+    window = torch.randint(256, (B, L + 1))
+    x = window[:, :L].contiguous()
+    targets = window[:, 1:].contiguous()
+    positions = torch.arange(L).expand(B, L)
 
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        cfg = dict(ck.get("train_config", {}))
-        params = sum(v.numel() for v in ck["model"].values())
-        world = (
-            ck.get("global_batch", 0)
-            // max(1, cfg.get("batch_size", 16) * cfg.get("gradient_accumulation_steps", 1))
-            or 1
-        )
-    meta_path = out_dir / "run_meta.json"
-    run_meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    B, L = cfg.get("batch_size", 16), cfg.get("block_size", 128)
-    G = (
-        B * cfg.get("gradient_accumulation_steps", 1) * world
-    )  # train.py's global_batch on one process
-    if not cfg:
-        print(f"note: no {ckpt_path}: assuming batch 16 x L 128 to turn tok_s back into seconds")
-    # training seconds: train.py's own train_s where its log has it (newer train.py), else rebuilt from tok_s
-    train, val, wall, mark, intervals, logged = (
-        [],
-        [],
-        0.0,
-        0,
-        [],
-        [],
-    )  # mark: train.py's it_last (0 from scratch)
-    for r in rows:
-        if "val" in r:
-            val.append((r["iter"], r["val"]["nelbo"], r.get("train_s", wall)))
-            mark = r["iter"]
-        elif "loss" in r:
-            n = r["iter"] - mark
-            dt = G * L * n / r["tok_s"]
-            wall += dt
-            mark = r["iter"]
-            if "train_s" in r:
-                logged.append(r["train_s"] - wall)
-            train.append((r["iter"], r["loss"], r.get("train_s", wall)))
-            intervals.append((n, dt))
-    if logged and max(map(abs, logged)) > 0.05 + 0.001 * wall:
-        print(
-            f"note: train.py's train_s and the seconds rebuilt from its tok_s differ by up to "
-            f"{max(map(abs, logged)):.3f} s; using train_s"
-        )
-    step_ms = [1000 * dt / n for n, dt in intervals if n]
-    return {
-        "train": train,
-        "val": val,
-        "step_ms": step_ms,
-        "config": cfg,
-        "meta": run_meta,
-        "tokens_per_iter": G * L,
-        "params": params,
-        "seconds_from": "train_s in log.jsonl" if logged else "tok_s in log.jsonl",
+    def plain_ar():
+        """Our transformer as nanoGPT runs its own: one causal pass, shifted targets."""
+        logits = model.logits(model.hidden(x, positions))
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    cases = {
+        "nanogpt": lambda: gpt(x, targets)[1],
+        "eso_plain_ar": plain_ar,
+        "eso_alpha_0": lambda: model.loss(x)[0],
+        "eso_alpha_0_dense": lambda: model.loss(x, dense=True)[0],
     }
+    times = {name: [] for name in cases}
+    for rep in range(warmup + reps):
+        for name, loss in cases.items():
+            gpt.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            loss().backward()
+            if rep >= warmup:
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(ms) for name, ms in times.items()}
 
 
-def mean_last(train, iters):
-    xs = [loss for it, loss, _ in train if it in iters]
-    return sum(xs) / len(xs) if xs else None
+def eval_table(out):
+    """A row per eval of ours (nanoGPT evaluates at the same iterations, and at 0 too): each
+    side's val loss and training seconds, and the ratio of the seconds."""
+    nanogpt = {it: (loss, seconds) for it, loss, seconds in out["nanogpt"]["val"]}
+    rows = []
+    for it, val_eso, s_eso in out["eso"]["val"]:
+        val_nanogpt, s_nanogpt = nanogpt[it]
+        row = {"iter": it, "val_nanogpt": val_nanogpt, "val_eso": val_eso}
+        row |= {"train_s_nanogpt": s_nanogpt, "train_s_eso": s_eso, "ratio": s_eso / s_nanogpt}
+        rows.append(row)
+    return rows
 
 
-def fmt(x, spec):
-    """format(x, spec), or a '-' as wide as the spec asks when x is None."""
-    if x is None:
-        width = "".join(itertools.takewhile(str.isdigit, spec.lstrip("+")))
-        return "-".rjust(int(width or 0))
-    return format(x, spec)
+def report(out):
+    """The short table, the settings check, the fixed windows, the step split, the loads."""
+    print(f"{'iter':>6} {'val nanoGPT':>11} {'val ours':>9} {'s nanoGPT':>10} {'s ours':>8} ratio")
+    for r in out["table"]:
+        numbers = f"{r['val_nanogpt']:11.4f} {r['val_eso']:9.4f} {r['train_s_nanogpt']:10.1f}"
+        print(f"{r['iter']:6d} {numbers} {r['train_s_eso']:8.1f} {r['ratio']:5.2f}")
+    print("settings that differ from those given: " + ("; ".join(out["settings_differ"]) or "none"))
+    f = out["fixed_windows"]
+    print(f"fixed windows, (n, B, L) = {tuple(f['windows'])}, nats/byte:")
+    print(f"  positions 1..L-1: nanoGPT {f['nanogpt_1_to_L-1']:.4f}, ours {f['eso_1_to_L-1']:.4f}")
+    print(f"  ours on all L {f['eso_all_L']:.6f}, likelihood(x, 1) {f['eso_likelihood']:.6f}")
+    print(f"  nanoGPT by its own convention (targets 1..L) {f['nanogpt_own_convention']:.4f}")
+    print("forward + backward, ms: " + ", ".join(f"{k} {v:.1f}" for k, v in out["step_ms"].items()))
+    for name, load in out["loadavg"].items():
+        print(f"load average {name}: {load['before'][0]:.2f} before, {load['after'][0]:.2f} after")
 
 
-def main(argv):
-    a = args(argv)
-    ng = load_nanogpt(resolve(a["nanogpt"]))
-    eso = load_eso(resolve(a["eso"]))
-
-    # settings that must match
-    checks = []
-    nc, ec = ng["config"], eso["config"]
-    if nc and ec:
-        for k in MATCHED:
-            if nc.get(k) != ec.get(k):
-                checks.append(f"{k}: nanoGPT {nc.get(k)!r} vs ours {ec.get(k)!r}")
-        expect = [
-            (
-                nc.get("lr_decay_iters") == nc.get("max_iters"),
-                "nanoGPT lr_decay_iters != max_iters",
-            ),
-            (nc.get("decay_lr") is True, "nanoGPT decay_lr is off"),
-            (nc.get("bias") is False, "nanoGPT bias is on"),
-            (ec.get("alpha_0") == 0, f"ours alpha_0 = {ec.get('alpha_0')}, not 0"),
-            (ec.get("lr_schedule") == "cosine", f"ours lr_schedule = {ec.get('lr_schedule')}"),
-            (not ec.get("ema"), f"ours ema = {ec.get('ema')} (evaluates EMA weights)"),
-            (nc.get("device") == "cpu" and ec.get("device") in ("cpu", "auto"), "devices differ"),
-            (not nc.get("compile") and not ec.get("compile"), "compile on for a side"),
-        ]
-        checks += [msg for ok, msg in expect if not ok]
-    else:
-        checks.append("could not check the settings (missing nanogpt_meta.json or ours' ckpt.pt)")
-
-    def at(curve, it):
-        return next(((loss, w) for i, loss, w in curve if i == it), (None, None))
-
-    def train_wall(side, it):
-        return 0.0 if it == 0 else next((w for i, _, w in side["train"] if i == it), None)
-
-    eval_iters = sorted({i for i, _, _ in ng["val"]} | {i for i, _, _ in eso["val"]})
-    table = []
-    for it in eval_iters:
-        vn, _ = at(ng["val"], it)
-        ve, _ = at(eso["val"], it)
-        wn, we = train_wall(ng, it), train_wall(eso, it)
-        row = {
-            "iter": it,
-            "val_nanogpt": vn,
-            "val_eso": ve,
-            "val_diff_eso_minus_nanogpt": ve - vn if vn is not None and ve is not None else None,
-            "wall_s_nanogpt": wn,
-            "wall_s_eso": we,
-            "tok_s_nanogpt": it * ng["tokens_per_iter"] / wn if wn else None,
-            "tok_s_eso": it * eso["tokens_per_iter"] / we if we else None,
-            "time_ratio_eso_over_nanogpt": we / wn if wn and we else None,
-            "eval_train_loss_nanogpt": ng["eval_train"].get(it),
-        }
-        prev = [
-            r
-            for r in table
-            if r["iter"] < it and r["wall_s_nanogpt"] is not None and r["wall_s_eso"] is not None
-        ]
-        if prev and wn is not None and we is not None:  # tokens/s over this eval interval alone
-            p = prev[-1]
-            row["interval_tok_s_nanogpt"] = (
-                (it - p["iter"]) * ng["tokens_per_iter"] / (wn - p["wall_s_nanogpt"])
-            )
-            row["interval_tok_s_eso"] = (
-                (it - p["iter"]) * eso["tokens_per_iter"] / (we - p["wall_s_eso"])
-                if we > p["wall_s_eso"]
-                else None
-            )
-        table.append(row)
-
-    # final training loss: the last iteration both logged, and a mean over the same last iterations
-    common = sorted({i for i, _, _ in ng["train"]} & {i for i, _, _ in eso["train"]})
-    last_iters = set(common[-a["last"] :]) if common else set()
-    final = {
-        "iter": common[-1] if common else None,
-        "train_loss_nanogpt": at(ng["train"], common[-1])[0] if common else None,
-        "train_loss_eso": at(eso["train"], common[-1])[0] if common else None,
-        f"mean_last_{len(last_iters)}_logged_nanogpt": mean_last(ng["train"], last_iters),
-        f"mean_last_{len(last_iters)}_logged_eso": mean_last(eso["train"], last_iters),
-        "mean_over_iters": [min(last_iters), max(last_iters)] if last_iters else None,
-        "train_s_nanogpt": ng["train"][-1][2] if ng["train"] else None,
-        "train_s_eso": eso["train"][-1][2] if eso["train"] else None,
-    }
-
-    def side_summary(s):
-        n = s["train"][-1][0] if s["train"] else 0
-        w = s["train"][-1][2] if s["train"] else None
-        steps = s["step_ms"]
-        return {
-            "iterations": n,
-            "train_s": w,
-            "tokens_per_iter": s["tokens_per_iter"],
-            "tokens_per_s": n * s["tokens_per_iter"] / w if w else None,
-            "median_ms_per_iter": statistics.median(steps) if steps else None,
-            "median_ms_per_iter_after_10": statistics.median(steps[10:])
-            if len(steps) > 10
-            else None,
-            "params": s["params"],
-            "seconds_from": s.get("seconds_from", "nanoGPT's per-iteration time"),
-        }
-
-    sn, se = side_summary(ng), side_summary(eso)
-    ng_meta, eso_meta = ng["meta"], eso["meta"]
-    sn |= {
-        "process_s": ng_meta.get("summary", {}).get("process_s"),
-        "eval_s_total": ng_meta.get("summary", {}).get("eval_s_total"),
-        "loadavg_before": ng_meta.get("loadavg_before"),
-        "loadavg_after": ng_meta.get("loadavg_after"),
-        "threads": ng_meta.get("threads"),
-        "other_processes": ng_meta.get("other_processes"),
-    }
-    se |= {
-        "process_s": eso_meta.get("process_s"),
-        "eval_s_total": eso_meta.get("eval_s_total"),
-        "loadavg_before": eso_meta.get("loadavg_before"),
-        "loadavg_after": eso_meta.get("loadavg_after"),
-        "threads": eso_meta.get("threads"),
-        "other_processes": eso_meta.get("other_processes"),
-        "git_commit": eso_meta.get("git_commit"),
-        "uncommitted_tracked_changes": eso_meta.get("uncommitted_tracked_changes"),
-    }
-
-    # print
-    print(
-        f"nanoGPT: {resolve(a['nanogpt'])}  ({fmt(sn['params'], ',')} parameters, wte tied with lm_head, "
-        f"learned positions)"
-    )
-    print(
-        f"ours:    {resolve(a['eso'])}  ({fmt(se['params'], ',')} parameters, untied, rotary, +[MASK] row; "
-        f"alpha_0 = 0)"
-    )
-    if checks:
-        print("SETTINGS DIFFER: " + "; ".join(checks))
-    else:
-        print(
-            f"settings match: {', '.join(MATCHED)} (+ schedule shape, alpha_0 = 0, no EMA, cpu, no compile)"
-        )
-    print()
-    hdr = (
-        f"{'iter':>6} | {'val nanoGPT':>11} {'val ours':>9} {'ours-nGPT':>9} | {'s nanoGPT':>9} {'s ours':>9} "
-        f"{'ours/nGPT':>9} | {'tok/s nGPT':>10} {'tok/s ours':>10}"
-    )
-    print(hdr)
-    print("-" * len(hdr))
-    for r in table:
-        print(
-            f"{r['iter']:>6} | {fmt(r['val_nanogpt'], '11.4f')} {fmt(r['val_eso'], '9.4f')} "
-            f"{fmt(r['val_diff_eso_minus_nanogpt'], '+9.4f')} | {fmt(r['wall_s_nanogpt'], '9.1f')} "
-            f"{fmt(r['wall_s_eso'], '9.1f')} {fmt(r['time_ratio_eso_over_nanogpt'], '9.2f')} | "
-            f"{fmt(r['tok_s_nanogpt'], '10,.0f')} {fmt(r['tok_s_eso'], '10,.0f')}"
-        )
-    print(
-        "(val: nats/byte; s: training seconds to reach that iteration, evals and checkpoints excluded; tok/s: "
-        "B x L bytes per iteration, cumulative)"
-    )
-    print()
-    k = len(last_iters)
-    print(
-        f"final train loss at iter {final['iter']}: nanoGPT {fmt(final['train_loss_nanogpt'], '.4f')}, ours "
-        f"{fmt(final['train_loss_eso'], '.4f')} (one batch each); mean of the last {k} logged iterations "
-        f"({final['mean_over_iters']}): nanoGPT {fmt(final[f'mean_last_{k}_logged_nanogpt'], '.4f')}, ours "
-        f"{fmt(final[f'mean_last_{k}_logged_eso'], '.4f')}"
-    )
-    for name, s in (("nanoGPT", sn), ("ours", se)):
-        print(
-            f"{name:>8}: {s['iterations']} its in {fmt(s['train_s'], '.2f')} s of training = "
-            f"{fmt(s['tokens_per_s'], ',.0f')} tok/s; median {fmt(s['median_ms_per_iter'], '.1f')} ms/it "
-            f"({fmt(s['median_ms_per_iter_after_10'], '.1f')} after the first 10 logged); evals "
-            f"{fmt(s['eval_s_total'], '.1f')} s; process {fmt(s['process_s'], '.1f')} s; {s['threads']} threads"
-        )
-    if sn["train_s"] and se["train_s"] and sn["iterations"] == se["iterations"]:
-        print(
-            f"ours takes {se['train_s'] / sn['train_s']:.2f}x nanoGPT's training time for the same iterations"
-        )
-    if se.get("uncommitted_tracked_changes"):
-        print(
-            f"note: our code had uncommitted edits at run time: {se['uncommitted_tracked_changes']}"
-        )
-    for name, s in (("nanoGPT", sn), ("ours", se)):
-        other = (s.get("other_processes") or {}).get("other_cores")
-        if other is not None:
-            print(
-                f"{name:>8}: other processes used {other:.2f} cores on average during the run"
-                + ("  <-- NOT QUIET: timings distorted" if other > 0.1 else " (quiet)")
-            )
-        elif s["loadavg_before"] and s["loadavg_before"][0] > 0.5:
-            print(
-                f"WARNING: {name} started with load average > 0.5: its timings may include other work"
-            )
-    differences = [
-        "positions: nanoGPT learned absolute embeddings (wpe, 16,384 params); ours rotary (no parameters)",
-        "embeddings: nanoGPT ties wte and lm_head (one 256 x 128 matrix); ours untied, wte has 257 rows ([MASK])",
-        "input: at alpha_0 = 0 ours feeds 2L positions per sequence ([x ; z]: true bytes and a [MASK] query "
-        "stream); nanoGPT feeds L",
-        "targets: nanoGPT predicts bytes 1..L of a window of L+1 (every prediction has >= 1 byte of context); "
-        "ours predicts all L bytes of the window, the first one from no context (a [MASK] at position 0)",
-        "val: nanoGPT averages eval_iters random val batches drawn afresh at each eval (from the same RNG as "
-        "training, so evals also shift the training batches); ours uses a fixed set of eval_iters x B windows "
-        "(seed 0) every time; nanoGPT also spends eval_iters train batches per eval",
-        "batches: the same bytes and the same number of windows per iteration, but different random windows "
-        "(nanoGPT: global torch RNG seeded 1337; ours: a generator per (seed, iteration))",
-        "initialisation: the same scheme (normal 0.02, residual projections 0.02/sqrt(2 n_layer)) on different "
-        "parameters and different random streams",
-        "MLP: nanoGPT exact GELU; ours tanh-approximated GELU",
-        "steps: nanoGPT runs one more update after its last eval (iter_num > max_iters ends it); not counted here",
-    ]
-
-    def tidy(cfg):  # the out_dir each side ran with, as shown()
-        return cfg | (
-            {"out_dir": shown(cfg["out_dir"])} if isinstance(cfg.get("out_dir"), str) else {}
-        )
-
+def main():
+    args = parse_args()
+    settings = SHARED | {key: getattr(args, key) for key in SHORT_RUN}
+    nanogpt_config = settings | NANOGPT_ONLY | {"lr_decay_iters": settings["max_iters"]}
+    configs = {"nanogpt": nanogpt_config, "eso": settings | OURS_ONLY}  # what each side is given
+    src = args.nanogpt.resolve()
+    work = args.work.resolve()
+    if args.publish and settings != SHARED:
+        sys.exit("--publish is for the full run: drop --max_iters, --eval_interval, --eval_iters")
+    if not (src / "train.py").is_file():
+        sys.exit(f"no nanoGPT at {src}: git clone https://github.com/karpathy/nanoGPT there")
+    if not (BYTES / "val.bin").is_file():
+        sys.exit("data/python_prose is not prepared: run python data/prepare.py")
+    loads = {}
+    if not args.skip_train:
+        if (work / "eso" / "log.jsonl").exists():
+            sys.exit(f"{work} holds a run (train.py would append): --skip_train, or a new --work")
+        work.mkdir(parents=True, exist_ok=True)
+        with_load(loads, "nanogpt_train", train_nanogpt, src, work, configs["nanogpt"])
+        with_load(loads, "eso_train", train_ours, work, configs["eso"])
+    spec = importlib.util.spec_from_file_location("nanogpt_model", src / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # nanoGPT's model.py: GPT, GPTConfig
+    # nanoGPT's checkpoint holds tensors and plain values: it loads with weights_only=True
+    ckpt = torch.load(work / "nanogpt" / "ckpt.pt", map_location="cpu", weights_only=True)
+    gpt = module.GPT(module.GPTConfig(**ckpt["model_args"]))
+    gpt.load_state_dict(ckpt["model"])
+    model, our_ckpt = checkpoint.load(work / "eso" / "ckpt.pt", "cpu", ema=False)
+    ran = {"nanogpt": ckpt["config"], "eso": our_ckpt["train_config"]}
+    nanogpt_curves = read_nanogpt(work, settings["max_iters"])
     out = {
-        "nanogpt": {
-            "file": shown(resolve(a["nanogpt"])),
-            "summary": sn,
-            "config": tidy(nc),
-            "nanogpt_commit": ng_meta.get("nanogpt_commit"),
-            "train": ng["train"],
-            "val": ng["val"],
-        },
-        "eso": {
-            "out_dir": shown(resolve(a["eso"])),
-            "summary": se,
-            "config": tidy(ec),
-            "train": eso["train"],
-            "val": eso["val"],
-        },
+        "nanogpt": {"commit": commit(src), "config": ran["nanogpt"], **nanogpt_curves},
+        "eso": {"commit": commit(REPO), "config": ran["eso"], **read_ours(work)},
         "curve_columns": ["iter", "loss", "train_s"],
-        "table": table,
-        "final": final,
-        "settings_differ": checks,
-        "differences": differences,
     }
-    Path(resolve(a["out"])).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"\nwrote {resolve(a['out'])}")
-    return 0
+    out["table"] = eval_table(out)
+    out["settings_differ"] = settings_differ(configs, ran)
+    n = settings["eval_iters"]
+    B = settings["batch_size"]
+    out["fixed_windows"] = with_load(loads, "fixed_windows", fixed_windows, gpt.eval(), model, n, B)
+    out["step_ms"] = with_load(loads, "step_split", step_split, module, settings)
+    out["loadavg"] = loads
+    out["machine"] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    json_path = args.json or work / "compare.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(out, indent=1) + "\n"
+    json_path.write_text(text)
+    report(out)
+    print(f"wrote {json_path}")
+    if args.publish and out["settings_differ"]:
+        sys.exit("not published: the settings differ")
+    if args.publish:
+        (REPO / "results" / "nanogpt_compare.json").write_text(text)
+        print("copied it to results/nanogpt_compare.json")
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main()
