@@ -13,18 +13,21 @@ Words, each defined here and used in this one sense:
   x, [MASK], z  x: a clean sequence of L tokens at positions 0..L-1 (1..L in the examples).
                 [MASK]: one more token id. z: a copy of x in which some positions are masked
                 (hold [MASK]), the others clean.
-  mask          a [MASK] token, at a masked position; "attention mask" is always said in full.
+  mask          a [MASK] token, at a masked position. In prose "attention mask" is said in
+                full; in code, names ending in mask (x_mask, mask) are attention masks, and
+                `masked` (B, L) bool marks the masked positions.
   phases        sampling runs a diffusion phase (MDM: masked diffusion model), which decodes a
                 random subset of the positions, several per step, then a sequential phase (AR:
                 autoregressive), which decodes all the remaining ones, one per step, left to
                 right.
-  t, z_t        diffusion time: z_t keeps each token of x with probability
-                alpha_t = alpha_0 (1 - (1 - EPS) t) (EPS = 1e-3; alpha'_t: its derivative), from
-                z_0 to z_1, almost all masks. Sampling runs t from 1 to 0; training draws it
-                uniformly from [T_EPS, 1] (T_EPS = 1e-3).
-  alpha_0       the share of clean tokens in z_0, which the diffusion phase makes and the
-                sequential phase completes: in sampling, the expected share of positions that
-                the diffusion phase decodes.
+  t, z_t        diffusion time, in [0, 1]: z_t keeps each token of x with probability
+                alpha_t = alpha_0 (1 - (1 - EPS) t) (EPS = 1e-3; alpha'_t: its derivative). So
+                z_0 keeps a share alpha_0 of x, and z_1 almost nothing (a share alpha_0 EPS).
+                Training draws t uniformly from [T_EPS, 1] (T_EPS = 1e-3); sampling runs t
+                from 1 down to 0.
+  alpha_0       in training: the share of clean tokens in z_0. In sampling: the expected share
+                of positions that the diffusion phase decodes (a hair less: alpha_1 > 0); the
+                sequential phase decodes the rest.
   sigma, slot   an order: sigma[b, i] is the position decoded i-th in batch row b. "In decode
                 order" (the code says sorted), a sequence lists its tokens by sigma, each at its
                 original position (through rotary embeddings); a slot is an index in that list;
@@ -312,13 +315,13 @@ def diffusion_order(masked, u):
     return torch.argsort(masked * 2.0 + u, dim=1)
 
 
-def sequential_order(last, u):
-    """sigma (B, L): the positions not in `last` (B, L) bool first, sorted by the keys u; then
-    those in it, left to right. In training: z_0's clean tokens, then its masks (the sequential
-    phase's positions)."""
-    L = last.size(1)
-    ascending = torch.arange(L, device=last.device) / L
-    return diffusion_order(last, torch.where(last, ascending, u))
+def sequential_order(decoded_last, u):
+    """sigma (B, L): the positions not in `decoded_last` (B, L) bool first, sorted by the keys
+    u; then those in it, left to right. In training: z_0's clean tokens, then its masks (the
+    sequential phase's positions)."""
+    L = decoded_last.size(1)
+    ascending = torch.arange(L, device=decoded_last.device) / L  # keys in [0, 1) by position
+    return diffusion_order(decoded_last, torch.where(decoded_last, ascending, u))
 
 
 def unpermute(sorted_tokens, sigma):
@@ -707,14 +710,14 @@ class EsoLM(nn.Module):
         x_mask = None  # B: causal
         if self.config.variant == "A":
             x_mask = prefix_lm_mask(slots, L, (~masked).sum(1))
-        if dense:
+        if dense:  # feed [z ; x], take the z half: the first L outputs
             if x_mask is None:
                 x_mask = prefix_lm_mask(slots, L)
             tokens = torch.cat([z_sorted, x_sorted], 1)
             positions = torch.cat([sigma, sigma], 1)
             h = self.hidden(tokens, positions, sequential_mask(x_mask))[:, :L]  # the z half
             n_skip = 0
-        else:
+        else:  # feed [x ; z from n_skip], so each group's x keys are a prefix (section 7)
             if n_skip is None:
                 n_skip = skippable(masked)
             pattern = SequentialPattern(L, n_skip, x_mask, x.device)
@@ -858,16 +861,18 @@ class EsoLM(nn.Module):
         slots) attends both ways, so while it grows (the diffusion phase) its keys and values
         change with every token that joins it: each such step feeds it all and keeps nothing;
         the first sequential step keeps it (App. D.3), and A then decodes as B."""
-        first = cache.length  # the cached slots end here: the last step's tokens start here
-        prefix = 0
-        keep = done
+        # Slots [0, first): kept in the cache. [first, done): the last step's tokens, fed again
+        # now clean (in B, first == the last step's done). [done, done + k): this step's masks.
+        first = cache.length
+        prefix = 0  # slots of the bidirectional clean block (variant A)
+        keep = done  # the cache keeps slots [0, keep) after this step
         if self.config.variant == "A":
             prefix = min(done, n_clean0)
             if done < n_clean0:
                 keep = 0
         h = feed(canvas, sigma, first, done + k, prefix, cache)  # (B, done + k - first, C)
         cache.length = keep
-        return h[:, done - first :]
+        return h[:, done - first :]  # (B, k, C): the masks' outputs
 
     def feed(self, canvas, sigma, lo, hi, prefix, cache):
         """Hidden states (B, hi - lo, C) of the slots [lo, hi) of the decode-order canvas (B, L),
@@ -991,16 +996,17 @@ class SequentialPattern:
         self.x_mask = x_mask
         group_starts = range(0, L - n_skip, self.GROUP)
         self.z_sizes = [min(self.GROUP, L - n_skip - a) for a in group_starts]  # z slots per group
-        # group c's last slot: it sees the x slots before it
-        ends = [n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)]
-        # the x slots, in pieces [0, ends[0]), [ends[0], ends[1]), ..., [ends[-1], L)
-        self.x_sizes = [e - s for s, e in zip([0] + ends, ends + [L])]
-        # e.g. L = 6, n_skip = 2, GROUP = 2: z groups (2, 3), (4, 5); ends 3, 5;
+        # Slots are decode-order slots 0..L-1 (z slot s is token L + s - n_skip of the fed
+        # tensor). Group c's last z slot; it sees the x slots before it:
+        last_slots = [n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)]
+        # the x slots, in pieces [0, last[0]), [last[0], last[1]), ..., [last[-1], L)
+        self.x_sizes = [e - s for s, e in zip([0] + last_slots, last_slots + [L])]
+        # e.g. L = 6, n_skip = 2, GROUP = 2: z groups (2, 3), (4, 5); last slots 3, 5;
         # x pieces [0, 3), [3, 5), [5, 6)
-        self.masks = []  # group c: its z queries against [x slots < ends[c] ; its own z keys]
-        for size, end in zip(self.z_sizes, ends):
-            slot = end + 1 - size + torch.arange(size, device=device)[:, None]  # (size, 1)
-            to_x = torch.arange(end, device=device) < slot  # strictly earlier x slots
+        self.masks = []  # group c: its z queries against [x slots < last[c] ; its own z keys]
+        for size, last in zip(self.z_sizes, last_slots):
+            slot = last + 1 - size + torch.arange(size, device=device)[:, None]  # (size, 1)
+            to_x = torch.arange(last, device=device) < slot  # strictly earlier x slots
             to_z = torch.eye(size, dtype=torch.bool, device=device)  # itself
             self.masks.append(torch.cat([to_x, to_z], 1))
 
@@ -1020,7 +1026,7 @@ class SequentialPattern:
             qz.split(self.z_sizes, 2), kz.split(self.z_sizes, 2), vz.split(self.z_sizes, 2)
         )
         for c, (qc, kc, vc) in enumerate(groups):
-            keys = torch.cat([*kx[: c + 1], kc], 2)  # (B, nh, end + size, hd)
+            keys = torch.cat([*kx[: c + 1], kc], 2)  # (B, nh, last + size, hd)
             values = torch.cat([*vx[: c + 1], vc], 2)
             ys.append(sdpa(qc, keys, values, attn_mask=self.masks[c], dropout_p=dropout_p))
         return torch.cat(ys, 2)  # (B, nh, L + m, hd)
