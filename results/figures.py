@@ -17,47 +17,48 @@ ASSETS = HERE.parent / "assets"
 
 
 def jsonl(name):
+    """The records of one JSON-lines file under results/, or none."""
     path = HERE / name
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if path.exists()
-        else []
-    )
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def attention(plt):
     """The attention masks of the paper's worked example (x = ABCDEF, z_0 = A_C__F): what
     `python eso.py` prints."""
-    x, masked = "ABCDEF", torch.tensor([[0, 1, 0, 1, 1, 0]], dtype=torch.bool)
-    u = torch.tensor(
-        [[0.2, 0.9, 0.1, 0.3, 0.5, 0.4]]
-    )  # eso.show_example's keys: the paper's orders
+    x = "ABCDEF"
+    masked = torch.tensor([[0, 1, 0, 1, 1, 0]], dtype=torch.bool)
+    u = torch.tensor([[0.2, 0.9, 0.1, 0.3, 0.5, 0.4]])  # eso.show_example's keys
+    left_to_right = torch.arange(6.0)[None] / 6
     fig, axes = plt.subplots(2, 2, figsize=(11, 10), gridspec_kw={"width_ratios": [1, 2]})
     for row, variant in enumerate("BA"):
-        x_mask = eso.prefix_lm_mask(torch.arange(6), 6, 3 if variant == "A" else 0)
-        orders = [
-            eso.diffusion_order(masked, u)[0].tolist(),
-            eso.sequential_order(masked, torch.arange(6.0)[None] / 6 if variant == "A" else u)[
-                0
-            ].tolist(),
+        n_prefix = 3 if variant == "A" else 0  # variant A: the clean block sees itself
+        x_mask = eso.prefix_lm_mask(torch.arange(6), 6, n_prefix)
+        sequential_keys = left_to_right if variant == "A" else u
+        panels = [
+            (eso.diffusion_order(masked, u)[0], x_mask[0, 0], "diffusion term"),
+            (
+                eso.sequential_order(masked, sequential_keys)[0],
+                eso.sequential_mask(x_mask)[0, 0],
+                "sequential term: [z_0 ; x]",
+            ),
         ]
-        for col, (sigma, mask) in enumerate(
-            zip(orders, (x_mask[0, 0], eso.sequential_mask(x_mask)[0, 0]))
-        ):
+        for col, (sigma, mask, term) in enumerate(panels):
+            sigma = sigma.tolist()
             labels = [("M" if masked[0, p] else x[p]) + str(p + 1) for p in sigma]
-            labels += [x[p] + str(p + 1) for p in sigma] * col  # the x half of [z_0 ; x]
+            if col == 1:
+                labels += [x[p] + str(p + 1) for p in sigma]  # the x half of [z_0 ; x]
             ax = axes[row, col]
             ax.imshow(mask.numpy(), cmap="Blues", vmin=0, vmax=1.4)
             ax.set_xticks(range(len(labels)), labels)
             ax.set_yticks(range(len(labels)), labels)
-            ax.set_title(
-                f"variant {variant}, {'sequential term: [z_0 ; x]' if col else 'diffusion term'}, "
-                f"sigma = {tuple(p + 1 for p in sigma)}",
-                fontsize=10,
-            )
+            order = tuple(p + 1 for p in sigma)
+            ax.set_title(f"variant {variant}, {term}, sigma = {order}", fontsize=10)
             ax.set_xlabel("key (decode order)")
             ax.set_ylabel("query (decode order)")
-            if col:
+            if col == 1:
                 ax.axhline(5.5, color="k", lw=0.8)
                 ax.axvline(5.5, color="k", lw=0.8)
     fig.suptitle("Who attends to whom, x = ABCDEF, z_0 = A_C__F (M = [MASK]; dark = may attend)")
@@ -71,8 +72,9 @@ def likelihood(plt):
     b = sorted({(r["alpha_0"], r["nelbo"]) for r in rows if r["variant"] == "B"})
     ax.plot(*zip(*b), "o-", label="NELBO (B)")
     for K, style in ((1, "s--"), (10, "^--"), (100, "v--")):
-        iw = sorted((r["alpha_0"], r["iw_bound"]) for r in rows if r.get("num_orders") == K)
-        ax.plot(*zip(*iw), style, label=f"IW bound, K = {K}")
+        iw = [r for r in rows if r["variant"] == "B" and r.get("num_orders") == K]
+        points = sorted((r["alpha_0"], r["iw_bound"]) for r in iw)
+        ax.plot(*zip(*points), style, label=f"IW bound, K = {K}")
     a = sorted({(r["alpha_0"], r["nelbo"]) for r in rows if r["variant"] == "A"})
     ax.plot(*zip(*a), "kx", ms=9, label="NELBO (A)")
     ax.set_xlabel("alpha_0 (training)")
@@ -86,26 +88,19 @@ def quality(plt):
     """Generative perplexity against NFE, per training alpha_0: the quality-speed frontier."""
     rows = jsonl("quality.jsonl")
     trained = sorted({r["alpha_0_train"] for r in rows}, reverse=True)
-    fig, axes = plt.subplots(
-        1, len(trained), figsize=(5 * len(trained), 4.5), sharey=True, squeeze=False
-    )
+    sampled = sorted({r["alpha_0"] for r in rows}, reverse=True)
+    width = 5 * len(trained)
+    fig, axes = plt.subplots(1, len(trained), figsize=(width, 4.5), sharey=True, squeeze=False)
     for ax, a_train in zip(axes[0], trained):
-        for a_eval, color in zip(
-            sorted({r["alpha_0"] for r in rows}, reverse=True), ("C0", "C1", "C2", "C3")
-        ):
-            for block in (False, True):
-                pts = sorted(
-                    (r["runs"][0]["nfe"], r["median"]["gen_ppl"])
-                    for r in rows
-                    if (r["alpha_0_train"], r["alpha_0"], r["block_order"])
-                    == (a_train, a_eval, block)
-                )
-                ax.plot(
-                    *zip(*pts),
-                    "o-" if not block else "s--",
-                    color=color,
-                    label=f"alpha_0 = {a_eval} at sampling, {'block' if block else 'random'} order",
-                )
+        for a_eval, color in zip(sampled, ("C0", "C1", "C2", "C3")):
+            for block, style, order in ((False, "o-", "random"), (True, "s--", "block")):
+                key = (a_train, a_eval, block)
+                points = []
+                for r in rows:
+                    if (r["alpha_0_train"], r["alpha_0"], r["block_order"]) == key:
+                        points.append((r["runs"][0]["nfe"], r["median"]["gen_ppl"]))
+                label = f"alpha_0 = {a_eval} at sampling, {order} order"
+                ax.plot(*zip(*sorted(points)), style, color=color, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("NFE (transformer forwards per sample)")
         ax.set_title(f"trained at alpha_0 = {a_train}")
@@ -115,42 +110,41 @@ def quality(plt):
 
 
 def speed(plt):
-    """Seconds per sequence against NFE, batch 1 (the paper's Table 11 protocol)."""
+    """Table 11's protocol (batch 1, T = 1e6): seconds per sequence against L for each method;
+    and, at the first L, seconds against NFE for the cached sampler."""
     bench = json.loads((HERE / "bench.json").read_text())
-    cases = [
-        c
-        for c in bench["sampling"]
-        if c["L"] == min(c["L"] for c in bench["sampling"]) and c["nfe"]
-    ]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    cached = sorted(
-        (c["nfe"], c["seconds"])
-        for c in cases
-        if c["method"] == "eso_cached" or c["method"].startswith("eso_T")
+    cases = bench["sampling"]
+    fig, (by_length, by_nfe) = plt.subplots(1, 2, figsize=(13, 4.8))
+    methods = (
+        ("mdlm", "x-", "MDLM's cost (bidirectional, all L tokens every step)"),
+        ("eso_uncached", "+-", "Eso-LM without its cache"),
+        ("eso_cached", "o-", "Eso-LM (B), KV cache"),
+        ("ar", "^-", "the AR limit (one-row decode)"),
     )
-    ax.plot(*zip(*cached), "o-", label="Eso-LM, KV cache (T = L/64 ... 1e6)")
-    compiled = sorted(
-        (c["nfe"], c["seconds"]) for c in cases if c["method"].startswith("eso_compiled")
-    )
+    for method, style, label in methods:
+        points = sorted((c["L"], c["seconds"]) for c in cases if c["method"] == method)
+        if points:
+            by_length.plot(*zip(*points), style, label=label)
+    by_length.set_xscale("log", base=2)
+    by_length.set_yscale("log")
+    by_length.set_xlabel("L (tokens per sequence; NFE ~ L)")
+    by_length.set_ylabel("seconds per sequence")
+    by_length.legend(fontsize=8)
+    first = min(c["L"] for c in cases)
+    at_first = [c for c in cases if c["L"] == first and c["nfe"]]
+    eager = [c for c in at_first if c["method"] == "eso_cached" or c["method"].startswith("eso_T")]
+    by_nfe.plot(*zip(*sorted((c["nfe"], c["seconds"]) for c in eager)), "o-", label="KV cache")
+    compiled = [c for c in at_first if c["method"].startswith("eso_compiled")]
     if compiled:
-        ax.plot(*zip(*compiled), "s-", label="Eso-LM, KV cache, compiled")
-    for method, marker, label in (
-        ("eso_uncached", "x", "uncached (what MDLM costs)"),
-        ("ar", "^", "one-row AR decode"),
-        ("hf_gpt2", "v", "Hugging Face GPT-2 generate"),
-    ):
-        for c in cases:
-            if c["method"] == method:
-                ax.plot(c["nfe"], c["seconds"], marker, ms=9, label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("NFE")
-    ax.set_ylabel("seconds per sequence")
+        points = sorted((c["nfe"], c["seconds"]) for c in compiled)
+        by_nfe.plot(*zip(*points), "s-", label="KV cache, compiled")
+    by_nfe.set_xscale("log")
+    by_nfe.set_yscale("log")
+    by_nfe.set_xlabel(f"NFE (T = L/64 ... 1e6), L = {first}")
+    by_nfe.set_ylabel("seconds per sequence")
+    by_nfe.legend(fontsize=8)
     env = bench["env"]
-    ax.set_title(
-        f"Sampling one sequence of L = {cases[0]['L']}, {env['name']}, {env['threads']} threads"
-    )
-    ax.legend(fontsize=8)
+    fig.suptitle(f"Sampling speed, {env['model']}, {env['name']}, {env['threads']} threads")
     return fig
 
 
@@ -183,15 +177,11 @@ def nanogpt(plt):
             ("nanogpt", "nanoGPT", "C1"),
             ("eso", "Eso-LM, alpha_0 = 0", "C0"),
         ):
-            train, val = runs[name]["train"], [r for r in runs[name]["val"] if r[0] > 0]
+            train = runs[name]["train"]
+            val = [r for r in runs[name]["val"] if r[0] > 0]
             ax.plot([r[col] for r in train], [r[1] for r in train], lw=0.5, alpha=0.4, color=color)
-            ax.plot(
-                [r[col] for r in val],
-                [r[1] for r in val],
-                "o-",
-                color=color,
-                label=f"{label}: validation",
-            )
+            label = f"{label}: validation"
+            ax.plot([r[col] for r in val], [r[1] for r in val], "o-", color=color, label=label)
         ax.set_xlabel(xlabel)
         ax.set_ylim(top=3.5)
         ax.legend()
@@ -218,9 +208,7 @@ def main():
         ("nanogpt", nanogpt, "nanogpt_compare.json"),
     ):
         if needs and not (HERE / needs).exists():
-            print(
-                f"skipped assets/{name}.png: no results/{needs} (bash results/measure.sh makes it)"
-            )
+            print(f"skipped assets/{name}.png: no results/{needs} (results/measure.sh makes it)")
             continue
         fig = draw(plt)
         fig.tight_layout()
