@@ -112,7 +112,7 @@ class EsoConfig:
     alpha_0: float = 0.5
     # "B": causal everywhere, a KV cache in both phases; "A": clean tokens attend both ways
     variant: str = "B"
-    # "elbo", or "low_var" (diffusion weight 1 in training; the paper's choice at alpha_0 = 1)
+    # "elbo", or "low_var" (diffusion weight 1 in training; the paper's OWT choice at alpha_0 = 1)
     loss_type: str = "elbo"
     batch_split: float | None = None  # kappa; None = the paper's
     # biases in the LayerNorms, the MLP and the head (the authors' models, reference.py)
@@ -484,8 +484,8 @@ def has_float64(device):
 def top_p_filter(logits, top_p):
     """logits (..., V) with -inf outside the top-p nucleus: the smallest set of most likely
     tokens whose mass reaches top_p (Holtzman et al.). A token whose preceding mass is exactly
-    top_p is left out; the authors' code (Hugging Face's rule: out when that mass exceeds top_p)
-    keeps it."""
+    top_p is left out; the authors' code (utils.top_k_top_p_filtering, after Thomas Wolf's gist:
+    out when that mass exceeds top_p) keeps it."""
     if top_p >= 1.0:
         return logits
     sorted_logits, idx = logits.sort(dim=-1, descending=True)
@@ -661,7 +661,8 @@ class EsoLM(nn.Module):
 
     def diffusion_nll(self, x, t, masked, sigma, loss_type=None):
         """The diffusion term (eq. 7) / L for given draws: t (B,), masked (B, L) bool (z_t),
-        sigma clean first."""
+        sigma clean first. Causal in decode order, the i-th mask sees the clean tokens and the
+        i - 1 masks before it: what a sampler step that decodes several masks at once feeds."""
         B, L = x.shape
         z = torch.where(masked, self.mask_id, x)
         # (B, L) each, in decode order
@@ -860,9 +861,15 @@ class EsoLM(nn.Module):
         Variant A differs by an attention mask: its clean block (the first min(done, n_clean0)
         slots) attends both ways, so while it grows (the diffusion phase) its keys and values
         change with every token that joins it: each such step feeds it all and keeps nothing;
-        the first sequential step keeps it (App. D.3), and A then decodes as B."""
-        # Slots [0, first): kept in the cache. [first, done): the last step's tokens, fed again
-        # now clean (in B, first == the last step's done). [done, done + k): this step's masks.
+        the first sequential step keeps it (App. D.3), and A then decodes as B.
+
+        Each step feeds the slots [first, done + k) and the cache keeps [0, keep) after it:
+          B, every step                        first = the last step's done, keep = done
+          A, while done < n_clean0 (diffusion) first = 0,                     keep = 0
+          A, from then on                      as B"""
+        # Slots [0, first): kept in the cache. [first, done): clean, not yet kept: the last
+        # step's tokens (in B, first == the last step's done), or at the first step the prompt.
+        # [done, done + k): this step's masks.
         first = cache.length
         prefix = 0  # slots of the bidirectional clean block (variant A)
         keep = done  # the cache keeps slots [0, keep) after this step
@@ -940,8 +947,9 @@ class EsoLM(nn.Module):
         (Thm 3.1).
 
         Decoding one token per step along an order sigma gives
-        p(x | sigma) = prod_l p(x_sigma(l) | x_sigma(<l)), and one forward of
-        [all masks ; x sorted by sigma] through the sequential pattern gives all L factors. The
+        p(x | sigma) = prod_l p(x_sigma(l) | x_sigma(<l)), and one forward of both halves, all
+        masks and x sorted by sigma, through the sequential pattern gives all L factors: a
+        one-token step sees exactly the tokens before it and itself, whichever phase it is in. The
         model's p(x) (one token per step, no prompt) is the mean of p(x | sigma) over the
         sampler's orders: a random subset first (each position with probability alpha_0 here; a
         hair more than the sampler's, see unmask_schedule), in random order, then the rest left
