@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
-# Re-measures what RESULTS.md reports, on this version, and draws its figures: every number there comes
-# from a JSON file this script writes under results/. Parts, in order (all by default; or name some):
-#   train    the models, each with the defaults of `python train.py` (the README's run) but alpha_0 and the
-#            variant: B at alpha_0 = 0, 0.0625 (= the defaults), 0.125, 0.25, 0.5 and 1 (low_var, the paper's
-#            choice there), A at 0.25 and 1 (low_var). Their logs -> results/runs/NAME.jsonl, wall-clock
-#            seconds -> results/runs/times.jsonl. About 55 minutes on 2 CPU cores.
-#   table1   the paper's Table 1: validation NELBO of each, and the IW bound at K = 1, 10, 100 (B models)
-#            -> results/table1.jsonl. About 20 minutes.
-#   quality  Tables 13-15: the alpha_0 = 1, 0.25 and 0.0625 models sampled at alpha_0 1, 0.5, 0.25, T 16 to
-#            1024, random and block order, 64 samples each, judged by the alpha_0 = 0 model (evaluate.py)
-#            -> results/quality.jsonl. About 5 minutes.
-#   reference  the quality grid's yardsticks: the judge's own samples (alpha_0 = 0, the same settings) and
-#            128-byte windows of the validation text, scored alike -> results/reference.jsonl. A minute.
-#   default  what `python sample.py` and `python evaluate.py --seeds=21` print for the default run (the
-#            README's samples, word shares and step-by-step view) -> results/default_*.
-#   bench    `python bench.py` (Table 11's protocol) -> results/bench.json, and where a compiled step's time
-#            goes (python -m results.step_split) -> results/step_split.txt. About 14 minutes.
-#   figures  python -m results.figures: assets/*.png from the JSON above (needs matplotlib).
+# Re-measures what RESULTS.md reports, on this version, and draws its figures: every number there
+# comes from a file this script writes under results/. Parts, in order (all by default; or name some):
+#   train      the models, each with the defaults of `python train.py` (the README's run) but alpha_0
+#              and the variant: B at alpha_0 = 0, 0.0625 (= the defaults), 0.125, 0.25, 0.5 and 1
+#              (low_var, the paper's choice there), A at 0.25 and 1 (low_var). Logs ->
+#              results/runs/NAME.jsonl, wall-clock seconds -> results/runs/times.jsonl.
+#   table1     the paper's Table 1: a full validation pass of each (NELBO), and the IW bound at
+#              K = 1, 10, 100 (B models) -> results/table1.jsonl.
+#   quality    Tables 13-15: the alpha_0 = 1, 0.25 and 0.0625 models sampled at alpha_0 1, 0.5, 0.25,
+#              T 16 to 1024, random and block order, 64 samples each, judged by the alpha_0 = 0 model
+#              (evaluate.py --ar_judge) -> results/quality.jsonl.
+#   reference  the quality grid's yardsticks: the judge's own samples and windows of the validation
+#              text, scored alike -> results/reference.jsonl.
+#   default    what `python sample.py`, its --show_steps view and `python evaluate.py --seeds=21`
+#              print for the default run -> results/default_*.
+#   zero_shot  Table 5's path end to end: a small GPT-2-token model trained on python_prose, scored on
+#              local copies of the eight zero-shot sets (results/zero_shot_fixtures.py) in a full pass
+#              -> results/zero_shot.jsonl. Needs GPT-2's BPE files and `datasets`.
+#   bench      `python bench.py` (Table 11's protocol, the decode cases, training) -> results/bench.json;
+#              `python bench.py --batch=16` (Table 13's time column) -> results/bench_batch.json.
+#   figures    python -m results.figures: assets/*.png from the files above (needs matplotlib).
 # Run it on an otherwise idle machine: the seconds it records are the machine's. The side-by-side with
-# nanoGPT needs a clone of it and runs apart: results/nanogpt/run_compare.sh (see results/nanogpt/README.md).
+# nanoGPT needs a clone of it and runs apart: python -m results.nanogpt.compare --publish.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-out/results}
-parts=${*:-train table1 quality reference default bench figures}
+parts=${*:-train table1 quality reference default zero_shot bench figures}
 want() { [[ " $parts " == *" $1 "* ]]; }
 mkdir -p "$runs" results/runs
 
@@ -76,9 +79,27 @@ if want default; then
         > results/default_steps.txt
     python evaluate.py --out_dir="$runs/b0.0625" --seeds=21 --quiet=True > results/default_eval.json
 fi
+if want zero_shot; then  # needs GPT-2's BPE files (tiktoken downloads them, or TIKTOKEN_CACHE_DIR) and datasets
+    zs="$runs/zero_shot"
+    rm -rf "$zs" && mkdir -p "$zs"
+    python -m results.zero_shot_fixtures "$zs/raw"
+    ESO_DATA_DIR="$zs/data" python data/prepare.py --tokenizer gpt2 --name prose_gpt2
+    model=(--dataset=prose_gpt2 --block_size=64 --n_layer=2 --n_head=2 --n_embd=64 --batch_size=8)
+    ESO_DATA_DIR="$zs/data" python train.py --out_dir="$zs/model" "${model[@]}" --alpha_0=0.25 \
+        --max_iters=600 --warmup_iters=50 --eval_interval=200 --eval_iters=10
+    : > results/zero_shot.jsonl
+    for set in prose_gpt2 ptb wikitext2 wikitext103 lm1b_gpt2 lambada ag_news pubmed arxiv; do
+        if [ "$set" != prose_gpt2 ]; then
+            ESO_DATA_DIR="$zs/data" python data/prepare.py --dataset=$set --raw_dir="$zs/raw/$set" --block_size=64
+        fi
+        ESO_DATA_DIR="$zs/data" python train.py --eval_only=True --out_dir="$zs/model" --dataset=$set \
+            | tail -n 1 >> results/zero_shot.jsonl
+    done
+fi
 if want bench; then
     TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python bench.py | tee results/bench.txt  # compiling from a cold cache
     tail -n 1 results/bench.txt > results/bench.json && rm results/bench.txt
+    python bench.py --batch=16 --table11=False --decode=False --train_alphas= | tail -n 1 > results/bench_batch.json
 fi
 if want figures; then
     python -m results.figures
