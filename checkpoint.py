@@ -105,7 +105,7 @@ def load(path, device="cpu", ema=True):
         raise CheckpointError(f"{path} is a folder, not a checkpoint")
     if not path.is_file():
         raise CheckpointError(
-            f"no checkpoint at {path}: train one with `python train.py` "
+            f"no checkpoint at {path}: train one with `python train.py --out_dir={path.parent}` "
             "(or point --out_dir or --init_from elsewhere)"
         )
     ckpt = read_pickle(path, device)

@@ -142,7 +142,9 @@ class StepPrinter:
         if nfe == 0:
             header = "--- step 0: the canvas (known tokens; the rest masked) ---"
         elif nfe <= len(self.sizes):
-            header = f"--- step {nfe}: diffusion, {self.sizes[nfe - 1]} tokens ---"
+            size = self.sizes[nfe - 1]
+            noun = "token" if size == 1 else "tokens"
+            header = f"--- step {nfe}: diffusion, {size} {noun} ---"
         else:
             header = f"--- step {nfe}: sequential, 1 token ---"
         if nfe == len(self.sizes) + 1:
