@@ -56,7 +56,7 @@ def ptb_line(sentence):
             words.append("N")
         elif len(word) > 11:
             words.append("<unk>")
-        elif word not in ".,;:!?\"()":  # PTB's text-only release keeps no punctuation but "'"
+        elif word not in '.,;:!?"()':  # PTB's text-only release keeps no punctuation but "'"
             words.append(word)
     return " " + " ".join(words) + " "
 
