@@ -1,5 +1,5 @@
 """What test_eso.py's tests share: tiny models, the devices, the scripts run in-process, and a
-small dataset and trained model, all in temporary folders (nothing is written into the checkout:
+small dataset, all in temporary folders (nothing is written into the checkout:
 ESO_DATA_DIR points the data floor at a temporary folder for the whole run)."""
 
 import functools
@@ -21,7 +21,6 @@ os.environ["ESO_DATA_DIR"] = str(DATA_DIR)  # before anything prepares or loads 
 import cli  # noqa: E402 (after ESO_DATA_DIR is set, which the modules read when they run)
 import compiled  # noqa: E402
 import eso  # noqa: E402
-import train  # noqa: E402
 from data import prepare  # noqa: E402
 
 # The tests that a GPU can break (the cached sampler, the fast sequential term, compile, bf16)
@@ -126,24 +125,6 @@ def dataset(tmp_path_factory):
     src.write_text(corpus_text())
     prepare.prepare(inputs=[str(src)], name="corpus")
     return "corpus"
-
-
-@pytest.fixture(scope="session")
-def trained(dataset, tmp_path_factory):
-    """A tiny model trained 6 iterations with EMA (validation at 3 and 6), and an alpha_0 = 0
-    judge: their out_dirs."""
-    out = tmp_path_factory.mktemp("run")
-    judge = tmp_path_factory.mktemp("judge")
-    runs = [
-        (out, ["--max_iters=6", "--eval_interval=3", "--ema=0.5"]),
-        (judge, ["--alpha_0=0", "--max_iters=2", "--eval_interval=2"]),
-    ]
-    for folder, extra in runs:
-        args = [f"--dataset={dataset}", f"--out_dir={folder}", *extra, *TINY]
-        with pytest.raises(SystemExit) as e:
-            cli.run(train.main, "train.py", args)
-        assert e.value.code == 0
-    return out, judge
 
 
 @pytest.fixture

@@ -1315,6 +1315,24 @@ def test_checkpoints_that_would_run_code_are_refused(tmp_path, run):
     assert marker.exists()
 
 
+@pytest.fixture(scope="session")
+def trained(dataset, tmp_path_factory):
+    """A tiny model trained 6 iterations with EMA (validation at 3 and 6), and an alpha_0 = 0
+    judge: their out_dirs."""
+    out = tmp_path_factory.mktemp("run")
+    judge = tmp_path_factory.mktemp("judge")
+    runs = [
+        (out, ["--max_iters=6", "--eval_interval=3", "--ema=0.5"]),
+        (judge, ["--alpha_0=0", "--max_iters=2", "--eval_interval=2"]),
+    ]
+    for folder, extra in runs:
+        args = [f"--dataset={dataset}", f"--out_dir={folder}", *extra, *TINY]
+        with pytest.raises(SystemExit) as e:
+            cli.run(train.main, "train.py", args)
+        assert e.value.code == 0
+    return out, judge
+
+
 def test_bad_checkpoints_get_one_clear_line(dataset, trained, tmp_path, run):
     out, _ = trained
     good = (out / "ckpt.pt").read_bytes()
