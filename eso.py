@@ -386,8 +386,8 @@ def check_sampling_args(steps, alpha_0, temperature, top_p):
     """The sampling arguments, checked: returns steps as an int; anything else is a ValueError."""
     if not 0.0 <= alpha_0 <= 1.0:
         raise ValueError(f"alpha_0 must lie in [0, 1], got {alpha_0}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be above 0, got {temperature}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be 0 (greedy) or above, got {temperature}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     return whole("steps", steps)
@@ -500,7 +500,12 @@ def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
     """One token per row of logits (..., V) from softmax(logits / temperature), cut to the top-p
     nucleus, by Gumbel-max in float64, as the paper: float32 Gumbel noise is capped near 16.6
     (its uniforms have 24 bits), which starves the tail of a large vocabulary. Without float64
-    (MPS): sample_tokens_float32 (section 7)."""
+    (MPS): sample_tokens_float32 (section 7).
+
+    Temperature 0 is the limit of a sharper and sharper softmax: greedy decoding, the most likely
+    token of each row, with no random draw."""
+    if temperature == 0:
+        return logits.argmax(-1)
     if not has_float64(logits.device):
         return sample_tokens_float32(logits, temperature, top_p, generator)
     logits = top_p_filter(logits.double() / temperature, top_p)  # (..., V)

@@ -293,6 +293,22 @@ def test_nucleus_filtering_keeps_the_smallest_set_above_p():
     assert seen == {0, 1, 2, 3}
 
 
+@pytest.mark.parametrize("wide", [True, False], ids=["float64", "float32"])
+def test_temperature_zero_is_greedy_decoding(wide, monkeypatch):
+    """At temperature 0 every draw is the argmax of its row, whatever the nucleus; and a whole
+    greedy sample from the cached sampler equals the uncached path's."""
+    monkeypatch.setattr(eso, "has_float64", lambda device: wide)
+    logits = torch.randn(500, 3, 17, generator=gen(0))
+    for top_p in (1.0, 0.5):
+        draws = eso.sample_tokens(logits, 0.0, top_p, gen(1))
+        assert torch.equal(draws, logits.argmax(-1))
+    model = tiny(0.5)
+    a, nfe_a = model.generate(2, 8, temperature=0, generator=gen(3))
+    b, _ = model.generate(2, 8, temperature=0, generator=gen(3), kv_cache=False)
+    assert torch.equal(a, b)
+    assert nfe_a > 0
+
+
 def coarse_cumsum(self, dim=-1):
     """A sequential sum, rounded to 8 significant bits (bf16's) after every addition."""
     out = torch.empty_like(self)
@@ -327,7 +343,8 @@ def test_float32_sampling_keeps_the_tail_where_a_running_sum_would_round_it_away
         (dict(steps=True), "steps"),
         (dict(num_samples=1.5), "num_samples"),
         (dict(alpha_0=-0.1), "alpha_0"),
-        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=-0.5), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
         (dict(top_p=float("nan")), "top_p"),
         (dict(top_p=0.0), "top_p"),
         (dict(top_p=1.5), "top_p"),
