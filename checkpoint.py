@@ -1,28 +1,27 @@
 """
-Checkpoints: ours written and read back, and any pickled file read without running it.
+Checkpoints of ours: written atomically, and read back without running anything in the file.
 
-A checkpoint of ours is a torch.save file of tensors and plain values only (the model's weights,
-its EMA, its config as a dict, the tokenizer's name, the optimizer and the run's settings), so it
-loads with torch.load(weights_only=True). It is written atomically: a crash at any moment leaves
-the previous one intact.
+A checkpoint is a torch.save file of tensors and plain values only (the model's weights, its EMA,
+its config as a dict, the tokenizer's name, the optimizer and the run's settings), so it loads
+with torch.load(weights_only=True). It is written to a temporary file and renamed: a crash at any
+moment leaves the previous one intact.
 
-Reading a file that someone else made is where code could run or memory blow up, so every read
-goes through read_pickle: it lists the globals the file's pickle names (its opcodes, before
-anything is unpickled) and refuses, in one line, any outside an allow-list: torch's tensor
-rebuilders and storage types, and a few plain containers. torch's own weights_only unpickler
-would build `bytearray(10**11)` from a 2 KB file; this refuses it before any allocation. Then no
-tensor may claim more elements than its data holds, and a model is built only once its weights
-are known to fit its config.
+A file from elsewhere is where code could run or memory blow up, so every read goes through
+read_pickle. It lists the globals that the file's pickle names, from its opcodes, before anything
+is unpickled, and refuses in one line any outside an allow-list: torch's tensor rebuilders and
+storage types, and a few plain containers. (torch's own weights_only unpickler would build
+`bytearray(10**11)` from a 2 KB file; this refuses it before any allocation.) Then no tensor may
+claim more elements than its data holds, and a model is built only once its weights are known to
+fit its config. The authors' own formats are read by the paper's ring (paper/formats.py).
 """
 
 import _compat_pickle
+import importlib.util
 import os
-import pickle
 import pickletools
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -42,24 +41,6 @@ REAL_GLOBALS = {
     ("builtins", "frozenset"),
     *(("torch", name) for name in TORCH_DTYPES),
     *(("torch", name) for name in dir(torch) if name.endswith("Storage")),
-}
-# The packages whose classes a foreign file (the authors' Lightning checkpoints) may name: their
-# config (omegaconf), tokenizer (transformers, tokenizers) and trainer state. They are stood in
-# for by inert objects that keep what they are handed and run nothing.
-INERT_PACKAGES = {
-    "omegaconf",
-    "typing",
-    "transformers",
-    "tokenizers",
-    "lightning",
-    "lightning_fabric",
-    "pytorch_lightning",
-    "torchmetrics",
-    "hydra",
-    "numpy",
-    "pathlib",
-    "enum",
-    "collections",
 }
 MAX_DEPTH = 64  # how deep the plain values of a config may nest
 
@@ -104,12 +85,29 @@ def load(path, device="cpu", ema=True):
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint")
     if not path.is_file():
-        raise CheckpointError(
-            f"no checkpoint at {path}: train one with `python train.py --out_dir={path.parent}` "
-            "(or point --out_dir or --init_from elsewhere)"
-        )
+        raise CheckpointError(missing(path))
     ckpt = read_pickle(path, device)
     return model_from(ckpt, path, device, ema)
+
+
+def paper_ring(command):
+    """A command of the paper's ring, with a word when the ring (the paper/ folder) is not in this
+    copy of the repository."""
+    if importlib.util.find_spec("paper") is None:
+        return f"{command} (from the paper/ folder, which this copy lacks)"
+    return command
+
+
+def missing(path):
+    """What to say of a checkpoint that is not there: the command that makes it. A name like
+    owner/model that is no file and in no folder here may be meant as a Hugging Face hub id."""
+    hub_like = len(path.parts) == 2 and not path.suffix and not path.parent.exists()
+    if hub_like:
+        convert = paper_ring(f"python -m paper.convert {path} --alpha_0=A")
+        return (
+            f"no file or folder {path}; for an authors' Hugging Face model, convert it: {convert}"
+        )
+    return f"no checkpoint at {path}: train one with `python train.py --out_dir={path.parent}`"
 
 
 def model_from(ckpt, path, device="cpu", ema=True):
@@ -179,25 +177,20 @@ def state(model, config, tokenizer, iter_num, **extra):
 # Reading any pickled file without running it
 
 
-def read_pickle(path, device="cpu", inert=False):
-    """The object a torch.save file holds, read without running anything it names.
-
-    The file's globals are listed from its opcodes first (pickle_globals): any outside
-    REAL_GLOBALS is refused in one line, unless inert=True and it comes from INERT_PACKAGES (the
-    authors' files), when it is stood in for by an inert object. Tensors are checked to hold the
-    data they claim (check_tensors)."""
+def read_pickle(path, device="cpu"):
+    """The object a torch.save file of tensors and plain values holds, read without running
+    anything it names: the file's globals are listed from its opcodes first (pickle_globals), and
+    any outside REAL_GLOBALS is refused in one line. Tensors are checked to hold the data they
+    claim (check_tensors)."""
     named = pickle_globals(path)
     foreign = sorted(f"{m}.{n}" for m, n in named if (m, n) not in REAL_GLOBALS)
-    refused = [name for name in foreign if not inert or name.split(".")[0] not in INERT_PACKAGES]
-    if refused:
-        raise CheckpointError(
-            f"refusing {path}: it names {', '.join(refused[:3])}, which a checkpoint does not "
-            "need (unpickling could run code or fill memory); nothing in it was run"
-        )
     if foreign:
-        obj = read_inert(path, device, foreign)
-    else:
-        obj = torch_load(path, device)
+        raise CheckpointError(
+            f"refusing {path}: it names {', '.join(foreign[:3])}, which a checkpoint of ours does "
+            "not (unpickling could run code or fill memory); nothing in it was run. An authors' "
+            f"checkpoint is converted first: {paper_ring(f'python -m paper.convert {path}')}"
+        )
+    obj = torch_load(path, device)
     check_tensors(obj, path)
     return obj
 
@@ -238,9 +231,12 @@ def pickle_globals(path):
 
 
 def python3_name(module, name):
-    """(module, name) of a global as Python 3 spells it (protocol 2 writes __builtin__.set)."""
-    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-    return _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    """(module, name) of a global as Python 3 spells it (protocol 2 writes __builtin__.set, and
+    __builtin__.long for int). The order is pickle's own, and torch's: the pair's mapping first,
+    then the module's."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
 def torch_load(path, device):
@@ -261,58 +257,10 @@ def short_reason(error):
     return text.rstrip(".")
 
 
-class Inert(dict):
-    """Stands in for a class or function that a foreign pickle names: keeps what it is handed
-    (its state, or its dict items), runs nothing."""
-
-    state = None
-
-    def __init__(self, *args, **kwargs):
-        super().__init__()
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-def stand_in(qualified):
-    """An inert class named like `qualified` ("module.Name")."""
-    module, _, name = qualified.rpartition(".")
-    return type(name, (Inert,), {"__module__": module})
-
-
-def read_inert(path, device, foreign):
-    """A foreign file with inert stand-ins for its foreign globals. torch's own weights_only
-    unpickler does it (safe_globals); the hand-written InertUnpickler is kept for the pickles that
-    torch's refuses (it rebuilds only what REAL_GLOBALS lists, so its reach is the same)."""
-    stand_ins = [(stand_in(name), name) for name in foreign]
-    try:
-        with torch.serialization.safe_globals(stand_ins):
-            return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        pass
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint: {short_reason(e)}") from None
-    inert_pickle = SimpleNamespace(Unpickler=InertUnpickler, __name__="inert")
-    try:
-        return torch.load(path, map_location=device, weights_only=False, pickle_module=inert_pickle)
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint: {short_reason(e)}") from None
-
-
-class InertUnpickler(pickle.Unpickler):
-    """Resolves REAL_GLOBALS; everything else becomes an inert stand-in (read_pickle has already
-    refused what is neither)."""
-
-    def find_class(self, module, name):
-        module, name = python3_name(module, name)
-        if (module, name) in REAL_GLOBALS:
-            return super().find_class(module, name)
-        return stand_in(f"{module}.{name}")
-
-
 def check_tensors(obj, path):
     """Refuse any tensor that claims more elements than its storage holds (a stride-0 view of a
-    billion elements costs a few bytes in the file and gigabytes once copied)."""
+    billion elements costs a few bytes in the file and gigabytes once copied). Every tensor
+    reachable through containers and objects' attributes is checked."""
     seen = set()
     todo = [(obj, 0)]
     while todo:
@@ -327,29 +275,10 @@ def check_tensors(obj, path):
                     f"refusing {path}: a tensor of shape {tuple(item.shape)} claims more data "
                     "than the file holds"
                 )
-        elif isinstance(item, dict):
+            continue
+        if isinstance(item, dict):
             todo += [(v, depth + 1) for v in item.values()]
-            if isinstance(item, Inert):
-                todo.append((item.state, depth + 1))
         elif isinstance(item, (list, tuple)):
             todo += [(v, depth + 1) for v in item]
-
-
-def plain(obj, path, depth=0, inside=()):
-    """The plain values behind inert stand-ins of omegaconf's containers and nodes (their state
-    holds _content or _val): nested dicts, lists and scalars. A config nested deeper than
-    MAX_DEPTH, or that contains itself, is refused in one line."""
-    if depth > MAX_DEPTH or id(obj) in inside:
-        raise CheckpointError(f"refusing {path}: its config contains itself or nests too deep")
-    inside = (*inside, id(obj))
-    if isinstance(obj, Inert):
-        state = obj.state
-        if isinstance(state, dict) and "_content" in state:
-            return plain(state["_content"], path, depth + 1, inside)
-        if isinstance(state, dict) and "_val" in state:
-            return plain(state["_val"], path, depth + 1, inside)
-    if isinstance(obj, dict):
-        return {k: plain(v, path, depth + 1, inside) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v, path, depth + 1, inside) for v in obj]
-    return obj
+        if hasattr(item, "__dict__"):  # an object (a foreign file's stand-in)
+            todo += [(v, depth + 1) for v in vars(item).values()]

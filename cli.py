@@ -1,27 +1,28 @@
 """
-The command line that train.py, sample.py, evaluate.py and bench.py share (the role of nanoGPT's
-configurator.py): flags from each script's block of defaults, the device and precision policy,
-the models that --out_dir and --init_from name, and how a script ends.
+What the scripts share (the role of nanoGPT's configurator.py): flags from each script's block of
+defaults, the device and precision policy, and how a script ends.
 
 Each script keeps its defaults in one block, name=(default, note[, kind]), and gets --key=value
 (or --key value) for each, checked against its type or choices; --help, which lists them with
 their notes; and one-line refusals of unknown or mistyped options (with "did you mean"), exit
-status 2.
+status 2. An argument @FILE reads flags from a preset file, one --key=value a line (blank lines
+and # comments skipped), where it stands: flags after it win.
 """
 
 import argparse
 import difflib
+import os
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from tqdm import tqdm
 
-import checkpoint
-import reference
 from checkpoint import CheckpointError
-from data.prepare import PrepareError
-from judge import JudgeError
+from data.common import PrepareError
 
 # The flags of every script that runs a model.
 SYSTEM = dict(
@@ -32,21 +33,16 @@ SYSTEM = dict(
         ("auto", "float32", "bfloat16", "float16"),
     ),
 )
-# The sampler's flags, one definition for sample.py and evaluate.py, so that evaluate.py scores
-# what sample.py prints. A None takes the preset's value (SAMPLING_PRESETS).
+# The sampler's flags, one definition for sample.py and the paper's evaluate, so that it scores
+# what sample.py prints. The defaults suit the small byte-level models (RESULTS.md says how they
+# were chosen); the paper's are a preset file, @paper/presets/samples.txt.
 SAMPLING = dict(
-    preset=(
-        "",
-        "'' (tuned for the small byte-level models) or paper (top_p 0.9, temperature 1, 5,120 "
-        "samples in batches of 256: the paper's Tables 13-15)",
-        ("", "paper"),
-    ),
-    num_samples=(None, "samples to draw (None: the preset's, 8 or 5,120)", int),
-    batch_size=(None, "samples drawn at once (None: the preset's, all of them or 256)", int),
+    num_samples=(8, "samples to draw"),
+    batch_size=(None, "samples drawn at once (None: all of them)", int),
     steps=(128, "T of the diffusion schedule; NFE = non-empty diffusion steps + sequential tokens"),
     alpha_0=(None, "sampling-time alpha_0 (None: the model's own)", float),
-    top_p=(None, "nucleus sampling, 1 = off (None: the preset's, 0.8 or 0.9)", float),
-    temperature=(None, "below 1 sharpens the distribution (None: the preset's, 0.6 or 1)", float),
+    top_p=(0.8, "nucleus sampling, 1 = off"),
+    temperature=(0.6, "below 1 sharpens the distribution; 0 is greedy (the most likely token)"),
     block_order=(
         False,
         "the paper's block order: each diffusion step decodes a stream of evenly spaced positions",
@@ -57,12 +53,6 @@ SAMPLING = dict(
     ),
     seed=(1337, "seed of the sampler's generator"),
 )
-# The byte-level default model's settings were chosen by measurement (RESULTS.md); the paper's
-# are those of its sample-quality tables. batch_size None: all the samples at once.
-SAMPLING_PRESETS = {
-    "": dict(temperature=0.6, top_p=0.8, num_samples=8, batch_size=None),
-    "paper": dict(temperature=1.0, top_p=0.9, num_samples=5120, batch_size=256),
-}
 
 
 class UserError(Exception):
@@ -116,9 +106,37 @@ class Parser(argparse.ArgumentParser):
         raise UserError(message.replace("argument ", "", 1))
 
 
-def parse(defaults, argv, doc):
+def expand_presets(argv):
+    """argv with each @FILE replaced by the flags of that preset file: one --key=value a line,
+    blank lines and # comments skipped."""
+    expanded = []
+    for arg in argv:
+        if not arg.startswith("@"):
+            expanded.append(arg)
+            continue
+        path = Path(arg[1:])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            why = getattr(e, "strerror", None) or e
+            raise UserError(f"cannot read the preset {path} ({why})") from None
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                expanded.append(line)
+    return expanded
+
+
+def parse(defaults, argv, doc, moved=None):
     """(settings, the set of names the user gave): `defaults` ({name: (default, note[, kind])})
-    after argv, as the attributes of an argparse.Namespace (settings.max_iters, ...)."""
+    after argv, as the attributes of an argparse.Namespace (settings.max_iters, ...). Preset
+    files (@FILE) are read where they stand. moved: {flag: what replaces it}, for flags that
+    another command now takes."""
+    argv = expand_presets(argv)
+    for arg in argv:
+        key = arg.split("=")[0].removeprefix("--")
+        if arg.startswith("--") and moved and key in moved:
+            raise UserError(f"--{key} is not a flag of this script any more: {moved[key]}")
     if any(a in ("-h", "--help") for a in argv):
         print(doc.strip() + "\n\noptions (default):")
         for key, (default, note, *_) in defaults.items():
@@ -146,18 +164,6 @@ def parse(defaults, argv, doc):
         raise UserError(f"unknown option {key}{hint}")
     given = {a[2:].split("=")[0] for a in argv if a.startswith("--")} & set(defaults)
     return args, given
-
-
-def sampling_settings(c):
-    """The settings c with the sampling preset applied, in place: each of its settings that the
-    user left at None takes the preset's value (a batch_size left at None: all the samples at
-    once)."""
-    for key, value in SAMPLING_PRESETS[c.preset].items():
-        if getattr(c, key) is None:
-            setattr(c, key, value)
-    if c.batch_size is None:
-        c.batch_size = c.num_samples
-    return c
 
 
 # -----------------------------------------------------------------------------
@@ -220,33 +226,49 @@ def synchronize(device):
         torch.mps.synchronize()
 
 
-# -----------------------------------------------------------------------------
-# The models that the flags name
+def start_distributed(name):
+    """(rank, world size, device) of this process. Under torchrun (which sets RANK, LOCAL_RANK
+    and WORLD_SIZE) the process group starts: NCCL on GPUs, gloo on CPUs, each process on its
+    own GPU."""
+    device_ = device(name)
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, device_
+    rank = int(os.environ["RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    backend = "gloo"
+    if device_.type == "cuda":
+        device_ = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device_)
+        backend = "nccl"
+    dist.init_process_group(backend=backend)
+    return rank, world, device_
 
 
-def load_model(source, device="cpu", ema=True, alpha_0=None):
-    """(model, checkpoint dict) of what --init_from (or out_dir/ckpt.pt) names: a checkpoint of
-    ours; an authors' Lightning file; an authors' Hugging Face folder (config.json plus weights)
-    or hub id (`owner/name`), whose alpha_0 the caller gives (their config has none). In eval
-    mode, with the EMA weights where there are some (ema=False: the raw ones)."""
-    path = Path(source)
-    if path.is_dir() and (path / "config.json").is_file():
-        ckpt = reference.hugging_face(path, alpha_0, device)
-    elif reference.looks_like_hub_id(source):
-        ckpt = reference.hugging_face(reference.download(str(source)), alpha_0, device)
-    elif not path.is_file():
-        return checkpoint.load(path, device, ema)  # its message says what is missing
-    elif is_ours(path):
-        return checkpoint.load(path, device, ema)
-    else:
-        ckpt = reference.lightning(path, device)
-    return checkpoint.model_from(ckpt, path, device, ema)
+class Progress:
+    """Progress through `total` steps of long work: a bar on a terminal; off one (a log file, a
+    pipe), a line on stderr at every tenth of the way, with the seconds so far."""
 
+    def __init__(self, total, unit, enabled=True):
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self.start = time.time()
+        on_terminal = sys.stderr.isatty()
+        self.bar = tqdm(total=total, unit=unit, leave=False, disable=not (enabled and on_terminal))
+        self.lines = enabled and not on_terminal
 
-def is_ours(path):
-    """Whether a torch.save file names nothing but tensors and plain values (as ours do)."""
-    named = checkpoint.pickle_globals(path)
-    return named <= checkpoint.REAL_GLOBALS
+    def step(self):
+        self.done += 1
+        self.bar.update()
+        tenth = self.done * 10 // self.total
+        if self.lines and tenth > (self.done - 1) * 10 // self.total:
+            seconds = time.time() - self.start
+            print(
+                f"  {self.done:,} of {self.total:,} {self.unit}, {seconds:.0f} s", file=sys.stderr
+            )
+
+    def close(self):
+        self.bar.close()
 
 
 def run(main, prog, argv=None):
@@ -254,7 +276,7 @@ def run(main, prog, argv=None):
     exit status 2 (1 for a diverged run), Ctrl-C outside training 130."""
     try:
         code = main(sys.argv[1:] if argv is None else argv)
-    except (UserError, PrepareError, CheckpointError, JudgeError) as e:
+    except (UserError, PrepareError, CheckpointError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         code = getattr(e, "status", 2)
     except KeyboardInterrupt:

@@ -3,16 +3,15 @@ The compiled cached sampler: EsoLM.generate with its cached step under torch.com
 
   sampler = compiled.CompiledSampler(model)
   tokens, nfe = sampler.generate(4, steps=1024, temperature=1.0)   # EsoLM.generate's arguments
+  tokens, nfe = sampler.decode(*model.plan(4, steps=1024))          # or EsoLM.decode's
 
 torch.compile wants static shapes, and a cached step's chunk grows and shrinks with the schedule.
 So this sampler widens each chunk to one of a few sizes (static_window) and keeps one KV cache
 whose buffers stay put between calls (CUDA graphs replay with the addresses they recorded).
 What it computes is the eager cached step's: a test compares their logits at every step. This is
 compile machinery, with state that lives as long as the sampler, so it sits beside eso.py (which
-holds the method), not in it.
+holds the method), not in it; it runs EsoLM.decode_steps with a cache and a feed of its own.
 """
-
-import time
 
 import torch
 
@@ -49,9 +48,7 @@ class CompiledSampler:
     The tokens fed have static shapes (static_window); the keys attended, the attention mask's
     last dimension, are dynamic: Dynamo compiles once per chunk size (CUDA graphs record one per
     length: KEY_BLOCK keeps their count small). The first generate compiles (tens of seconds);
-    later ones reuse the graphs. Two hooks for a benchmark: windows, (tokens fed, keys attended)
-    of each step of the last generate (its floor); and forward_seconds, which, once set to 0.0,
-    adds up the seconds spent inside the compiled forward (where a step's time goes)."""
+    later ones reuse the graphs."""
 
     def __init__(self, model):
         self.model = model
@@ -60,20 +57,23 @@ class CompiledSampler:
         mode = "reduce-overhead" if self.cuda_graphs else None
         self.hidden = torch.compile(eso.EsoLM.hidden, mode=mode, dynamic=False, fullgraph=True)
         self.cache = None
-        self.windows = []
-        self.forward_seconds = None
 
-    def generate(self, num_samples, steps, **kwargs):
-        """EsoLM.generate(num_samples, steps, **kwargs) through the compiled step."""
-        self.windows = []
-        cache = self.kv_cache(eso.whole("num_samples", num_samples))
-        return self.model.generate(num_samples, steps, cache=cache, feed=self.feed, **kwargs)
+    def generate(self, num_samples, steps, *, generator=None, **kw):
+        """EsoLM.generate(num_samples, steps, ...) through the compiled step: its plan, then
+        decode. kw: plan's alpha_0, canvas and block_order, and decode's own."""
+        plan_keys = {"alpha_0", "canvas", "block_order"}
+        plan_kw = {key: value for key, value in kw.items() if key in plan_keys}
+        decode_kw = {key: value for key, value in kw.items() if key not in plan_keys}
+        plan = self.model.plan(num_samples, steps, generator=generator, **plan_kw)
+        return self.decode(*plan, generator=generator, **decode_kw)
 
-    def decode(self, canvas, sigma, sizes, **kwargs):
-        """EsoLM.decode(canvas, sigma, sizes, **kwargs) through the compiled step."""
-        self.windows = []
+    def decode(self, canvas, sigma, sizes, *, kv_cache=True, **kw):
+        """EsoLM.decode(canvas, sigma, sizes, ...) through the compiled step (kv_cache=False: the
+        eager uncached path, which has no step to compile)."""
+        if not kv_cache:
+            return self.model.decode(canvas, sigma, sizes, kv_cache=False, **kw)
         cache = self.kv_cache(canvas.size(0))
-        return self.model.decode(canvas, sigma, sizes, cache=cache, feed=self.feed, **kwargs)
+        return self.model.decode_steps(canvas, sigma, sizes, cache, self.feed, **kw)
 
     def kv_cache(self, batch):
         """The sampler's own KV cache (a new one when the batch, dtype or device changes): its
@@ -94,7 +94,6 @@ class CompiledSampler:
         """EsoLM.feed with static shapes: the widened window through the compiled forward, of
         which the slots [lo, hi) are returned."""
         wide_lo, wide_hi, n_keys = static_window(lo, hi, canvas.size(1))
-        self.windows.append((wide_hi - wide_lo, n_keys))
         cache.slots = torch.arange(wide_lo, wide_hi, device=canvas.device)
         mask = eso.prefix_lm_mask(cache.slots, n_keys, prefix)
         torch._dynamo.maybe_mark_dynamic(mask, 3)
@@ -102,9 +101,6 @@ class CompiledSampler:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs have been read
         tokens = canvas[:, wide_lo:wide_hi]
         positions = sigma[:, wide_lo:wide_hi]
-        t0 = time.perf_counter()
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
             h = self.hidden(self.model, tokens, positions, mask, cache)
-        if self.forward_seconds is not None:
-            self.forward_seconds += time.perf_counter() - t0
         return h[:, lo - wide_lo : hi - wide_lo]

@@ -1,6 +1,6 @@
-"""What test_eso.py's tests share: tiny models, the devices, the scripts run in-process, and a
-small dataset, all in temporary folders (nothing is written into the checkout:
-ESO_DATA_DIR points the data floor at a temporary folder for the whole run)."""
+"""What the test suites share, as pytest fixtures and hooks: tiny models, the scripts run as a
+user runs them, and small datasets, all in temporary folders. Nothing is written into the
+checkout: every dataset the tests prepare goes to a temporary ESO_DATA_DIR."""
 
 import functools
 import importlib.util
@@ -15,41 +15,35 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent
-DATA_DIR = Path(tempfile.mkdtemp(prefix="eso-test-data-"))
-os.environ["ESO_DATA_DIR"] = str(DATA_DIR)  # before anything prepares or loads a dataset
-
-import cli  # noqa: E402 (after ESO_DATA_DIR is set, which the modules read when they run)
-import compiled  # noqa: E402
-import eso  # noqa: E402
-from data import prepare  # noqa: E402
-
-# The tests that a GPU can break (the cached sampler, the fast sequential term, compile, bf16)
-# run on every device torch sees here: the CPU, and CUDA or MPS where present.
-DEVICES = ["cpu"]
-if torch.cuda.is_available():
-    DEVICES.append("cuda")
-if torch.backends.mps.is_available():
-    DEVICES.append("mps")
 # the optional packages of the paper's protocols; tests that need one say so when it is missing
-EXTRAS = ["transformers", "tokenizers", "datasets", "safetensors", "huggingface_hub"]
-MISSING = [name for name in EXTRAS if importlib.util.find_spec(name) is None]
-# flags for a tiny training run
-TINY = [
-    "--n_layer=1",
-    "--n_head=2",
-    "--n_embd=32",
-    "--block_size=32",
-    "--batch_size=4",
-    "--eval_iters=2",
-    "--log_interval=1",
-    "--warmup_iters=2",
-    "--lr_schedule=constant",
-]
+EXTRAS = ["transformers", "tokenizers", "datasets", "safetensors", "huggingface_hub", "omegaconf"]
 
 
-def tiny(alpha_0=0.5, variant="B", L=24, V=11, big=True, seed=0, device="cpu", **kw):
-    """A tiny model; big=True gives large random weights, so that no sampler looks exact by
+def pytest_configure(config):
+    """The data floor writes into a temporary folder for the whole run."""
+    config.eso_data_dir = tempfile.mkdtemp(prefix="eso-test-data-")
+    os.environ["ESO_DATA_DIR"] = config.eso_data_dir
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.eso_data_dir, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    missing = [name for name in EXTRAS if importlib.util.find_spec(name) is None]
+    if missing:
+        terminalreporter.write_line(
+            f"note: {', '.join(missing)} not installed: the tests of the paper's protocols that "
+            "need them were skipped (pip install -r requirements-dev.txt)",
+            yellow=True,
+        )
+
+
+def make_tiny(alpha_0=0.5, variant="B", L=24, V=11, big=True, seed=0, device="cpu", **kw):
+    """A tiny Eso-LM; big=True gives large random weights, so that no sampler looks exact by
     accident."""
+    import eso
+
     torch.manual_seed(seed)
     config = eso.EsoConfig(
         block_size=L,
@@ -68,33 +62,47 @@ def tiny(alpha_0=0.5, variant="B", L=24, V=11, big=True, seed=0, device="cpu", *
     return model.to(device)
 
 
-def gen(seed, device="cpu"):
-    return torch.Generator(device).manual_seed(seed)
+@pytest.fixture
+def tiny():
+    """tiny(alpha_0, variant, L, V, big, seed, device, **config): a tiny model (make_tiny)."""
+    return make_tiny
 
 
-def py(*args, timeout=240, **kw):
-    """Run a command like a user would, in a fresh process; returns the CompletedProcess."""
-    command = [sys.executable, *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+@pytest.fixture
+def tiny_flags():
+    """The flags of a tiny training run."""
+    return [
+        "--n_layer=1",
+        "--n_head=2",
+        "--n_embd=32",
+        "--block_size=32",
+        "--batch_size=4",
+        "--eval_iters=2",
+        "--log_interval=1",
+        "--warmup_iters=2",
+        "--lr_schedule=constant",
+    ]
 
 
-def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(DATA_DIR, ignore_errors=True)
+@pytest.fixture
+def py():
+    """py(*args, timeout=240) -> CompletedProcess: a command as a user runs it, in a fresh
+    Python process, from the repository's root."""
 
-
-def pytest_terminal_summary(terminalreporter):
-    if MISSING:
-        terminalreporter.write_line(
-            f"note: {', '.join(MISSING)} not installed: the tests of the paper's protocols that "
-            "need them were skipped (pip install -r requirements-dev.txt)",
-            yellow=True,
+    def call(*args, timeout=240, **kw):
+        command = [sys.executable, *args]
+        return subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw
         )
+
+    return call
 
 
 @pytest.fixture
 def run(capsys):
     """run(module, *args) -> (exit status, stdout, stderr): a script's main() in this process,
     through cli.run as `python module.py args` would (a subprocess only costs start-up time)."""
+    import cli
 
     def call(module, *args):
         with pytest.raises(SystemExit) as e:
@@ -113,6 +121,7 @@ def data_dir(tmp_path, monkeypatch):
 
 
 def corpus_text(n_topics=40):
+    """Some English of Python's own documentation (the pydoc topics), a few hundred KB."""
     import pydoc_data.topics as topics
 
     return "\n\n".join(topics.topics[k] for k in sorted(topics.topics)[:n_topics])
@@ -120,11 +129,113 @@ def corpus_text(n_topics=40):
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
-    """A small byte-level dataset, prepared once in the run's data folder; its name."""
+    """A small byte-level dataset, prepared once in the run's data folder as
+    `data/prepare.py --input corpus.txt --name corpus` does; its name."""
+    from data import prepare
+
     src = tmp_path_factory.mktemp("text") / "corpus.txt"
     src.write_text(corpus_text())
-    prepare.prepare(inputs=[str(src)], name="corpus")
+    assert prepare_main(prepare, ["--input", str(src), "--name", "corpus"]) == 0
     return "corpus"
+
+
+def prepare_main(prepare, args):
+    """data/prepare.py's main in this process: its exit status."""
+    try:
+        prepare.main(args)
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+@pytest.fixture(scope="session")
+def trained(dataset, tmp_path_factory):
+    """A tiny model trained 6 iterations with EMA (validation at 3 and 6), and an alpha_0 = 0
+    judge, each by `python train.py` in its own process: their out_dirs."""
+    out = tmp_path_factory.mktemp("run")
+    judge = tmp_path_factory.mktemp("judge")
+    flags = [
+        "--n_layer=1",
+        "--n_head=2",
+        "--n_embd=32",
+        "--block_size=32",
+        "--batch_size=4",
+        "--eval_iters=2",
+        "--log_interval=1",
+        "--warmup_iters=2",
+        "--lr_schedule=constant",
+    ]
+    runs = [
+        (out, ["--max_iters=6", "--eval_interval=3", "--ema=0.5"]),
+        (judge, ["--alpha_0=0", "--max_iters=2", "--eval_interval=2"]),
+    ]
+    for folder, extra in runs:
+        args = [f"--dataset={dataset}", f"--out_dir={folder}", *extra, *flags]
+        r = subprocess.run(
+            [sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+    return out, judge
+
+
+# GPT-2's pre-tokenizing pattern (tiktoken's r50k_base), and its <|endoftext|>
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_EOT = 256  # the stand-in's id for it
+
+
+@pytest.fixture
+def gpt2(monkeypatch):
+    """A stand-in for GPT-2's encoding (its files are not here offline): the UTF-8 bytes as ids,
+    and <|endoftext|> = 256, named gpt2, as the code branches on the name. It is what
+    data.common.get_tokenizer("gpt2") returns for the test."""
+    import tiktoken
+
+    from data import common
+
+    standin = tiktoken.Encoding(
+        name="gpt2",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks={bytes([i]): i for i in range(256)},
+        special_tokens={"<|endoftext|>": GPT2_EOT},
+    )
+    real = common.get_tokenizer
+
+    def get_tokenizer(name, vocab=None):
+        if name == "gpt2":
+            return standin
+        return real(name, vocab)
+
+    monkeypatch.setattr(common, "get_tokenizer", get_tokenizer)
+    return standin
+
+
+class Exploit:
+    """Unpickles to os.system("touch MARKER"): what a hostile checkpoint runs."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class Allocates:
+    """Unpickles to bytearray(n): what torch.load(weights_only=True) allows."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __reduce__(self):
+        return (bytearray, (self.n,))
+
+
+@pytest.fixture
+def hostile():
+    """Objects whose unpickling would run a command (Exploit(marker)) or allocate n bytes
+    (Allocates(n))."""
+    import types
+
+    return types.SimpleNamespace(Exploit=Exploit, Allocates=Allocates)
 
 
 @pytest.fixture
@@ -132,6 +243,8 @@ def dynamo_eager(monkeypatch):
     """The compiled sampler through Dynamo's eager backend: the same graphs, guards and shapes as
     inductor's, without the seconds of code generation; KEY_BLOCK 8, so that the keys attended
     vary."""
+    import compiled
+
     torch._dynamo.reset()
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     monkeypatch.setattr(compiled, "KEY_BLOCK", 8)

@@ -518,14 +518,15 @@ def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
 
 
 class Draws(NamedTuple):
-    """Every random draw of one evaluation of the loss (EsoLM.draws) but dropout's: with them the
-    loss is a pure function, one graph under torch.compile (a generator would break it).
+    """Every random draw of one evaluation of the loss but dropout's (EsoLM.draws): given them,
+    the loss is a function of the model and x alone.
 
     The first t.size(0) rows estimate the diffusion term, the others the sequential term."""
 
     t: torch.Tensor  # (n_diff,) the times of the diffusion rows
     masked: torch.Tensor  # (B, L) bool: z_t in the diffusion rows, z_0 in the sequential rows
     sigma: torch.Tensor  # (B, L) each row's order, clean tokens first
+    n_skip: int = 0  # decode slots clean in every sequential row, which the fast path skips
 
 
 class EsoLM(nn.Module):
@@ -607,11 +608,13 @@ class EsoLM(nn.Module):
             m, s = self.diffusion_draws(t, L, generator)
             masked.append(m)
             sigma.append(s)
+        n_skip = 0
         if n_diff < B:
             m, s = self.sequential_draws(B - n_diff, L, x.device, generator)
             masked.append(m)
             sigma.append(s)
-        return Draws(t, torch.cat(masked), torch.cat(sigma))
+            n_skip = skippable(m)  # an int read back from the draws, outside any compiled graph
+        return Draws(t, torch.cat(masked), torch.cat(sigma), n_skip)
 
     def diffusion_draws(self, t, L, generator=None):
         """(masked, sigma) (n, L) of z_t for the times t (n,): each token masked with probability
@@ -633,15 +636,14 @@ class EsoLM(nn.Module):
             u = torch.arange(L, device=device).expand(n, L) / L
         return masked, sequential_order(masked, u)
 
-    def forward(self, x, draws, loss_type=None, dense=False, n_skip=None):
+    def forward(self, x, draws, loss_type=None, dense=False):
         """Per-token hybrid NELBO (nats) of clean tokens x (B, L) for given draws, and its parts.
 
         The first rows (as many as draws.t holds) estimate the diffusion term, the rest the
-        sequential term; each part is a sum over masked tokens divided by all tokens of its rows,
+        sequential term. Each part is a sum over masked tokens divided by all tokens of its rows,
         and the loss is their sum: an estimate of the per-token NELBO (with loss_type elbo, which
-        validation always uses). No randomness but dropout: one compiled graph per shape, given
-        n_skip (the fast sequential path's, section 7; computed here when None, which reads a
-        value back from a tensor)."""
+        validation always uses). dense=True: the sequential term's plain path (section 7 holds
+        the fast one)."""
         B = x.size(0)
         n_diff = draws.t.size(0)
         zero = x.new_zeros((), dtype=torch.float32)
@@ -655,7 +657,7 @@ class EsoLM(nn.Module):
         if n_diff < B:
             rows = slice(n_diff, B)
             sequential = self.sequential_nll(
-                x[rows], draws.masked[rows], draws.sigma[rows], dense, n_skip
+                x[rows], draws.masked[rows], draws.sigma[rows], dense, draws.n_skip
             )
         parts = {"diffusion": diffusion.detach(), "sequential": sequential.detach()}
         return diffusion + sequential, parts
@@ -749,8 +751,6 @@ class EsoLM(nn.Module):
         kv_cache=True,
         generator=None,
         callback=None,
-        cache=None,
-        feed=None,
     ):
         """Sample (num_samples, L) tokens: (tokens, nfe), tokens without the mask id, nfe the
         forwards spent: plan, then decode.
@@ -782,8 +782,6 @@ class EsoLM(nn.Module):
             kv_cache=kv_cache,
             generator=generator,
             callback=callback,
-            cache=cache,
-            feed=feed,
         )
 
     def plan(
@@ -814,34 +812,49 @@ class EsoLM(nn.Module):
         kv_cache=True,
         generator=None,
         callback=None,
-        cache=None,
-        feed=None,
     ):
         """Decode the masks of canvas (B, L) in the order sigma (B, L) (Alg. 3): the known tokens
         come first (fed as the first step's clean tokens), then diffusion steps of sizes[i]
-        tokens, then one token per step.
+        tokens, then one token per step. Returns (tokens, nfe).
 
         kv_cache=False is the uncached path, all L slots through the transformer at every step,
         clean then masked in decode order: the same tokens. callback(tokens, nfe): after every
-        step, with the canvas in position order. cache, feed: the KVCache to fill (default: a new
-        one) and the function that runs a chunk through it (default: EsoLM.feed); the compiled
-        sampler (compiled.py) passes its own."""
+        step, with the canvas in position order."""
+        cache = None
+        if kv_cache:
+            cache = self.kv_cache(canvas.size(0))
+        return self.decode_steps(
+            canvas, sigma, sizes, cache, self.feed, temperature, top_p, generator, callback
+        )
+
+    @torch.no_grad()
+    def decode_steps(
+        self,
+        canvas,
+        sigma,
+        sizes,
+        cache,
+        feed,
+        temperature=1.0,
+        top_p=1.0,
+        generator=None,
+        callback=None,
+    ):
+        """decode's loop, given its KV cache (None: the uncached path) and the function that runs
+        a chunk of slots through it (EsoLM.feed). The compiled sampler (compiled.py) calls it with
+        a cache and a feed of its own."""
         L = self.config.block_size
         n_known = int((canvas[0] != self.mask_id).sum())
         n_clean0 = n_known + sum(sizes)  # the clean tokens of z_0: known and diffusion tokens
         sizes = list(sizes) + [1] * (L - n_clean0)  # the sequential phase: one token per step
         canvas = canvas.gather(1, sigma)  # (B, L): canvas[b, i] = the token at position sigma[b, i]
-        if not kv_cache:
-            cache = None
-        elif cache is None:
-            cache = self.kv_cache(canvas.size(0))
-        else:
+        if cache is not None:
             cache.reset()
         done = n_known  # canvas[:, :done] is decoded
         nfe = 0
         for k in sizes:  # k = the number of tokens this step decodes
             if cache is not None:
-                h = self.cached_step(canvas, sigma, done, k, n_clean0, cache, feed or self.feed)
+                h = self.cached_step(canvas, sigma, done, k, n_clean0, cache, feed)
             else:
                 h = self.uncached_step(canvas, sigma, done, k, n_clean0)
             canvas[:, done : done + k] = sample_tokens(
@@ -1052,15 +1065,6 @@ def skippable(masked):
     return int((~masked).sum(1).min()) // group * group
 
 
-def skip_of(draws):
-    """n_skip of the sequential rows of draws (0 without any): what the fast path leaves out. A
-    compiled caller computes it outside the graph and passes it to forward."""
-    n_diff = draws.t.size(0)
-    if n_diff == draws.masked.size(0):
-        return 0
-    return skippable(draws.masked[n_diff:])
-
-
 def sample_tokens_float32(logits, temperature=1.0, top_p=1.0, generator=None):
     """sample_tokens without float64 (MPS): an inverse CDF in float32, summed from the smallest
     probability up, so that each partial sum is as small as the mass summed so far and a token's
@@ -1144,7 +1148,7 @@ def show_sampler_steps(x, masked, u):
         steps.append((cache.slots.tolist(), cache.length))
 
     canvas = torch.full((1, 6), model.mask_id)
-    model.decode(canvas, torch.tensor([order]), sizes, callback=record, cache=cache)
+    model.decode_steps(canvas, torch.tensor([order]), sizes, cache, model.feed, callback=record)
 
     def tag(slot, done):  # a slot >= done held a [MASK] when it was fed
         token = "M" if slot >= done else x[order[slot]]

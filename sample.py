@@ -6,7 +6,8 @@ Sample from a trained Eso-LM (out/ckpt.pt by default).
   python sample.py --infill="The {{12}} statement {{40}}."  # fill the {{N}} spans of N tokens each
   python sample.py --show_steps=True --num_samples=1        # watch the canvas fill, step by step
   python sample.py --alpha_0=1 --steps=16                   # sampling-time alpha_0: 16 steps
-  python sample.py --init_from=sahoo-diffusion/Eso-LM-B-alpha-0_25 --alpha_0=0.25 --preset=paper
+  python sample.py --temperature=0                          # greedy: the most likely token
+  python sample.py @paper/presets/samples.txt               # the paper's settings (a preset file)
 
 Prompting and infilling are one operation: known tokens stay exactly where they are and every
 other position (the {{N}} spans, and whatever follows the text up to the model's length) is
@@ -22,10 +23,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import checkpoint
 import cli
 import eso
 from compiled import CompiledSampler
-from data.prepare import get_tokenizer
+from data.common import get_tokenizer
 
 # -----------------------------------------------------------------------------
 # Defaults: each is a flag, --key=value; `python sample.py --help` lists them with their notes.
@@ -33,11 +35,10 @@ CONFIG = dict(
     out_dir=("out", "folder of ckpt.pt (written by train.py)"),
     init_from=(
         "",
-        "a model to sample from instead: a checkpoint file (ours, or an authors' Lightning "
-        "file), an authors' Hugging Face folder or hub id (give --alpha_0)",
+        "a checkpoint file to sample from instead (the authors' models: python -m paper.convert)",
     ),
-    # preset, num_samples, batch_size, steps, alpha_0, top_p, temperature, block_order, compile,
-    # seed: the sampler's flags, shared with evaluate.py
+    # num_samples, batch_size, steps, alpha_0, top_p, temperature, block_order, compile, seed:
+    # the sampler's flags, shared with the paper's evaluate
     **cli.SAMPLING,
     kv_cache=(True, "False: the slow reference, a full forward per step (same tokens)"),
     prompt=("", "known text at the start; FILE:path reads it from a file (its final newlines cut)"),
@@ -175,17 +176,21 @@ def read_text(c):
         raise cli.UserError(f"cannot read {path} ({why}): give a readable UTF-8 file") from None
 
 
+MOVED = {"preset": "the paper's sampling settings are a preset file: @paper/presets/samples.txt"}
+
+
 def main(argv):
-    c, _ = cli.parse(CONFIG, argv, __doc__)
-    c = cli.sampling_settings(c)
+    c, _ = cli.parse(CONFIG, argv, __doc__, moved=MOVED)
+    if c.batch_size is None:
+        c.batch_size = c.num_samples
     if c.prompt and c.infill:
         raise cli.UserError(
             "use --prompt or --infill, not both (a prompt is a template without spans)"
         )
     dev = cli.device(c.device)
     _, ctx = cli.precision(dev, c.dtype)
-    source = c.init_from or Path(c.out_dir) / "ckpt.pt"
-    model, ckpt = cli.load_model(source, dev, alpha_0=c.alpha_0)  # EMA weights if any
+    source = Path(c.init_from or Path(c.out_dir) / "ckpt.pt")
+    model, ckpt = checkpoint.load(source, dev)  # the EMA weights, if it has them
     L = model.config.block_size
     mask_id = model.mask_id
     enc = get_tokenizer(ckpt["tokenizer"], ckpt.get("vocab"))

@@ -1,10 +1,9 @@
-"""Tests for eso.py and the code around it. Offline, CPU, tiny models; `pytest test_eso.py`.
+"""Tests of the core: eso.py (the method), the scripts as a user runs them (train.py, sample.py),
+the checkpoints of checkpoint.py and the default data of data/prepare.py. Offline, CPU, tiny
+models; `pytest test_eso.py`, about a minute on 2 cores. The sections follow eso.py (1 config ...
+7 making it fast), then what stands on it. The paper's reproduction is tested in paper/, the
+recipes of its datasets in data/; `pytest` runs everything. Fixtures are in conftest.py."""
 
-The sections follow eso.py (1 config ... 7 making it fast), then what stands on it: the authors'
-models (reference.py), checkpoints (checkpoint.py), the data floor (data/prepare.py), validation,
-the judge, and the scripts as a user runs them. Shared fixtures are in conftest.py."""
-
-import io
 import itertools
 import json
 import math
@@ -14,10 +13,7 @@ import runpy
 import signal
 import subprocess
 import sys
-import tarfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,22 +24,29 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-import bench
 import checkpoint
 import cli
 import compiled
 import eso
-import evaluate
-import judge
-import reference
 import sample
 import train
-import validation
-from conftest import DEVICES, ROOT, TINY, corpus_text, gen, py, tiny
-from data import prepare
+from data import common, prepare
+
+ROOT = Path(__file__).resolve().parent
+# The tests that a GPU can break (the cached sampler, the fast sequential term, compile, bf16)
+# run on every device torch sees here: the CPU, and CUDA or MPS where present.
+DEVICES = ["cpu"]
+if torch.cuda.is_available():
+    DEVICES.append("cuda")
+if torch.backends.mps.is_available():
+    DEVICES.append("mps")
+
+
+def gen(seed, device="cpu"):
+    return torch.Generator(device).manual_seed(seed)
+
 
 # ============================================================================= eso.py
-# ----------------------------------------------------------------------------- 1. config
 
 
 @pytest.mark.parametrize(
@@ -64,9 +67,6 @@ def test_config_rejects_bad_values(kw, msg):
 
 def test_config_default_batch_split_follows_the_paper():
     assert [eso.EsoConfig(alpha_0=a).batch_split for a in (0.0, 0.25, 1.0)] == [0.0, 0.5, 1.0]
-
-
-# ----------------------------------------------------------------------------- 3. orders
 
 
 def test_worked_example_diffusion_order_and_mask():
@@ -111,9 +111,6 @@ def test_antithetic_times_are_stratified():
     strata = ((t - 1e-3) / (1 - 1e-3) * 8).floor().sort().values
     assert strata.tolist() == list(range(8))
     assert (t >= 1e-3).all() and (t <= 1).all()
-
-
-# ----------------------------------------------------------------------------- 4. attention
 
 
 def brute_mask_a(L, n_clean, two_l):
@@ -161,9 +158,6 @@ def test_python_eso_py_prints_the_worked_example_of_its_docstring(capsys):
     assert trace[1].split()[:6] == ["step", "2", "feeds", "C3", "A1", "M6"]
 
 
-# ----------------------------------------------------------------------------- 5. sampling pieces
-
-
 def binomial_chains(n_chains, n, steps, alpha_0, g):
     """The paper's Alg. 2, step by step, for n_chains chains at once (the slow way): the sizes of
     each chain's non-empty steps."""
@@ -199,7 +193,7 @@ def test_schedule_matches_the_binomial_chain_in_distribution(alpha_0, steps):
         assert abs(a.mean() - b.mean()) < 4 * math.sqrt((a.var() + b.var()) / 3000) + 1e-9
 
 
-def test_schedule_counts_and_nfe():
+def test_schedule_counts_and_nfe(tiny):
     for alpha_0, steps in [(0.0, 10), (1.0, 10), (1.0, 10**6), (0.5, 10**6), (0.5, 3)]:
         sizes = eso.unmask_schedule(1000, steps, alpha_0, gen(1), "cpu")
         n_mdm = sum(sizes)
@@ -294,7 +288,7 @@ def test_nucleus_filtering_keeps_the_smallest_set_above_p():
 
 
 @pytest.mark.parametrize("wide", [True, False], ids=["float64", "float32"])
-def test_temperature_zero_is_greedy_decoding(wide, monkeypatch):
+def test_temperature_zero_is_greedy_decoding(wide, monkeypatch, tiny):
     """At temperature 0 every draw is the argmax of its row, whatever the nucleus; and a whole
     greedy sample from the cached sampler equals the uncached path's."""
     monkeypatch.setattr(eso, "has_float64", lambda device: wide)
@@ -356,14 +350,14 @@ def test_float32_sampling_keeps_the_tail_where_a_running_sum_would_round_it_away
         ),
     ],
 )
-def test_generate_rejects_bad_arguments(kw, msg):
+def test_generate_rejects_bad_arguments(kw, msg, tiny):
     model = tiny(0.5)
     args = dict(num_samples=1, steps=4) | kw
     with pytest.raises(ValueError, match=msg):
         model.generate(args.pop("num_samples"), args.pop("steps"), **args)
 
 
-def test_whole_numbers_given_as_floats_are_taken():
+def test_whole_numbers_given_as_floats_are_taken(tiny):
     model = tiny(0.5)
     a = model.generate(2, 4, generator=gen(3))
     b = model.generate(2.0, 4.0, generator=gen(3))
@@ -374,11 +368,8 @@ def test_whole_numbers_given_as_floats_are_taken():
         model.likelihood(x, 0.5)
 
 
-# ----------------------------------------------------------------------------- 6. the loss
-
-
 @pytest.mark.parametrize("variant", ["A", "B"])
-def test_batched_loss_equals_row_by_row(variant):
+def test_batched_loss_equals_row_by_row(variant, tiny):
     """The loss of a batch is the mean of its rows' losses: masks follow each row, not the
     first."""
     model = tiny(0.5, variant, L=12, big=False)
@@ -397,7 +388,7 @@ def test_batched_loss_equals_row_by_row(variant):
     torch.testing.assert_close(batched_s, rows_s)
 
 
-def test_alpha0_zero_loss_is_left_to_right_ar_cross_entropy():
+def test_alpha0_zero_loss_is_left_to_right_ar_cross_entropy(tiny):
     model = tiny(0.0, L=10, big=False)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
@@ -416,7 +407,7 @@ def test_alpha0_zero_loss_is_left_to_right_ar_cross_entropy():
 
 
 @pytest.mark.parametrize("loss_type, variant", [("elbo", "B"), ("low_var", "B"), ("elbo", "A")])
-def test_alpha0_one_loss_is_mdlm_nelbo(loss_type, variant):
+def test_alpha0_one_loss_is_mdlm_nelbo(loss_type, variant, tiny):
     model = tiny(1.0, variant, L=10, big=False, loss_type=loss_type)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
@@ -448,7 +439,7 @@ def test_alpha0_one_loss_is_mdlm_nelbo(loss_type, variant):
         torch.testing.assert_close(elbo, (ce * masked * elbo_weight[:, None]).sum() / 30)
 
 
-def test_loss_splits_the_batch_and_sums_the_terms():
+def test_loss_splits_the_batch_and_sums_the_terms(tiny):
     model = tiny(0.25, L=12, big=False)
     x = torch.randint(0, 11, (4, 12), generator=gen(0))
     loss, parts = model.loss(x, generator=gen(3))
@@ -461,9 +452,6 @@ def test_loss_splits_the_batch_and_sums_the_terms():
     torch.testing.assert_close(parts["diffusion"], diff)
     with pytest.raises(ValueError, match="cannot be split"):
         model.loss(x[:1])
-
-
-# ----------------------------------------------------------------------------- 6. the sampler
 
 
 def decoded_per_step(model, canvas, sigma, sizes, kv_cache):
@@ -480,7 +468,7 @@ def decoded_per_step(model, canvas, sigma, sizes, kv_cache):
     return decoded, nfe
 
 
-def test_sampling_example_from_the_paper():
+def test_sampling_example_from_the_paper(tiny):
     """L = 8, n_MDM = 5 in steps of (2, 1, 2), then the positions left in ascending order: 6
     forwards, cached and uncached alike."""
     model = tiny(0.5, L=8)
@@ -508,7 +496,7 @@ def generate_logging_logits(model, **kw):
     list(itertools.product("BA", [0.0, 0.5, 1.0], [False, True], ["random", "block"])),
 )
 def test_cached_sampling_equals_the_uncached_reference(
-    variant, alpha_0, with_canvas, order, device
+    variant, alpha_0, with_canvas, order, device, tiny
 ):
     model = tiny(alpha_0, variant, device=device)
     canvas = None
@@ -537,7 +525,7 @@ def prompt_canvas(model, L=24):
     return canvas
 
 
-def test_generate_is_reproducible_and_respects_sampling_alpha():
+def test_generate_is_reproducible_and_respects_sampling_alpha(tiny):
     model = tiny(0.5)
     a = model.generate(2, 4, generator=gen(7))
     b = model.generate(2, 4, generator=gen(7))
@@ -548,7 +536,7 @@ def test_generate_is_reproducible_and_respects_sampling_alpha():
     assert model.generate(2, 4, canvas=full)[1] == 0  # nothing to decode
 
 
-def test_generate_is_plan_then_decode():
+def test_generate_is_plan_then_decode(tiny):
     """generate draws its plan first; plan + decode with the same generator give its tokens."""
     model = tiny(0.5)
     tokens, nfe = model.generate(2, 5, alpha_0=0.5, generator=gen(4))
@@ -594,10 +582,7 @@ def test_tiny_model_learns_structure_and_its_cached_samples_show_it():
     assert successor > 0.75, successor
 
 
-# ----------------------------------------------------------------------------- 6. likelihood
-
-
-def test_iw_bound_with_enough_orders_is_the_exact_any_order_likelihood():
+def test_iw_bound_with_enough_orders_is_the_exact_any_order_likelihood(tiny):
     """At alpha_0 = 1 and L = 4, p(x) = mean over all 24 orders of prod_l p(x_sigma(l) |
     x_sigma(<l))."""
     model = tiny(1.0, L=4, V=5)
@@ -622,20 +607,19 @@ def test_iw_bound_with_enough_orders_is_the_exact_any_order_likelihood():
     assert single > exact + 0.01
 
 
-def test_likelihood_rejects_variant_a_except_at_alpha0_zero_where_a_is_b():
+def test_likelihood_rejects_variant_a_except_at_alpha0_zero_where_a_is_b(tiny):
     with pytest.raises(ValueError, match="variant B"):
         tiny(1.0, "A").likelihood(torch.zeros(1, 24, dtype=torch.long), 2)
     x = torch.randint(0, 11, (2, 24), generator=gen(0))  # at alpha_0 = 0 no clean block: A = B
     torch.testing.assert_close(tiny(0.0, "A").likelihood(x, 1), tiny(0.0, "B").likelihood(x, 1))
 
 
-# ----------------------------------------------------------------------------- 7. making it fast
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", ["B", "A"])
 @pytest.mark.parametrize("alpha_0", [0.0, 0.25, 1.0])
-def test_fast_sequential_term_equals_the_dense_2l_reference(variant, alpha_0, device, monkeypatch):
+def test_fast_sequential_term_equals_the_dense_2l_reference(
+    variant, alpha_0, device, monkeypatch, tiny
+):
     """The fast path (no z slots before n_skip, blocks that the attention mask rules out skipped)
     gives the dense [z_0 ; x] pass's loss and gradients, and the same likelihood bound, to
     float32 rounding."""
@@ -687,7 +671,7 @@ def test_sequential_pattern_skips_what_the_2l_mask_rules_out(monkeypatch):
     assert sum(pattern.z_sizes) == L - n_skip and sum(pattern.x_sizes) == L
 
 
-def test_sequential_fast_path_needs_the_clean_tokens_first(monkeypatch):
+def test_sequential_fast_path_needs_the_clean_tokens_first(monkeypatch, tiny):
     """The fast path skips the first n_skip slots by count: an order that puts a mask among them
     (which sequential_order never does) gives another result than the dense path, so the
     precondition is real."""
@@ -705,10 +689,10 @@ def test_sequential_fast_path_needs_the_clean_tokens_first(monkeypatch):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", ["B", "A"])
-def test_training_and_evaluation_compile_once_per_shape(variant, device, monkeypatch):
+def test_training_and_evaluation_compile_once_per_shape(variant, device, monkeypatch, tiny):
     """torch.compile (the eager backend: Dynamo's tracing and guards, no code generation) over
-    30 training steps and 3 evaluations on fresh batches, n_skip given from outside as train.py
-    does: one graph per (mode, n_skip) and no graph break."""
+    30 training steps and 3 evaluations on fresh batches, the draws made outside as train.py
+    makes them: one graph per (mode, n_skip) and no graph break."""
     from torch._dynamo.utils import counters
 
     monkeypatch.setattr(eso.SequentialPattern, "GROUP", 4)
@@ -721,20 +705,18 @@ def test_training_and_evaluation_compile_once_per_shape(variant, device, monkeyp
     for step in range(30):
         x = torch.randint(0, 11, (4, 24), generator=gen(step)).to(device)
         draws = model.draws(x, gen(100 + step, device))
-        n_skip = eso.skip_of(draws)
         model.train()
-        loss, _ = fast(x, draws, n_skip=n_skip)
+        loss, _ = fast(x, draws)
         loss.backward()
         opt.step()
         opt.zero_grad()
-        shapes.add(("train", n_skip))
+        shapes.add(("train", draws.n_skip))
         if step % 10 == 9:
             model.eval()
             with torch.no_grad():
                 draws = model.draws(x, gen(0, device))
-                n_skip = eso.skip_of(draws)
-                assert torch.isfinite(fast(x, draws, "elbo", n_skip=n_skip)[0])
-            shapes.add(("eval", n_skip))
+                assert torch.isfinite(fast(x, draws, "elbo")[0])
+            shapes.add(("eval", draws.n_skip))
     assert len({n for _, n in shapes}) > 1  # n_skip took several values
     assert counters["stats"]["unique_graphs"] == len(shapes) and not counters["graph_break"]
     torch._dynamo.reset()
@@ -766,7 +748,7 @@ def logged_decode(model, sampler, forced=None, **kw):
     "variant, alpha_0, with_canvas", list(itertools.product("BA", [0.0, 0.5, 1.0], [False, True]))
 )
 def test_compiled_step_gives_the_eager_steps_logits(
-    variant, alpha_0, with_canvas, device, dynamo_eager
+    variant, alpha_0, with_canvas, device, dynamo_eager, tiny
 ):
     """A whole sampling run of the compiled sampler (chunks widened to bucket sizes, the keys
     attended rounded up) against the eager step fed the same tokens: the logits agree at every
@@ -784,7 +766,20 @@ def test_compiled_step_gives_the_eager_steps_logits(
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
 
 
-def test_compiled_sampling_compiles_a_handful_of_graphs_once(dynamo_eager):
+class RecordingSampler(compiled.CompiledSampler):
+    """The compiled sampler, recording the (tokens fed, keys attended) of every step."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.windows = []
+
+    def feed(self, canvas, sigma, lo, hi, prefix, cache):
+        wide_lo, wide_hi, n_keys = compiled.static_window(lo, hi, canvas.size(1))
+        self.windows.append((wide_hi - wide_lo, n_keys))
+        return super().feed(canvas, sigma, lo, hi, prefix, cache)
+
+
+def test_compiled_sampling_compiles_a_handful_of_graphs_once(dynamo_eager, tiny):
     """One graph per chunk size (two at most: a first trace that attends over every slot
     specializes), whatever the number of keys attended; a second run compiles nothing; and
     nothing process-wide is left behind (Dynamo's recompile limit is as it was)."""
@@ -793,7 +788,7 @@ def test_compiled_sampling_compiles_a_handful_of_graphs_once(dynamo_eager):
     counters.clear()
     limit = torch._dynamo.config.recompile_limit
     model = tiny(0.5, L=64)
-    sampler = compiled.CompiledSampler(model)
+    sampler = RecordingSampler(model)
     sampler.generate(2, 8, generator=gen(0))
     sizes = {fed for fed, _ in sampler.windows}
     graphs = counters["stats"]["unique_graphs"]
@@ -807,7 +802,7 @@ def test_compiled_sampling_compiles_a_handful_of_graphs_once(dynamo_eager):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_compiled_step_with_inductor_writes_the_cache_in_place(device):
+def test_compiled_step_with_inductor_writes_the_cache_in_place(device, tiny):
     """The real compiler (seconds of C++ on a CPU; CUDA graphs on CUDA): its kernels write the
     KV cache in place and give the eager step's logits."""
     torch._dynamo.reset()
@@ -836,9 +831,6 @@ def test_static_windows_cover_the_chunk_in_a_few_sizes():
     assert len(sizes) <= 20
 
 
-# ----------------------------------------------------------------------------- any device
-
-
 class MadeWithoutDevice(TorchFunctionMode):
     """Records every torch call that returns a tensor on the meta device. Entered under
     torch.set_default_device("meta"), with the model on the CPU: a tensor created without
@@ -858,7 +850,7 @@ class MadeWithoutDevice(TorchFunctionMode):
 
 
 @pytest.mark.parametrize("variant", ["B", "A"])
-def test_every_tensor_is_made_on_the_models_device(variant):
+def test_every_tensor_is_made_on_the_models_device(variant, tiny):
     """generate (cache on and off, random and block order, a prompt), a training step with
     backward, validation and the likelihood create nothing on torch's default device."""
     model = tiny(0.5, variant, big=False)
@@ -891,7 +883,7 @@ def test_every_tensor_is_made_on_the_models_device(variant):
 
 @pytest.mark.parametrize("device", [d for d in DEVICES if d != "mps"])
 def test_bf16_autocast_trains_evaluates_and_samples_from_float32_logits(
-    device, dataset, tmp_path, run, monkeypatch, dynamo_eager
+    device, dataset, tmp_path, run, monkeypatch, dynamo_eager, tiny, tiny_flags
 ):
     """bf16 autocast (the CPU's stands in for CUDA's): finite losses, valid tokens from the eager
     and the compiled cached step, and the logits that reach sample_tokens and the likelihood are
@@ -929,7 +921,7 @@ def test_bf16_autocast_trains_evaluates_and_samples_from_float32_logits(
         "--eval_interval=2",
         "--dtype=bfloat16",
         f"--device={device}",
-        *TINY,
+        *tiny_flags,
     )
     assert code == 0 and "bfloat16" in out, err
 
@@ -945,300 +937,24 @@ class NoFloat64(TorchFunctionMode):
         return out
 
 
-def test_without_float64_sampling_and_validation_need_none(dataset, monkeypatch):
+def test_without_float64_sampling_and_validation_need_none(dataset, monkeypatch, tiny):
     """The MPS path, forced on the CPU: no float64 tensor anywhere, cached = uncached still, and
     validation gives the float64 path's numbers."""
     model = tiny(0.5)
     expected = [model.generate(2, 5, kv_cache=k, generator=gen(4))[0] for k in (True, False)]
-    val = prepare.load_dataset(dataset, 32)[1] % 11
+    val = common.load_dataset(dataset, 32)[1] % 11
     ctx = cli.precision("cpu")[1]
-    wide = validation.quick(model, val, 2, 4, ctx)
+    c = SimpleNamespace(eval_iters=2, batch_size=4)
+    wide = train.estimate_loss(model, model, val, c, ctx, 0, 1)
     monkeypatch.setattr(eso, "has_float64", lambda device: False)
     with NoFloat64():
         tokens = [model.generate(2, 5, kv_cache=k, generator=gen(4))[0] for k in (True, False)]
-        narrow = validation.quick(model, val, 2, 4, ctx)
+        narrow = train.estimate_loss(model, model, val, c, ctx, 0, 1)
         with pytest.raises(AssertionError, match="float64"):  # the guard itself works
             torch.zeros(2, dtype=torch.float64)
     assert torch.equal(tokens[0], tokens[1])
     assert not torch.equal(tokens[0], expected[0])  # another law, the same draws
     assert narrow == pytest.approx(wide, rel=1e-6)
-
-
-# ============================================================================= reference.py
-
-
-def reference_dit(V=11, C=32, H=4, n_layer=2, cond=16, seed=0):
-    """A state dict in the layout of the authors' EsoLMDiT, random everywhere (adaLN included)."""
-    g = gen(seed)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g) * 0.3
-
-    head_dim = C // H
-    sd = {
-        "vocab_embed.embedding": r(V + 1, C),
-        "sigma_map.mlp.0.weight": r(cond, 256),
-        "sigma_map.mlp.0.bias": r(cond),
-        "sigma_map.mlp.2.weight": r(cond, cond),
-        "sigma_map.mlp.2.bias": r(cond),
-        "rotary_emb.inv_freq": 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim),
-        "output_layer.norm_final.weight": 1 + r(C),
-        "output_layer.adaLN_modulation.weight": r(2 * C, cond),
-        "output_layer.adaLN_modulation.bias": r(2 * C),
-        "output_layer.linear.weight": r(V + 1, C),
-        "output_layer.linear.bias": r(V + 1),
-    }
-    for i in range(n_layer):
-        block = {
-            "norm1.weight": 1 + r(C),
-            "attn_qkv.weight": r(3 * C, C),
-            "attn_out.weight": r(C, C),
-            "norm2.weight": 1 + r(C),
-            "mlp.0.weight": r(4 * C, C),
-            "mlp.0.bias": r(4 * C),
-            "mlp.2.weight": r(C, 4 * C),
-            "mlp.2.bias": r(C),
-            "adaLN_modulation.weight": r(6 * C, cond),
-            "adaLN_modulation.bias": r(6 * C),
-        }
-        sd |= {f"blocks.{i}.{k}": v for k, v in block.items()}
-    return sd
-
-
-def reference_dit_logits(sd, tokens, pos, mask, H=4):
-    """The DiT with adaLN, written from its equations (sigma = 0; rotate-half rotary at pos;
-    weight-only LayerNorms; modulate(x) = x (1 + scale) + shift; x += gate * branch): logits
-    over V + 1 tokens."""
-    C = sd["vocab_embed.embedding"].size(1)
-    half = sd["sigma_map.mlp.0.weight"].size(1) // 2
-    args = 0.0 * torch.exp(-math.log(10000) * torch.arange(half) / half)  # sigma = 0
-    feat = torch.cat([torch.cos(args), torch.sin(args)])
-    c = F.silu(F.linear(feat, sd["sigma_map.mlp.0.weight"], sd["sigma_map.mlp.0.bias"]))
-    c = F.silu(F.linear(c, sd["sigma_map.mlp.2.weight"], sd["sigma_map.mlp.2.bias"]))
-    angles = pos[..., None].float() * sd["rotary_emb.inv_freq"]  # (B, T, d/2)
-    cos = torch.cat([angles.cos()] * 2, -1)[:, :, None]
-    sin = torch.cat([angles.sin()] * 2, -1)[:, :, None]
-
-    def rotary(t):  # t: (B, T, H, d)
-        t1, t2 = t.chunk(2, -1)
-        return t * cos + torch.cat([-t2, t1], -1) * sin
-
-    def norm(x, w, shift, scale):
-        return F.layer_norm(x, [C]) * w * (1 + scale) + shift
-
-    x = sd["vocab_embed.embedding"][tokens]
-    n_layer = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    for i in range(n_layer):
-        b = {k.split(".", 2)[2]: v for k, v in sd.items() if k.startswith(f"blocks.{i}.")}
-        modulation = F.linear(c, b["adaLN_modulation.weight"], b["adaLN_modulation.bias"])
-        sh1, sc1, g1, sh2, sc2, g2 = modulation.chunk(6)
-        qkv = F.linear(norm(x, b["norm1.weight"], sh1, sc1), b["attn_qkv.weight"])
-        q, k, v = qkv.view(*x.shape[:2], 3, H, -1).unbind(2)  # (B, T, H, d) each
-        q = rotary(q).transpose(1, 2)
-        k = rotary(k).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), attn_mask=mask)
-        x = x + g1 * F.linear(o.transpose(1, 2).flatten(2), b["attn_out.weight"])
-        y = F.linear(norm(x, b["norm2.weight"], sh2, sc2), b["mlp.0.weight"], b["mlp.0.bias"])
-        y = F.gelu(y, approximate="tanh")
-        x = x + g2 * F.linear(y, b["mlp.2.weight"], b["mlp.2.bias"])
-    final = sd["output_layer.adaLN_modulation.weight"]
-    shift, scale = F.linear(c, final, sd["output_layer.adaLN_modulation.bias"]).chunk(2)
-    h = norm(x, sd["output_layer.norm_final.weight"], shift, scale)
-    return F.linear(h, sd["output_layer.linear.weight"], sd["output_layer.linear.bias"])
-
-
-def assert_same_log_probabilities(model, sd):
-    """The model's log-probabilities equal the DiT's (written from its equations), causal (the
-    diffusion term) and through the 2L mask (the sequential term)."""
-    tokens = torch.randint(0, 12, (2, 16), generator=gen(1))  # 11 = [MASK]
-    pos = torch.rand(2, 16, generator=gen(2)).argsort(1)
-    causal = eso.prefix_lm_mask(torch.arange(16), 16)
-    two_l = eso.sequential_mask(causal)
-    cases = [
-        (tokens, pos, causal),
-        (torch.cat([tokens, tokens], 1), torch.cat([pos, pos], 1), two_l),
-    ]
-    with torch.no_grad():
-        for idx, p, mask in cases:
-            theirs = F.log_softmax(reference_dit_logits(sd, idx, p, mask)[..., :11], -1)
-            ours = F.log_softmax(model.logits(model.hidden(idx, p, mask)), -1)
-            assert (ours - theirs).abs().max() < 1e-4
-
-
-def test_a_folded_reference_dit_gives_the_same_log_probabilities():
-    """reference.from_dit folds the constant adaLN of a random DiT into LayerNorm and projection
-    weights: the same log-probabilities on sorted, partly masked inputs."""
-    sd = reference_dit()
-    backbone = {"backbone." + k: v for k, v in sd.items()}
-    model = reference.from_dit(backbone, n_head=4, block_size=16, alpha_0=0.5)
-    assert model.config.bias and model.config.vocab_size == 11 and model.config.n_layer == 2
-    assert_same_log_probabilities(model, sd)
-    assert reference.from_dit(sd, 4, 16, 0.5, variant="A").config.variant == "A"
-
-
-class OmegaNode:  # omegaconf's nodes pickle their __dict__, the value under _val
-    def __init__(self, value):
-        self._val = value
-
-
-class OmegaDict:  # and its containers under _content
-    def __init__(self, d):
-        self._content = {
-            k: OmegaDict(v) if isinstance(v, dict) else OmegaNode(v) for k, v in d.items()
-        }
-
-
-class Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def lightning_file(path, sd, ema=True, marker=None, **algo):
-    """A file shaped like the authors' Lightning checkpoint: the backbone, its EMA (a list in the
-    order of its parameters), a config object named like omegaconf's, a tokenizer named like
-    transformers', and, with marker, an object whose unpickling would run a command."""
-    import types
-
-    names = {
-        OmegaNode: ("omegaconf.nodes", "AnyNode"),
-        OmegaDict: ("omegaconf.dictconfig", "DictConfig"),
-    }
-    tokenizer = type("GPT2TokenizerFast", (), {})
-    tokenizer.__module__ = "transformers.models.gpt2.tokenization_gpt2_fast"
-    fakes = {}
-    for cls, (module, name) in names.items():
-        cls.__module__ = module
-        cls.__qualname__ = name
-        fakes[module] = types.ModuleType(module)
-        setattr(fakes[module], name, cls)
-    fakes[tokenizer.__module__] = types.ModuleType(tokenizer.__module__)
-    fakes[tokenizer.__module__].GPT2TokenizerFast = tokenizer
-    for module in list(fakes):  # their parent packages too, where they are not installed
-        parts = module.split(".")
-        for i in range(1, len(parts)):
-            parent = ".".join(parts[:i])
-            if parent not in sys.modules:
-                fakes.setdefault(parent, types.ModuleType(parent))
-    params = [k for k in sd if k != "rotary_emb.inv_freq"]
-    config = {
-        "model": {"n_heads": 4, "length": 16},
-        "algo": {"alpha_0": 0.5, "batch_split": 0.5, **algo},
-        "data": {"tokenizer_name_or_path": "gpt2"},
-    }
-    saved = {name: sys.modules.get(name) for name in fakes}
-    sys.modules.update(fakes)
-    try:
-        torch.save(
-            {
-                "state_dict": {"backbone." + k: v for k, v in sd.items()},
-                "global_step": 250_000,
-                "hyper_parameters": {"config": OmegaDict(config), "tokenizer": tokenizer()},
-                "ema": {
-                    "decay": 0.9999,
-                    "num_updates": 7,
-                    "shadow_params": [sd[k] + 1 for k in params],
-                }
-                if ema
-                else None,
-                "callbacks": {"x": Exploit(marker)} if marker else {},
-            },
-            path,
-        )
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                del sys.modules[name]
-            else:
-                sys.modules[name] = module
-
-
-def test_the_authors_checkpoint_loads_with_its_ema(tmp_path):
-    """Their Lightning file (config and tokenizer objects stood in for, inert) loads with its EMA
-    weights, and alpha_0, kappa and the step from its config."""
-    path = tmp_path / "esolm.ckpt"
-    sd = reference_dit()
-    lightning_file(path, sd)
-    model, ckpt = cli.load_model(path)
-    shifted = {k: v + (k != "rotary_emb.inv_freq") for k, v in sd.items()}
-    ema = reference.from_dit(shifted, 4, 16, 0.5)
-    # the EMA weights (the shadow list follows the parameters, not the buffer)
-    for a, b in zip(model.state_dict().values(), ema.state_dict().values()):
-        assert torch.equal(a, b)
-    assert ckpt["tokenizer"] == "gpt2" and ckpt["iter_num"] == 250_000 and ckpt["eos"] == 50256
-    assert model.config.alpha_0 == 0.5 and model.config.batch_split == 0.5
-    raw, _ = cli.load_model(path, ema=False)
-    assert torch.equal(raw.wte.weight, sd["vocab_embed.embedding"])
-
-
-def test_the_authors_checkpoint_problems_get_one_clear_line(tmp_path, capsys):
-    sd = reference_dit()
-    lightning_file(tmp_path / "no_ema.ckpt", sd, ema=False)
-    model, ckpt = cli.load_model(tmp_path / "no_ema.ckpt")
-    assert ckpt["ema"] is None and "holds no EMA weights" in capsys.readouterr().err
-    marker = tmp_path / "pwned"
-    lightning_file(tmp_path / "hostile.ckpt", sd, marker=marker)
-    cases = [
-        ("unknown", sd | {"blocks.0.extra.weight": torch.ones(3)}, "unknown keys"),
-        ("missing", {k: v for k, v in sd.items() if "mlp.2.bias" not in k}, "missing keys"),
-        ("shape", sd | {"blocks.1.norm2.weight": torch.ones(7)}, "blocks.1.norm2.weight (7,)"),
-        ("hostile", None, "names posix.system"),
-    ]
-    for case, broken, msg in cases:
-        if broken is not None:
-            lightning_file(tmp_path / f"{case}.ckpt", broken, ema=case != "shape")
-        with pytest.raises(checkpoint.CheckpointError, match=re.escape(msg)) as e:
-            cli.load_model(tmp_path / f"{case}.ckpt")
-        assert "\n" not in str(e.value)
-    assert not marker.exists()  # refused before anything was unpickled
-
-
-def hugging_face_folder(folder, sd, weights="safetensors"):
-    """A folder in the authors' Hugging Face layout (push_to_hf.py): config.json and the
-    backbone's weights under "backbone."."""
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {"vocab_size": 12, "mask_index": 11, "model_length": 16, "hidden_size": 32}
-    config |= {"cond_dim": 16, "n_blocks": 2, "n_heads": 4, "dropout": 0.1, "model_type": "EsoLM"}
-    (folder / "config.json").write_text(json.dumps(config))
-    state = {"backbone." + k: v.contiguous() for k, v in sd.items()}
-    if weights == "safetensors":
-        from safetensors.torch import save_file
-
-        save_file(state, folder / "model.safetensors")
-    else:
-        torch.save(state, folder / "pytorch_model.bin")
-    return folder
-
-
-@pytest.mark.parametrize("weights", ["safetensors", "bin"])
-def test_the_authors_hugging_face_folder_loads_and_needs_alpha_0(tmp_path, weights):
-    if weights == "safetensors":
-        pytest.importorskip("safetensors")
-    sd = reference_dit()
-    folder = hugging_face_folder(tmp_path / "Eso-LM-B-alpha-0_25", sd, weights)
-    model, ckpt = cli.load_model(folder, alpha_0=0.25)
-    assert model.config.alpha_0 == 0.25 and model.config.block_size == 16
-    assert ckpt["tokenizer"] == "gpt2" and ckpt["ema"] is None
-    assert_same_log_probabilities(model, sd)
-    with pytest.raises(checkpoint.CheckpointError, match="holds no alpha_0: give it with"):
-        cli.load_model(folder)
-
-
-def test_a_hub_id_offline_is_one_line(monkeypatch):
-    hub = pytest.importorskip("huggingface_hub")
-
-    def offline(*args, **kwargs):
-        raise ConnectionError("no network")
-
-    monkeypatch.setattr(hub, "snapshot_download", offline)
-    with pytest.raises(checkpoint.CheckpointError, match="could not download") as e:
-        cli.load_model("sahoo-diffusion/Eso-LM-B-alpha-0_25", alpha_0=0.25)
-    assert "\n" not in str(e.value)
-
-
-# ============================================================================= checkpoint.py
 
 
 def test_interrupted_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
@@ -1257,33 +973,26 @@ def test_interrupted_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
-class Allocates:
-    """Unpickles to bytearray(n): what torch.load(weights_only=True) allows."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __reduce__(self):
-        return (bytearray, (self.n,))
-
-
-def bomb(path, n, count=1):
+def bomb(path, n, hostile, count=1):
     """A small checkpoint whose unpickling would allocate count x n bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": {}, "config": {}, "tokenizer": "bytes", "iter_num": 0}
-    state["junk"] = [Allocates(n) for _ in range(count)]
+    state["junk"] = [hostile.Allocates(n) for _ in range(count)]
     torch.save(state, path)
     return path
 
 
-def test_a_memory_bomb_is_refused_before_any_allocation(tmp_path, run):
+def test_a_memory_bomb_is_refused_before_any_allocation(tmp_path, run, hostile):
     """A checkpoint that builds bytearray(10**11), or twenty bytearray(10**9), is refused by
     sample.py --init_from in one line, exit status 2, before anything is unpickled; peak memory
     stays where it was."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for path in (bomb(tmp_path / "one.pt", 10**11), bomb(tmp_path / "many.pt", 10**9, 20)):
+    for path in (
+        bomb(tmp_path / "one.pt", 10**11, hostile),
+        bomb(tmp_path / "many.pt", 10**9, hostile, 20),
+    ):
         assert path.stat().st_size < 4096
         code, _, err = run(sample, f"--init_from={path}")
         assert code == 2 and "names builtins.bytearray" in err and err.count("\n") == 1, err
@@ -1311,43 +1020,20 @@ def test_a_tensor_bigger_than_its_data_and_a_config_bigger_than_its_weights_are_
         checkpoint.load(tmp_path / "b.pt")
 
 
-def test_a_config_that_contains_itself_is_one_line(tmp_path):
-    node = checkpoint.Inert()
-    node.state = {"_content": {"model": node}}
-    with pytest.raises(checkpoint.CheckpointError, match="contains itself"):
-        checkpoint.plain({"config": node}, tmp_path / "x.ckpt")
-
-
-def test_checkpoints_that_would_run_code_are_refused(tmp_path, run):
+def test_checkpoints_that_would_run_code_are_refused(tmp_path, run, hostile):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil" / "ckpt.pt"
     path.parent.mkdir()
-    torch.save({"model": Exploit(marker), "config": {}, "tokenizer": "bytes", "iter_num": 0}, path)
+    torch.save(
+        {"model": hostile.Exploit(marker), "config": {}, "tokenizer": "bytes", "iter_num": 0}, path
+    )
     with pytest.raises(checkpoint.CheckpointError, match="posix.system"):
-        cli.load_model(path)
+        checkpoint.load(path)
     code, _, err = run(sample, f"--out_dir={path.parent}")
     assert code == 2 and "nothing in it was run" in err
     assert not marker.exists()  # the code did not run...
     torch.load(path, weights_only=False)  # ...and it would have, with a plain unpickler
     assert marker.exists()
-
-
-@pytest.fixture(scope="session")
-def trained(dataset, tmp_path_factory):
-    """A tiny model trained 6 iterations with EMA (validation at 3 and 6), and an alpha_0 = 0
-    judge: their out_dirs."""
-    out = tmp_path_factory.mktemp("run")
-    judge = tmp_path_factory.mktemp("judge")
-    runs = [
-        (out, ["--max_iters=6", "--eval_interval=3", "--ema=0.5"]),
-        (judge, ["--alpha_0=0", "--max_iters=2", "--eval_interval=2"]),
-    ]
-    for folder, extra in runs:
-        args = [f"--dataset={dataset}", f"--out_dir={folder}", *extra, *TINY]
-        with pytest.raises(SystemExit) as e:
-            cli.run(train.main, "train.py", args)
-        assert e.value.code == 0
-    return out, judge
 
 
 def test_bad_checkpoints_get_one_clear_line(dataset, trained, tmp_path, run):
@@ -1410,10 +1096,6 @@ def test_corrupt_checkpoints_are_named_without_a_sentence_cut_mid_word(tmp_path)
     assert "https://pytorch.org/docs/stable/gen" not in message and "there is a high" not in message
 
 
-# ============================================================================= data/prepare.py
-# Every test here prepares into its own empty data folder (the data_dir fixture).
-
-
 def run_main(args, capsys):
     """data/prepare.py's main in this process -> (exit status, stdout, stderr)."""
     capsys.readouterr()  # what the test printed before (progress bars) is not main's
@@ -1442,9 +1124,9 @@ def test_prepare_writes_tokens_that_decode_back_to_the_text(data_dir, tmp_path):
         for i in range(400)
     ]
     src.write_text("\n\n".join(paragraphs))
-    out, meta = prepare.prepare(inputs=[str(src)], name="decode", val_fraction=0.1)
-    enc = prepare.get_tokenizer("bytes")
-    train_ids, val_ids, meta2 = prepare.load_dataset("decode", 32)
+    out, meta = prepare.prepare(["--input", str(src), "--name", "decode", "--val_fraction=0.1"])
+    enc = common.get_tokenizer("bytes")
+    train_ids, val_ids, meta2 = common.load_dataset("decode", 32)
     assert meta2 == meta
     assert meta["train_tokens"] == len(train_ids) and meta["val_tokens"] == len(val_ids)
     assert meta["documents"] == 400 and meta["vocab_size"] == 256 and meta["tokenizer"] == "bytes"
@@ -1452,16 +1134,16 @@ def test_prepare_writes_tokens_that_decode_back_to_the_text(data_dir, tmp_path):
     assert val_docs == paragraphs[9::10]  # every 10th paragraph, deterministically
     train_docs = enc.decode(train_ids.tolist()).split("\n\n")[:-1]
     assert train_docs == [p for i, p in enumerate(paragraphs) if i % 10 != 9]
-    with pytest.raises(prepare.PrepareError, match="--overwrite"):
-        prepare.prepare(inputs=[str(src)], name="decode")
+    with pytest.raises(common.PrepareError, match="--overwrite"):
+        prepare.prepare(["--input", str(src), "--name", "decode"])
     before = (out / "train.bin").read_bytes()
     src.write_text("tiny")
-    with pytest.raises(prepare.PrepareError, match="too short"):
-        prepare.prepare(inputs=[str(src)], name="decode", overwrite=True)
+    with pytest.raises(common.PrepareError, match="too short"):
+        prepare.prepare(["--input", str(src), "--name", "decode", "--overwrite"])
     assert (out / "train.bin").read_bytes() == before and (out / "meta.json").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
-    with pytest.raises(prepare.PrepareError, match="fewer than one training sequence"):
-        prepare.load_dataset("decode", 10**6)
+    with pytest.raises(common.PrepareError, match="fewer than one training sequence"):
+        common.load_dataset("decode", 10**6)
 
 
 @pytest.mark.parametrize(
@@ -1491,13 +1173,13 @@ def test_prepare_rejects_bad_input_with_one_line(data_dir, tmp_path, capsys, cas
 
 def test_prepare_never_writes_through_a_symlink(data_dir, tmp_path):
     src = tmp_path / "a.txt"
-    src.write_text(corpus_text())
+    src.write_text("A paragraph of plain English text, long enough to be kept.\n\n" * 200)
     target = tmp_path / "elsewhere"
     target.mkdir()
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "link").symlink_to(target, target_is_directory=True)
-    with pytest.raises(prepare.PrepareError, match="symbolic link"):
-        prepare.prepare(inputs=[str(src)], name="link")
+    with pytest.raises(common.PrepareError, match="symbolic link"):
+        prepare.prepare(["--input", str(src), "--name", "link"])
     assert list(target.iterdir()) == []
 
 
@@ -1508,8 +1190,8 @@ def test_prepare_gpt2_offline_says_how_to_fix_it(monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
-    with pytest.raises(prepare.PrepareError, match="TIKTOKEN_CACHE_DIR") as e:
-        prepare.get_tokenizer("gpt2")
+    with pytest.raises(common.PrepareError, match="TIKTOKEN_CACHE_DIR") as e:
+        common.get_tokenizer("gpt2")
     assert "--tokenizer bytes" in str(e.value)
 
 
@@ -1524,73 +1206,11 @@ def test_prepare_interrupted_says_so(data_dir, monkeypatch, capsys):
     assert capsys.readouterr().err == "data/prepare.py: error: interrupted; nothing was written\n"
 
 
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-EOT = 256  # the stand-in GPT-2's <|endoftext|>
-LM1B_ROOT = prepare.LM1B_ROOT
-
-
-@pytest.fixture
-def gpt2(monkeypatch):
-    """A stand-in for GPT-2's encoding (its files are not here offline): the UTF-8 bytes as ids,
-    and <|endoftext|> = 256. It is named gpt2, as the code branches on the name."""
-    standin = tiktoken.Encoding(
-        name="gpt2",
-        pat_str=GPT2_PATTERN,
-        mergeable_ranks={bytes([i]): i for i in range(256)},
-        special_tokens={"<|endoftext|>": EOT},
-    )
-    real = prepare.get_tokenizer
-
-    def get_tokenizer(name, vocab=None):
-        if name == "gpt2":
-            return standin
-        return real(name, vocab)
-
-    monkeypatch.setattr(prepare, "get_tokenizer", get_tokenizer)
-    return standin
-
-
-def bins(name):
-    folder = prepare.dataset_dir(name)
-    meta = json.loads((folder / "meta.json").read_text())
-    train = np.fromfile(folder / "train.bin", dtype=meta["dtype"]).astype(np.int64)
-    val = np.fromfile(folder / "val.bin", dtype=meta["dtype"]).astype(np.int64)
-    return train, val, meta
-
-
-def cut(tokens, L, edge=None):
-    """Reference wrapping of one batch: chunks of L (L - 2 between two edge tokens), the rest
-    dropped."""
-    inner = L
-    if edge is not None:
-        inner = L - 2
-    n = len(tokens) // inner
-    rows = np.array(tokens[: n * inner], dtype=np.int64).reshape(n, inner)
-    if edge is not None:
-        column = np.full((n, 1), edge)
-        rows = np.concatenate([column, rows, column], axis=1)
-    return rows.reshape(-1)
-
-
-def add_member(tar, name, data=None):
-    """A file (data: bytes) or, without data, a folder in an open tar."""
-    info = tarfile.TarInfo(name)
-    if data is None:
-        info.type = tarfile.DIRTYPE
-        tar.addfile(info)
-        return
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-# ----------------------------------------------------------------------------- where data lives
-
-
 def test_data_dir_comes_from_the_environment_and_the_flag(tmp_path, data_dir, monkeypatch, capsys):
-    assert prepare.data_root() == data_dir
-    assert prepare.dataset_dir("x") == data_dir / "x"
+    assert common.data_root() == data_dir
+    assert common.dataset_dir("x") == data_dir / "x"
     monkeypatch.delenv("ESO_DATA_DIR")
-    assert prepare.data_root() == Path(prepare.__file__).resolve().parent
+    assert common.data_root() == Path(common.__file__).resolve().parent
     src = tmp_path / "a.txt"
     src.write_text("\n\n".join(f"Paragraph {i} of some words, enough of them." for i in range(200)))
     elsewhere = tmp_path / "elsewhere"
@@ -1598,9 +1218,9 @@ def test_data_dir_comes_from_the_environment_and_the_flag(tmp_path, data_dir, mo
         ["--input", str(src), "--name", "mine", f"--data_dir={elsewhere}"], capsys
     )
     assert code == 0, err
-    assert prepare.is_prepared("mine", elsewhere)
-    assert not prepare.is_prepared("mine")
-    assert prepare.load_dataset("mine", 32, data_dir=elsewhere)[2]["documents"] == 200
+    assert common.is_prepared("mine", elsewhere)
+    assert not common.is_prepared("mine")
+    assert common.load_dataset("mine", 32, data_dir=elsewhere)[2]["documents"] == 200
 
 
 def bytes_as_tokens(text):
@@ -1614,7 +1234,7 @@ def test_local_text_keeps_its_every_kth_split_byte_for_byte(data_dir, tmp_path):
     ]
     src = tmp_path / "a.txt"
     src.write_text("\n\n".join(paragraphs))
-    out, meta = prepare.prepare(inputs=[str(src)], name="mine", val_fraction=0.1)
+    out, meta = prepare.prepare(["--input", str(src), "--name", "mine", "--val_fraction=0.1"])
     val = "".join(p + "\n\n" for i, p in enumerate(paragraphs) if i % 10 == 9)
     train = "".join(p + "\n\n" for i, p in enumerate(paragraphs) if i % 10 != 9)
     # bytes tokenizer: each UTF-8 byte is a uint16 id
@@ -1624,631 +1244,6 @@ def test_local_text_keeps_its_every_kth_split_byte_for_byte(data_dir, tmp_path):
     assert meta["eos"] is None
     assert meta["tokenizer"] == "bytes"
     assert meta["documents"] == 300
-    windows = prepare.windows(prepare.load_dataset("mine", 32)[1], 32)
-    assert windows.shape == (len(val.encode()) // 32, 32)
-
-
-# ----------------------------------------------------------------------------- detokenizers
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ('He said , " it \'s fine . "', 'He said, "it\'s fine."'),
-        ("Visit http : / / www.x.com now !", "Visit http://www.x.com now!"),
-        ("Is it https : / / a.org / b ?", "Is it https://a.org/b?"),
-        # the final " ." stays: the rule wants a word before it, and ")" is none
-        ("It costs $ 5 ( about £ 3 ) .", "It costs $5 (about £3) ."),
-        # n't is not LM1B's artefact: it stays apart
-        ("Do n't go ? Yes ; no : maybe", "Do n't go? Yes; no: maybe"),
-        # the same for "]": the end rules run before the bracket rules
-        ("The ' Beatles ' played [ live ] .", "The 'Beatles' played [live] ."),
-    ],
-)
-def test_lm1b_detokenize(data_dir, text, expected):
-    assert prepare.lm1b_detokenize(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        (" The game @-@ play costs 1 @,@ 000 @.@ 5 . \n", " The game-play costs 1,000.5.\n"),
-        (" = = Gameplay = = \n", " == Gameplay ==\n"),
-        # " N " is read as " 1 " once, after " \n" lost its space: the N before it stays
-        (' He said " hello " ( a [ b ] ) N \n', ' He said "hello" (a [b]) N\n'),
-        (" N N N x", " 1 N 1 x"),
-        # "s '" joins first; then the quote rule hugs "' farm /'" as if it were a quotation
-        (" 5 ° C at Jones ' farm /' 5/", " 5°C at Jones'farm /'[0-9]/"),
-    ],
-)
-def test_wikitext_detokenize(data_dir, text, expected):
-    assert prepare.wikitext_detokenize(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        (" no it was n't black monday ", " no it wasn't black monday "),
-        (" the company 's $ N billion \\/ share ", " the company's $1 billion / share "),
-        # ten passes: every N of a run becomes 1
-        (" rose N N N N N points ", " rose 1 1 1 1 1 points "),
-        (" <unk> said # N of the dogs ' bones ", " ? said #1 of the dogs' bones "),
-    ],
-)
-def test_ptb_detokenize(data_dir, text, expected):
-    assert prepare.ptb_detokenize(text) == expected
-
-
-def test_lambada_and_scientific_papers_detokenize(data_dir):
-    assert prepare.lambada_detokenize("“Hello,” she said.  ") == '\n"Hello," she said.'
-    article = "the value @-@ based method ( see [ 1 ] ) , costs $ 5 ."
-    expected = "the value-based method (see [1]), costs $5."
-    assert prepare.scientific_papers_detokenize(article) == expected
-
-
-# ----------------------------------------------------------------------------- WordPiece
-
-
-def write_vocab(path):
-    """A tiny bert-base-uncased-like vocab.txt: its special tokens at their ids (101 = [CLS]),
-    punctuation, letters and ## letters (so any word can be spelled), and a few words."""
-    pytest.importorskip("tokenizers")
-    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens += list(".,'\"()$£?!:;/-[]%")
-    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
-    tokens += list(letters) + [f"##{c}" for c in letters]
-    tokens += "he said it fine do go visit http www com now costs price alpha omega cafe".split()
-    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return tokens
-
-
-def test_wordpiece_is_bert_base_uncased_on_a_tiny_vocabulary(data_dir, tmp_path):
-    tokens = write_vocab(tmp_path / "vocab.txt")
-    enc = prepare.get_tokenizer("bert-base-uncased", tmp_path / "vocab.txt")
-    assert enc.eot_token == 101
-    assert enc.n_vocab == len(tokens)
-
-    def pieces(ids):
-        return [tokens[i] for i in ids]
-
-    assert pieces(enc.encode_ordinary("He's FINE.")) == ["he", "'", "s", "fine", "."]
-    # accents stripped after lower case; an unknown word spelled with ## pieces
-    assert pieces(enc.encode_ordinary("Café Zebu")) == ["cafe", "z", "##e", "##b", "##u"]
-    assert pieces(enc.encode_ordinary("x" * 101)) == ["[UNK]"]
-    # the special tokens are read as tokens only when allowed
-    assert enc.encode_batch(["a [CLS] b"], allowed_special="all") == [
-        [enc.encode_ordinary("a")[0], 101, enc.encode_ordinary("b")[0]]
-    ]
-    assert 101 not in enc.encode_ordinary("a [CLS] b")
-    ids = enc.encode_ordinary("he ' s fine , do n't go ?")
-    assert enc.decode([101, *ids, 101]) == "[CLS] he's fine, don't go? [CLS]"
-
-    # the authors' tokenizer class on the same vocabulary (from_pretrained: a folder with vocab.txt,
-    # the one way to give it a vocabulary that transformers 4 and 5 share)
-    from transformers import BertTokenizer
-
-    theirs = BertTokenizer.from_pretrained(str(tmp_path))
-    texts = [
-        'He said, "it\'s FINE." Ünïcode (naïve) $5 £3 http://www.x.com 中文 [CLS] [cls]',
-        "Prices rose 5% to $12; omega:alpha / beta-gamma!",
-        "  tabs\tand\nnewlines\u00a0and\u200bzero width",
-    ]
-    for text in texts:
-        expected = theirs.encode(text, add_special_tokens=False)
-        assert enc.encode_batch([text], allowed_special="all")[0] == expected, text
-
-
-def test_a_vocabulary_without_bert_s_special_tokens_is_refused(data_dir, tmp_path):
-    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\na\n")
-    with pytest.raises(prepare.PrepareError, match=r"has no \[CLS\]"):
-        prepare.get_tokenizer("bert-base-uncased", tmp_path / "vocab.txt")
-
-
-# ----------------------------------------------------------------------------- LM1B
-
-
-TRAIN_SENTENCES = {
-    "news.en-00001-of-00100": ['He said , " it \'s fine . "', "Alpha costs $ 5 ."] * 40,
-    "news.en-00002-of-00100": ["Visit http : / / www.x.com now !"] * 30,
-}
-TEST_SENTENCES = {
-    "news.en.heldout-00000-of-00050": ["Omega ' s price ( now ) ?", "Do n't go !"] * 25,
-    "news.en.heldout-00001-of-00050": ["  omega said it .  "] * 20,
-}
-
-
-def lm1b_release(folder):
-    """A tiny LM1B release, unpacked, in the release's own folder layout (with a README and
-    files that do not match the patterns)."""
-    root = folder / LM1B_ROOT
-    train = root / "training-monolingual.tokenized.shuffled"
-    test = root / "heldout-monolingual.tokenized.shuffled"
-    train.mkdir(parents=True)
-    test.mkdir(parents=True)
-    (root / "README").write_text("not a split")
-    (train / "other.txt").write_text("not train")
-    for directory, files in ((train, TRAIN_SENTENCES), (test, TEST_SENTENCES)):
-        for name, lines in files.items():
-            (directory / name).write_text("\n".join(lines) + "\n")
-    return root
-
-
-def lm1b_reference(files, enc):
-    """The windows of one split by hand: each sentence detokenized, tokenized and followed by
-    [CLS]; the whole (fewer than 1,000 sentences: one batch) cut into [CLS] + 126 + [CLS]."""
-    stream = []
-    for name in sorted(files):
-        for line in files[name]:
-            stream += enc.encode_ordinary(prepare.lm1b_detokenize(line.strip())) + [101]
-    return cut(stream, 128, edge=101)
-
-
-def test_lm1b_is_wrapped_into_cls_windows_of_128(data_dir, tmp_path):
-    write_vocab(tmp_path / "vocab.txt")
-    root = lm1b_release(tmp_path / "raw")
-    out, meta = prepare.prepare("lm1b", raw_dir=root.parent, tokenizer=str(tmp_path / "vocab.txt"))
-    train, val, meta = bins("lm1b")
-    enc = prepare.dataset_tokenizer("lm1b")
-    assert np.array_equal(val, lm1b_reference(TEST_SENTENCES, enc))
-    assert np.array_equal(train, lm1b_reference(TRAIN_SENTENCES, enc))
-    windows = val.reshape(-1, 128)
-    assert (windows[:, 0] == 101).all() and (windows[:, -1] == 101).all()
-    assert "omega" in enc.decode(val) and "alpha" not in enc.decode(val)
-    assert "alpha" in enc.decode(train) and "omega" not in enc.decode(train)
-    assert meta["windows"] == {
-        "block_size": 128,
-        "bos": 101,
-        "eos": 101,
-        "doc_eos": 101,
-        "group_docs": 1000,
-        "shards": 1,
-    }
-    assert meta["eos"] == 101
-    assert meta["tokenizer"] == "bert-base-uncased"
-    assert meta["vocab_file"] == "vocab.txt"
-    assert meta["val_split"] == "test"
-    assert meta["eval_only"] is False
-    assert (out / "vocab.txt").read_text() == (tmp_path / "vocab.txt").read_text()
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
-
-
-def test_lm1b_reads_its_tar_gz_in_archive_order(data_dir, tmp_path):
-    write_vocab(tmp_path / "vocab.txt")
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    # heldout-00001 before heldout-00000: the archive's order, not the names', is the order
-    with tarfile.open(raw / f"{LM1B_ROOT}.tar.gz", "w:gz") as tar:
-        add_member(tar, LM1B_ROOT)
-        for name, lines in TRAIN_SENTENCES.items():
-            data = ("\n".join(lines) + "\n").encode()
-            add_member(tar, f"{LM1B_ROOT}/training-monolingual.tokenized.shuffled/{name}", data)
-        for name in sorted(TEST_SENTENCES, reverse=True):
-            data = ("\n".join(TEST_SENTENCES[name]) + "\n").encode()
-            add_member(tar, f"{LM1B_ROOT}/heldout-monolingual.tokenized.shuffled/{name}", data)
-            add_member(tar, f"{LM1B_ROOT}/heldout-monolingual.tokenized.shuffled/.{name}", b"x")
-    out, meta = prepare.prepare(
-        "lm1b", name="lm1b_tar", raw_dir=raw, tokenizer=str(tmp_path / "vocab.txt")
-    )
-    enc = prepare.dataset_tokenizer("lm1b_tar")
-    stream = []
-    for name in sorted(TEST_SENTENCES, reverse=True):
-        for line in TEST_SENTENCES[name]:
-            stream += enc.encode_ordinary(prepare.lm1b_detokenize(line.strip())) + [101]
-    assert np.array_equal(bins("lm1b_tar")[1], cut(stream, 128, edge=101))
-    assert "archive order" in meta["source"]
-
-
-def test_lm1b_offline_without_a_vocabulary_names_the_file_to_fetch(
-    data_dir, tmp_path, monkeypatch, capsys
-):
-    lm1b_release(tmp_path / "raw")
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    args = ["--dataset=lm1b", f"--raw_dir={tmp_path / 'raw'}"]
-    err = expect_one_line_error(args, capsys, prepare.BERT_VOCAB_URL)
-    assert "--tokenizer=PATH/vocab.txt" in err
-    assert not prepare.dataset_dir("lm1b").exists()
-
-
-# ----------------------------------------------------------------------------- OpenWebText
-
-
-def owt_tars(folder):
-    """OpenWebText's 21 urlsf_subsetNN.tar, as tars of .xz tars of .txt, with six documents in
-    three subsets; hidden files, non-.xz and non-.txt members must be skipped."""
-    docs = {
-        0: [("b.txt", "first\n\n\n\n\ndoc  "), ("a.txt", "second doc")],
-        5: [("c.txt", "third"), ("d.txt", "\n fourth \n")],
-        20: [("e.txt", "fifth doc here"), ("f.txt", "sixth\n\n\nand last")],
-    }
-    folder.mkdir(parents=True)
-    for i in range(21):
-        with tarfile.open(folder / f"urlsf_subset{i:02d}.tar", "w") as outer:
-            add_member(outer, "openwebtext")
-            add_member(outer, "openwebtext/README", b"not an .xz")
-            if i not in docs:
-                continue
-            inner_bytes = io.BytesIO()
-            with tarfile.open(fileobj=inner_bytes, mode="w:xz") as inner:
-                add_member(inner, "._hidden.txt", b"hidden")
-                add_member(inner, "notes.json", b"{}")
-                for name, text in docs[i]:
-                    add_member(inner, name, text.encode())
-            add_member(outer, f"openwebtext/urlsf_subset{i:02d}-1_data.xz", inner_bytes.getvalue())
-            add_member(outer, "openwebtext/.hidden.xz", inner_bytes.getvalue())
-    # as Hugging Face's openwebtext.py yields them, in archive order
-    return ["first\n\ndoc", "second doc", "third", "fourth", "fifth doc here", "sixth\n\nand last"]
-
-
-def test_openwebtext_holds_out_its_last_documents(data_dir, tmp_path, gpt2):
-    texts = owt_tars(tmp_path / "owt")
-    out, meta = prepare.prepare("openwebtext", raw_dir=tmp_path / "owt", val_docs=2, block_size=8)
-    train, val, meta = bins("openwebtext")
-
-    def stream(docs):
-        tokens = []
-        for text in docs:
-            tokens += list(text.encode()) + [EOT]
-        return tokens
-
-    # no special tokens at the window edges, EOS after every document, the remainder dropped
-    assert np.array_equal(val, cut(stream(texts[-2:]), 8))
-    assert np.array_equal(train, cut(stream(texts[:-2]), 8))
-    assert meta["windows"]["bos"] is None and meta["windows"]["doc_eos"] == EOT
-    assert meta["val_split"] == "train[-2:]"
-    assert meta["train_split"] == "train[:-2]"
-    assert meta["val_documents"] == 2 and meta["train_documents"] == 4
-    assert meta["eos"] == EOT
-    with pytest.raises(prepare.PrepareError, match="wrapped into windows of 8 tokens"):
-        prepare.load_dataset("openwebtext", 1024)
-    assert prepare.load_dataset("openwebtext", 8)[1].shape == (len(val),)
-
-
-def test_openwebtext_refuses_a_raw_dir_without_its_21_tars(data_dir, tmp_path, gpt2, capsys):
-    owt_tars(tmp_path / "owt")
-    (tmp_path / "owt" / "urlsf_subset07.tar").unlink()
-    args = ["--dataset=openwebtext", f"--raw_dir={tmp_path / 'owt'}"]
-    expect_one_line_error(args, capsys, "no urlsf_subset07.tar")
-    expect_one_line_error(
-        ["--dataset=openwebtext", f"--raw_dir={tmp_path / 'nope'}"], capsys, "no such file"
-    )
-    assert not prepare.dataset_dir("openwebtext").exists()
-
-
-# ----------------------------------------------------------------------------- zero-shot sets
-
-
-ZERO_SHOT = {
-    # dataset: (split, column, detokenizer, the other columns)
-    "ptb": ("validation", "sentence", prepare.ptb_detokenize, {}),
-    "wikitext2": ("validation", "text", prepare.wikitext_detokenize, {}),
-    "wikitext103": ("validation", "text", prepare.wikitext_detokenize, {}),
-    "ag_news": ("test", "text", None, {"label": 1}),
-    "pubmed": ("validation", "article", prepare.scientific_papers_detokenize, {"abstract": "x"}),
-    "arxiv": ("validation", "article", prepare.scientific_papers_detokenize, {"abstract": "x"}),
-}
-ARTEFACTS = [
-    " the company 's $ N billion \\/ share , said <unk> . \n",
-    " = = Gameplay = = \n",
-    " The game @-@ play costs 1 @,@ 000 ( see [ 1 ] ) . \n",
-    'He said , " it \'s fine . " and left',
-]
-
-
-def save_dataset(folder, split, column, other_columns, texts):
-    """A save_to_disk copy with the right split and columns, and a decoy split that must not be
-    read."""
-    datasets = pytest.importorskip("datasets")
-
-    splits = {}
-    for name, rows in ((split, texts), ("train", ["DECOY"] * 3)):
-        table = {column: rows}
-        for other, value in other_columns.items():
-            table[other] = [value] * len(rows)
-        splits[name] = datasets.Dataset.from_dict(table)
-    datasets.DatasetDict(splits).save_to_disk(str(folder))
-
-
-@pytest.mark.parametrize("dataset", list(ZERO_SHOT) + ["lambada"])
-def test_zero_shot_sets_are_windows_between_two_eos(data_dir, tmp_path, gpt2, dataset):
-    texts = [ARTEFACTS[i % len(ARTEFACTS)] + f" {i}" for i in range(60)]
-    if dataset == "lambada":
-        detokenize = prepare.lambada_detokenize
-        raw = tmp_path / "lambada_test.jsonl"
-        lines = [json.dumps({"text": "“" + text + "” he said"}) for text in texts]
-        raw.write_text("\n".join(lines) + "\n\n")
-        texts = ["“" + text + "” he said" for text in texts]
-    else:
-        split, column, detokenize, others = ZERO_SHOT[dataset]
-        raw = tmp_path / "saved"
-        save_dataset(raw, split, column, others, texts)
-    out, meta = prepare.prepare(dataset, raw_dir=raw, block_size=64)
-    train, val, meta = bins(dataset)
-    windows = val.reshape(-1, 64)
-    # <|endoftext|> at both ends of every window, none between the documents
-    assert (windows[:, 0] == EOT).all() and (windows[:, -1] == EOT).all()
-    assert not (windows[:, 1:-1] == EOT).any()
-    if detokenize is not None:
-        texts = [detokenize(text) for text in texts]
-    stream = list("".join(texts).encode())
-    assert np.array_equal(val, cut(stream, 64, edge=EOT))
-    assert len(train) == 0
-    assert meta["eval_only"] is True
-    assert meta["train_tokens"] == 0
-    assert meta["detokenizer"] == (detokenize.__name__ if detokenize else None)
-    assert meta["windows"]["doc_eos"] is None
-    with pytest.raises(prepare.PrepareError, match="evaluation set"):
-        prepare.load_dataset(dataset, 64, require_train=True)
-    assert len(prepare.load_dataset(dataset, 64)[0]) == 0
-
-
-def test_a_zero_shot_column_is_one_evaluation_command(data_dir, tmp_path, gpt2, run):
-    """train.py --eval_only --init_from=MODEL --dataset=ptb: the full pass over the prepared
-    windows (a GPT-2-token model; the stand-in tokenizer's 257 ids)."""
-    texts = [ARTEFACTS[i % len(ARTEFACTS)] + f" {i}" for i in range(60)]
-    save_dataset(tmp_path / "saved", "validation", "sentence", {}, texts)
-    prepare.prepare("ptb", raw_dir=tmp_path / "saved", block_size=32)
-    model = tiny(0.5, L=32, V=257, big=False)
-    state = checkpoint.state(model, model.config, "gpt2", 7, eos=EOT, dataset="openwebtext")
-    checkpoint.save(tmp_path / "model.pt", state)
-    args = ["--eval_only=True", f"--init_from={tmp_path / 'model.pt'}", "--dataset=ptb"]
-    code, out, err = run(train, *args, f"--out_dir={tmp_path}")
-    assert code == 0, err
-    record = json.loads(out.strip().splitlines()[-1])
-    n_windows = len(bins("ptb")[1]) // 32
-    assert record["dataset"] == "ptb" and record["windows"] == n_windows > 0
-    assert math.isfinite(record["nelbo"]) and "on data/ptb val, a full pass" in out
-    code, _, err = run(
-        train, f"--init_from={tmp_path / 'model.pt'}", "--dataset=ptb", f"--out_dir={tmp_path}"
-    )
-    assert code == 2 and "is an evaluation set" in err
-
-
-def test_grouping_is_per_batch_of_1000_documents_within_each_shard(data_dir, tmp_path, gpt2):
-    """2,500 documents: shards of 1,250, each grouped in batches of 1,000 and 250, the remainder
-    of every batch dropped (not one cut over the whole stream)."""
-    texts = [("abcdefg"[: 1 + i % 7]) + str(i % 10) for i in range(2500)]
-    save_dataset(tmp_path / "saved", "validation", "sentence", {}, texts)
-
-    def expected(shards):
-        rows = []
-        for shard in np.array_split(np.arange(2500), shards):
-            for start in range(0, len(shard), 1000):
-                batch = shard[start : start + 1000]
-                tokens = list("".join(prepare.ptb_detokenize(texts[i]) for i in batch).encode())
-                rows.append(cut(tokens, 16, edge=EOT))
-        return np.concatenate(rows)
-
-    for shards in (1, 2, 3):
-        name = f"ptb{shards}"
-        prepare.prepare("ptb", name=name, raw_dir=tmp_path / "saved", block_size=16, shards=shards)
-        assert np.array_equal(bins(name)[1], expected(shards)), shards
-    stream_wide = cut(list("".join(map(prepare.ptb_detokenize, texts)).encode()), 16, edge=EOT)
-    assert not np.array_equal(bins("ptb1")[1], stream_wide)
-    assert list(prepare.map_batches(0, 2501, 3)) == [(0, 834), (834, 1668), (1668, 2501)]
-    assert list(prepare.map_batches(10, 2510, 1)) == [(10, 1010), (1010, 2010), (2010, 2510)]
-
-
-def test_zero_shot_sources_refuse_bad_input_with_one_line(
-    data_dir, tmp_path, gpt2, monkeypatch, capsys
-):
-    save_dataset(tmp_path / "saved", "test", "text", {}, ["a b c"] * 50)
-    expect_one_line_error(
-        ["--dataset=ptb", f"--raw_dir={tmp_path / 'saved'}"], capsys, "no 'validation' split"
-    )
-    expect_one_line_error(
-        ["--dataset=ag_news", f"--raw_dir={tmp_path / 'saved'}", "--val_docs=5"],
-        capsys,
-        "--val_docs is for --dataset=openwebtext",
-    )
-    expect_one_line_error(["--dataset=lambada", f"--raw_dir={tmp_path}"], capsys, "no such file")
-    import datasets
-
-    def offline(*args, **kwargs):
-        raise ConnectionError("Couldn't reach the Hub\nsecond line")
-
-    monkeypatch.setattr(datasets, "load_dataset", offline)
-    expect_one_line_error(["--dataset=wikitext103"], capsys, "--raw_dir=DIR")
-    monkeypatch.setitem(sys.modules, "datasets", None)
-    expect_one_line_error(
-        ["--dataset=ptb", f"--raw_dir={tmp_path / 'saved'}"],
-        capsys,
-        "--dataset=ptb needs the `datasets` package: pip install datasets",
-    )
-    for name in ("ptb", "ag_news", "lambada", "wikitext103"):
-        assert not prepare.dataset_dir(name).exists()
-
-
-def test_a_missing_tokenizers_package_is_one_line(data_dir, tmp_path, monkeypatch, capsys):
-    write_vocab(tmp_path / "vocab.txt")
-    root = lm1b_release(tmp_path / "raw")
-    monkeypatch.setitem(sys.modules, "tokenizers", None)
-    args = ["--dataset=lm1b", f"--raw_dir={root}", f"--tokenizer={tmp_path / 'vocab.txt'}"]
-    expect_one_line_error(args, capsys, "needs the `tokenizers` package: pip install tokenizers")
-    assert not prepare.dataset_dir("lm1b").exists()
-
-
-def test_flags_that_do_not_apply_are_refused(data_dir, tmp_path, capsys):
-    src = tmp_path / "a.txt"
-    src.write_text("x")
-    expect_one_line_error(
-        ["--input", str(src), "--name", "a", "--block_size=8"], capsys, "not for local text"
-    )
-    expect_one_line_error(
-        ["--dataset=lm1b", "--val_fraction=0.1"], capsys, "--val_fraction is for local text"
-    )
-    expect_one_line_error(["--dataset=lm1b", "--block_size=2"], capsys, "at least 3")
-    expect_one_line_error(["--dataset=ptb", "--tokenizer=bytes"], capsys, "tokenized with gpt2")
-    expect_one_line_error(["--dataset=c4"], capsys, "unknown dataset 'c4'")
-    code, out, _ = run_main(["--help"], capsys)
-    assert code == 0
-    for dataset in prepare.PROTOCOLS:
-        assert f"--dataset={dataset}" in out
-
-
-# ============================================================================= validation.py
-
-
-def test_a_full_pass_scores_every_window_once_with_its_own_noise(dataset):
-    """The full pass over the validation windows: every window scored exactly once, each term
-    the mean over its windows of that window's term computed on its own with the same noise; the
-    same on any number of processes and any batch size."""
-    model = tiny(0.5, L=32, V=256, big=False)
-    val = prepare.load_dataset(dataset, 32)[1]
-    wins = validation.windows(val, 32)
-    n = len(wins)
-    assert n == len(val) // 32
-    chosen = validation.subset(n, 0)
-    ctx = cli.precision("cpu")[1]
-    res = validation.full_pass(model, wins, chosen, 5, ctx, seed=3)
-    assert res["windows"] == n and res["tokens"] == 32 * n
-    diffusion = []
-    sequential = []
-    d = 0
-    for j in range(n):
-        x = torch.from_numpy(wins[j : j + 1].astype(np.int64))
-        generator = validation.window_generator("cpu", 3, j)
-        with torch.no_grad():
-            if validation.is_diffusion_window(j, 0.5):
-                t = torch.tensor([validation.window_time(d, 3)])
-                masked, sigma = model.diffusion_draws(t, 32, generator)
-                diffusion.append(model.diffusion_nll(x, t, masked, sigma, "elbo").item())
-                d += 1
-            else:
-                masked, sigma = model.sequential_draws(1, 32, "cpu", generator)
-                sequential.append(model.sequential_nll(x, masked, sigma).item())
-    assert len(diffusion) + len(sequential) == n and abs(len(diffusion) - len(sequential)) <= 1
-    assert res["diffusion"] == pytest.approx(np.mean(diffusion), rel=1e-5)
-    assert res["sequential"] == pytest.approx(np.mean(sequential), rel=1e-5)
-    shares = [
-        validation.pass_totals(model, wins, chosen, 3, ctx, rank, 2, 0, 3) for rank in range(2)
-    ]
-    one = validation.pass_totals(model, wins, chosen, 3, ctx, 0, 1, 0, 3)
-    np.testing.assert_allclose(shares[0] + shares[1], one, rtol=1e-6)
-    assert shares[0][1] + shares[0][3] < n  # the two processes shared the windows
-
-
-def test_a_subset_of_windows_is_fixed_and_sorted():
-    a = validation.subset(100, 10)
-    assert torch.equal(a, validation.subset(100, 10)) and torch.equal(a, a.sort().values)
-    assert len(set(a.tolist())) == 10 and torch.equal(validation.subset(5, 10), torch.arange(5))
-
-
-# ============================================================================= judge.py
-
-
-@pytest.fixture(scope="session")
-def hf_judge(tmp_path_factory):
-    """A tiny Hugging Face causal LM and a byte-level BPE tokenizer with an EOS, trained and
-    saved in a folder: a judge like gpt2-large, made here."""
-    pytest.importorskip("transformers")
-    tokenizers = pytest.importorskip("tokenizers")
-    import transformers
-
-    folder = tmp_path_factory.mktemp("judge_hf")
-    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
-    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = tokenizers.decoders.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(corpus_text(10).split("\n\n"), trainer)
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
-    )
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    eos = tokenizer.eos_token_id
-    config = transformers.GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=1024,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=eos,
-        eos_token_id=eos,
-    )
-    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
-    return folder
-
-
-def authors_gen_ppl(model, tokenizer, batches, max_length):
-    """The authors' generative perplexity written out sample by sample: each sampler batch
-    padded with EOS to its longest sample (truncated to max_length), scored in pieces of 8 (a
-    remainder dropped); position 0 unscored; every non-EOS token and the first EOS count."""
-    eos = tokenizer.eos_token_id
-    total = 0.0
-    count = 0
-    for texts in batches:
-        rows = [tokenizer(t)["input_ids"][:max_length] for t in texts]
-        longest = max(len(r) for r in rows)
-        kept = len(rows) // min(8, len(rows)) * min(8, len(rows))
-        for row in rows[:kept]:
-            ids = torch.tensor([row + [eos] * (longest - len(row))])
-            attention = torch.tensor([[1] * len(row) + [0] * (longest - len(row))])
-            with torch.no_grad():
-                logp = model(ids, attention_mask=attention).logits.log_softmax(-1)[0]
-            seen_eos = 0
-            for i, token in enumerate(ids[0].tolist()):
-                if token == eos:
-                    seen_eos += 1
-                counts = token != eos or seen_eos == 1
-                if i > 0 and counts:
-                    total -= logp[i - 1, token].item()
-                    count += 1
-    return math.exp(total / count), count
-
-
-def test_the_judge_follows_the_authors_counting_rules(hf_judge):
-    model, tokenizer = judge.load(str(hf_judge))
-    texts = [
-        "The for statement is used to iterate.",  # no EOS: its first padding EOS counts
-        "Short.<|endoftext|>after the end, still counted<|endoftext|>not the second EOS",
-        "<|endoftext|>An EOS at position 0 is never scored.",
-        "x " * 400,  # longer than the judge's max_length below: truncated
-    ] * 3  # 12 samples: in pieces of 8, a remainder of 4 dropped
-    batches = [texts[:10], texts[10:]]
-    ours = judge.gen_ppl(model, tokenizer, batches, max_length=48)
-    theirs, count = authors_gen_ppl(model, tokenizer, batches, max_length=48)
-    assert ours["counted"] == count
-    assert ours["gen_ppl"] == pytest.approx(theirs, rel=1e-5)
-    ids = torch.tensor([[5, 9, tokenizer.eos_token_id, 7, tokenizer.eos_token_id, 3]])
-    assert judge.counted_tokens(ids, tokenizer.eos_token_id).tolist() == [
-        [True, True, True, True, False, True]
-    ]
-    assert judge.unigram_entropy([torch.tensor([1, 1, 2, 2])]) == pytest.approx(math.log(2))
-
-
-def test_evaluate_scores_a_samples_file_with_the_judge(hf_judge, tmp_path, run):
-    texts = ["The while statement repeats.", "A function returns a value.<|endoftext|>"] * 4
-    path = tmp_path / "samples.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    code, out, err = run(evaluate, f"--samples={path}", f"--judge={hf_judge}")
-    assert code == 0, err
-    record = json.loads(out.strip().splitlines()[-1])
-    model, tokenizer = judge.load(str(hf_judge))
-    theirs, count = authors_gen_ppl(model, tokenizer, [texts], judge.JUDGE_CONTEXT)
-    assert record["num_samples"] == 8 and record["counted"] == count
-    assert record["gen_ppl"] == pytest.approx(theirs, rel=1e-5)
-    path.write_text('{"text": "fine"}\n[1, 2]\n')
-    code, _, err = run(evaluate, f"--samples={path}", f"--judge={hf_judge}")
-    assert code == 2 and "line 2: not a JSON object" in err
-
-
-def test_a_judge_that_is_not_there_is_one_line(run, tmp_path):
-    pytest.importorskip("transformers")
-    code, _, err = run(evaluate, "--samples=x.jsonl", f"--judge={tmp_path / 'nothing'}")
-    assert code == 2 and "could not load the judge" in err and err.count("\n") == 1
-
-
-# ============================================================================= the scripts
-# train.py, sample.py, evaluate.py and bench.py as a user runs them; in this process where a
-# subprocess is not the point (cli.run gives the same exit status and output).
 
 
 def log_of(out_dir):
@@ -2266,21 +1261,24 @@ def max_weight_difference(a, b):
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_nothing_stands_on_a_script_and_nothing_edits_sys_path():
-    """The house: scripts stand on the shared modules, eso.py and the data floor; no Python
-    file (results/ included) imports a script, patches eso or edits sys.path; eso.py keeps no
-    module-level mutable state and imports torch alone."""
+def test_the_core_stands_alone_and_nothing_stands_on_a_script():
+    """The house: the scripts stand on the core's modules; no Python file (tests aside) imports
+    a script, patches eso or edits sys.path with insert or append; no core file imports a ring
+    (paper/, results/); eso.py keeps no module-level mutable state and imports torch alone."""
     scripts = "train|sample|bench|evaluate"
-    files = sorted(ROOT.glob("*.py")) + sorted(ROOT.glob("data/*.py"))
-    files += sorted(ROOT.glob("results/**/*.py"))
-    assert len(files) > 15
+    files = sorted(p for p in ROOT.rglob("*.py") if "src" not in p.relative_to(ROOT).parts)
+    assert len(files) > 20
     for path in files:
         text = path.read_text()
-        if path.name not in ("test_eso.py", "conftest.py"):
+        name = path.relative_to(ROOT)
+        if not path.name.startswith("test_") and path.name != "conftest.py":
             imports = re.search(rf"^\s*(from|import) ({scripts})\b", text, re.M)
-            assert not imports, path
-            assert not re.search(r"\beso\.\w+ = ", text), path  # no patching of eso
-        assert not re.search(r"sys\.path\.(insert|append)", text), path
+            assert not imports, name
+            assert not re.search(r"\beso\.\w+ = ", text), name  # no patching of eso
+        assert not re.search(r"sys\.path\.(insert|append)", text), name
+        in_ring = name.parts[0] in ("paper", "results")
+        if not in_ring and not path.name.startswith("test_"):
+            assert not re.search(r"^\s*(from|import) (paper|results)\b", text, re.M), name
     source = (ROOT / "eso.py").read_text()
     imports = set(re.findall(r"^(?:import|from) (\w+)", source, re.M))
     assert imports <= {"itertools", "math", "numbers", "dataclasses", "typing", "torch"}
@@ -2288,7 +1286,7 @@ def test_nothing_stands_on_a_script_and_nothing_edits_sys_path():
     assert "_dynamo.config" not in source and "lambda" not in source
 
 
-def test_cli_errors_are_one_line_and_help_lists_every_default(run, capsys):
+def test_cli_errors_are_one_line_and_help_lists_every_default(run, capsys, py):
     for args, msg in [
         (["--max_iter=3"], "did you mean --max_iters"),
         (["--max_iters=1.5"], "integer"),
@@ -2304,11 +1302,13 @@ def test_cli_errors_are_one_line_and_help_lists_every_default(run, capsys):
     ]:
         code, _, err = run(train, *args)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (args, err)
-    argv = ["--learning_rate=1", "--compile=False", "--batch_split", "0.25", "--eval_only"]
+    code, _, err = run(train, "--eval_only=True")
+    assert code == 2 and "python -m paper.likelihood" in err
+    argv = ["--learning_rate=1", "--compile=False", "--batch_split", "0.25", "--bias"]
     c, given = cli.parse(train.CONFIG, argv, "")
     assert c.learning_rate == 1.0 and c.compile is False and c.batch_split == 0.25
-    assert c.eval_only is True and given == {"learning_rate", "compile", "batch_split", "eval_only"}
-    for module in (train, sample, evaluate, bench):
+    assert c.bias is True and given == {"learning_rate", "compile", "batch_split", "bias"}
+    for module in (train, sample):
         with pytest.raises(SystemExit) as e:
             cli.parse(module.CONFIG, ["--help"], module.__doc__)
         out = capsys.readouterr().out
@@ -2316,20 +1316,30 @@ def test_cli_errors_are_one_line_and_help_lists_every_default(run, capsys):
         for key, (default, note, *_) in module.CONFIG.items():
             assert f"--{key}={default!r}" in out and note in out, (module, key)
     r = py("train.py", "--help")  # and from a shell
-    assert r.returncode == 0 and "--alpha_0=0.0625" in r.stdout and "--eval_only=False" in r.stdout
+    assert r.returncode == 0 and "--alpha_0=0.0625" in r.stdout
 
 
-def test_presets_follow_the_authors_scripts():
-    for preset, dataset, L in (("owt", "openwebtext", 1024), ("lm1b", "lm1b", 128)):
-        c, given = cli.parse(train.CONFIG, [f"--preset={preset}", "--alpha_0=1"], "")
-        train.apply_preset(c, given)
-        assert c.dataset == dataset and c.block_size == L and c.bias and c.n_embd == 768
-        assert c.batch_size * c.gradient_accumulation_steps == 512 and c.ema == 0.9999
-        # low_var at alpha_0 = 1 on OpenWebText only (their LM1B script keeps elbo)
-        assert c.loss_type == ("low_var" if preset == "owt" else "elbo")
-    c, given = cli.parse(train.CONFIG, ["--preset=owt", "--alpha_0=1", "--loss_type=elbo"], "")
-    train.apply_preset(c, given)
-    assert c.loss_type == "elbo"  # an explicit flag wins
+def test_a_preset_file_is_flags_where_it_stands(tmp_path, run):
+    """@FILE reads one flag a line (blank lines and comments skipped) where it stands, so that
+    flags after it win; a preset that cannot be read is one line."""
+    preset = tmp_path / "preset.txt"
+    preset.write_text("# a comment\n--n_layer=12\n\n--alpha_0=0.25\n")
+    c, given = cli.parse(train.CONFIG, [f"@{preset}", "--alpha_0=1"], "")
+    assert c.n_layer == 12 and c.alpha_0 == 1.0 and given == {"n_layer", "alpha_0"}
+    c, _ = cli.parse(train.CONFIG, ["--alpha_0=1", f"@{preset}"], "")
+    assert c.alpha_0 == 0.25
+    code, _, err = run(train, f"@{tmp_path / 'none.txt'}")
+    assert code == 2 and "cannot read the preset" in err and err.count("\n") == 1
+    paper_presets = sorted((ROOT / "paper" / "presets").glob("*.txt"))
+    for path in paper_presets:  # the paper's presets parse (where the ring is there)
+        for module in (train, sample):
+            try:
+                cli.parse(module.CONFIG, [f"@{path}"], "")
+            except cli.UserError:
+                continue
+            break
+        else:
+            raise AssertionError(f"{path} is no preset of train.py or sample.py")
 
 
 def test_windowed_data_is_drawn_as_whole_windows_each_epoch_shuffled():
@@ -2356,7 +1366,7 @@ def test_learning_rate_schedule():
     assert train.get_lr(50, c) == 1.0
 
 
-def test_ema_update_rule():
+def test_ema_update_rule(tiny):
     ema = tiny(seed=0)
     model = tiny(seed=1)
     before = [p.clone() for p in ema.parameters()]
@@ -2369,8 +1379,8 @@ def test_ema_update_rule():
         torch.testing.assert_close(p_ema, 0.1 * p0 + 0.9 * p)
 
 
-def test_train_sample_evaluate_pipeline(dataset, trained, run):
-    out, judge_dir = trained
+def test_train_then_sample_and_a_finished_run_resumed(trained, run):
+    out, _ = trained
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)  # tensors and plain values only
     assert ckpt["iter_num"] == 6 and ckpt["tokenizer"] == "bytes"
     assert ckpt["config"]["block_size"] == 32
@@ -2382,52 +1392,9 @@ def test_train_sample_evaluate_pipeline(dataset, trained, run):
     assert stdout.count("-" * 60) == 2 and "2 samples x 32 tokens" in stdout
     code, stdout, _ = run(sample, f"--out_dir={out}", "--num_samples=1", "--prompt=The for")
     assert code == 0 and stdout.startswith("The for") and "1 sample x 32 tokens" in stdout
-    code, stdout, err = run(
-        train, f"--out_dir={out}", "--eval_only=True", "--num_orders=4", f"--dataset={dataset}"
-    )
-    assert code == 0, err
-    res = json.loads(stdout.strip().splitlines()[-1])
-    n_windows = len(prepare.load_dataset(dataset, 32)[1]) // 32
-    assert res["step"] == 6 and res["windows"] == n_windows and res["tokens"] == 32 * n_windows
-    assert f"a full pass: {n_windows:,} windows of 32 tokens" in stdout
-    assert math.isfinite(res["nelbo"]) and math.isfinite(res["iw_bound"])
-    code, stdout, _ = run(train, f"--out_dir={out}", "--eval_only=True", "--eval_windows=5")
-    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["windows"] == 5
-    code, stdout, err = run(
-        evaluate,
-        f"--out_dir={out}",
-        "--num_samples=4",
-        "--steps=8",
-        f"--ar_judge={judge_dir}",
-        "--seeds=2",
-    )
-    assert code == 0, err
-    res = json.loads(stdout.strip().splitlines()[-1])
-    assert len(res["runs"]) == 2 and res["num_samples"] == 4 and "median of 2 seeds" in stdout
-    for r in res["runs"]:
-        assert math.isfinite(r["judge_nll"]) and 0 < r["entropy"] <= math.log(32)
-        assert 0 <= r["words3"] <= 1 and 0 <= r["words4"] <= 1 and 0 <= r["blank"] <= 1
-    code, _, err = run(evaluate, f"--out_dir={out}", f"--ar_judge={out}")
-    assert code == 2 and "needs an alpha_0 = 0 model" in err
-    code, _, err = run(evaluate, f"--out_dir={out}", f"--ar_judge={out / 'none'}")
-    assert code == 2 and "python train.py --alpha_0=0 --out_dir=" in err
-
-
-def test_evaluate_draws_what_sample_prints(trained, run):
-    """The same flags give the same samples: evaluate.py's texts are sample.py's."""
-    out, _ = trained
-    flags = [f"--out_dir={out}", "--steps=8", "--seed=3"]
-    code, stdout, _ = run(sample, *flags)
-    printed = stdout.split("-" * 60 + "\n")[:-1]
-    c, _ = cli.parse(evaluate.CONFIG, flags, "")
-    c = cli.sampling_settings(c)
-    model, ckpt = cli.load_model(out / "ckpt.pt")
-    tokens, _, _ = evaluate.draw(
-        model, model, c, model.config.alpha_0, 8, 3, cli.precision("cpu")[1], "cpu"
-    )
-    enc = prepare.get_tokenizer("bytes")
-    assert code == 0 and len(printed) == 8
-    assert [enc.decode(row.tolist()) + "\n" for row in tokens] == printed
+    code, stdout, _ = run(train, f"--out_dir={out}", "--init_from=resume", "--max_iters=6")
+    assert code == 0 and "has already finished its 6 iterations" in stdout
+    assert "Its validation NELBO is" in stdout  # and evaluates it
 
 
 def test_sample_spans_steps_and_files(trained, run, tmp_path):
@@ -2457,7 +1424,7 @@ def test_sample_spans_steps_and_files(trained, run, tmp_path):
     for args, msg in [
         (["--prompt=" + "x" * 40], "longer than the model's context"),
         (["--top_p=0"], "top_p"),
-        (["--temperature=0"], "temperature"),
+        (["--temperature=-1"], "temperature"),
         (["--steps=0"], "steps"),
         (["--infill=no spans"], "has no {{N}} span"),
         (["--infill=a {{abc}} b {{2}}"], "bad span {{abc}}"),
@@ -2479,7 +1446,7 @@ def test_samples_are_printed_up_to_their_first_eos():
     assert sample.up_to_eos(torch.tensor([5, 9, 7]), None) == [5, 9, 7]
 
 
-def test_sample_cuts_a_gpt2_token_model_at_eos(tmp_path, run, monkeypatch):
+def test_sample_cuts_a_gpt2_token_model_at_eos(tmp_path, run, monkeypatch, tiny):
     """A GPT-2-token model (the authors'; a byte-level stand-in for GPT-2's files) prints each
     sample up to its first <|endoftext|>, and all of it with --eos=keep."""
     standin = tiktoken.Encoding(
@@ -2522,78 +1489,22 @@ def test_evaluation_and_sampling_use_the_ema_weights(dataset, trained, run):
     assert all(torch.equal(ema.state_dict()[k], ckpt["ema"][k]) for k in ckpt["ema"])
     assert all(torch.equal(raw.state_dict()[k], ckpt["model"][k]) for k in ckpt["model"])
     assert not all(torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["model"])
-    val = prepare.load_dataset(dataset, 32)[1]
-    ctx = cli.precision("cpu")[1]
-    wins = validation.windows(val, 32)
-    chosen = validation.subset(len(wins), 0)
-    with_ema = validation.full_pass(ema, wins, chosen, 4, ctx, seed=1337)["nelbo"]
-    with_raw = validation.full_pass(raw, wins, chosen, 4, ctx, seed=1337)["nelbo"]
-    assert with_ema != with_raw
-    code, stdout, _ = run(train, f"--out_dir={out}", "--eval_only=True", f"--dataset={dataset}")
-    assert code == 0
-    assert json.loads(stdout.splitlines()[-1])["nelbo"] == pytest.approx(with_ema, rel=1e-6)
     flags = ["--num_samples=4", "--steps=8", "--seed=5", "--temperature=1", "--top_p=1"]
     code, stdout, _ = run(sample, f"--out_dir={out}", *flags)
-    enc = prepare.get_tokenizer("bytes")
+    enc = common.get_tokenizer("bytes")
     for model, same in ((ema, True), (raw, False)):
         tokens, _ = model.generate(4, 8, temperature=1, top_p=1, generator=gen(5))
         printed = "".join(enc.decode(row.tolist()) + "\n" + "-" * 60 + "\n" for row in tokens)
         assert stdout.startswith(printed) == same
 
 
-def test_sample_and_eval_take_the_authors_checkpoint(dataset, tmp_path, run, monkeypatch):
-    """sample.py, evaluate.py and train.py --eval_only take an authors'-style file (byte tokens
-    stand in for GPT-2's, whose files this machine cannot download)."""
-    sd = reference_dit(V=256)
-    lightning_file(tmp_path / "esolm.ckpt", sd)
-    bytes_tokens = prepare.get_tokenizer("bytes")
-    monkeypatch.setattr(sample, "get_tokenizer", lambda name, vocab=None: bytes_tokens)
-    monkeypatch.setattr(evaluate, "get_tokenizer", lambda name, vocab=None: bytes_tokens)
-    model_file = f"--init_from={tmp_path / 'esolm.ckpt'}"
-    code, out, err = run(sample, model_file, "--num_samples=2", "--steps=4", "--prompt=The")
-    assert code == 0 and out.count("The") >= 2 and "NFE" in out, err
-    code, out, err = run(evaluate, model_file, "--num_samples=2", "--steps=4")
-    assert code == 0 and "word shares skipped" in out, err
-    real_load = train.load_dataset
-
-    def as_gpt2(*args, **kwargs):
-        splits = real_load(*args, **kwargs)
-        return splits[0], splits[1], splits[2] | {"tokenizer": "gpt2"}
-
-    monkeypatch.setattr(train, "load_dataset", as_gpt2)
-    code, out, err = run(
-        train,
-        "--eval_only=True",
-        model_file,
-        f"--dataset={dataset}",
-        "--batch_size=4",
-        "--eval_windows=6",
-        "--num_orders=2",
-        f"--out_dir={tmp_path}",
-    )
-    assert code == 0 and "EMA weights" in out and "IW bound (K=2)" in out, err
-    assert json.loads(out.strip().splitlines()[-1])["step"] == 250_000
-
-
-def test_readme_commands_in_a_shell(dataset, tmp_path):
-    """train.py then sample.py, as separate processes, the way the README runs them."""
-    out = tmp_path / "run"
-    args = [f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=2", "--eval_interval=2"]
-    r = py("train.py", *args, *TINY)
-    assert r.returncode == 0 and "step 2: val NELBO" in r.stdout and "parameters" in r.stdout, (
-        r.stderr
-    )
-    line = "global batch 4 sequences = 4 per micro-batch x 1 micro-batch x 1 process: 128 tokens"
-    assert line in r.stdout
-    r = py("sample.py", f"--out_dir={out}", "--num_samples=1", "--steps=8")
-    assert r.returncode == 0 and "NFE" in r.stdout, r.stderr
-
-
-def test_ddp_two_gloo_processes_train_exactly_like_one_and_resume_on_one(dataset, tmp_path, run):
+def test_ddp_two_gloo_processes_train_exactly_like_one_and_resume_on_one(
+    dataset, tmp_path, run, tiny_flags
+):
     """torchrun with no batch flag: 2 processes x 1 micro-batch of 4 = the global batch of one
     process with 2 micro-batches of 4; the same sequences and noise, so the same losses and
     weights. Resumed on one process with no batch flag, the run keeps its global batch of 8."""
-    args = [f"--dataset={dataset}", "--eval_interval=4", *TINY]  # a constant lr after warmup
+    args = [f"--dataset={dataset}", "--eval_interval=4", *tiny_flags]  # a constant lr after warmup
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     command = [*torchrun, "train.py", "--device=cpu", f"--out_dir={tmp_path / 'ddp'}"]
     r = subprocess.run(
@@ -2604,14 +1515,14 @@ def test_ddp_two_gloo_processes_train_exactly_like_one_and_resume_on_one(dataset
         timeout=240,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "global batch 8 sequences = 4 per micro-batch x 1 micro-batch x 2 processes" in r.stdout
+    assert "global batch 8 sequences = batch_size 4 x accumulation 1 x world size 2" in r.stdout
     one = [f"--out_dir={tmp_path / 'one'}", "--gradient_accumulation_steps=2", "--max_iters=8"]
     code, _, err = run(train, *one, *args)
     assert code == 0, err
     resume = [f"--out_dir={tmp_path / 'ddp'}", "--init_from=resume", f"--dataset={dataset}"]
     code, stdout, err = run(train, *resume, "--max_iters=8")
     assert code == 0 and "resuming at step 4" in stdout, err
-    assert "global batch 8 sequences = 4 per micro-batch x 2 micro-batches x 1 process" in stdout
+    assert "global batch 8 sequences = batch_size 4 x accumulation 2 x world size 1" in stdout
     ddp = train_losses(tmp_path / "ddp")
     single = train_losses(tmp_path / "one")
     assert sorted(ddp) == list(range(1, 9))
@@ -2621,15 +1532,18 @@ def test_ddp_two_gloo_processes_train_exactly_like_one_and_resume_on_one(dataset
     code, _, err = run(train, *resume, "--max_iters=9", "--batch_size=3")
     assert code == 2 and "global batch of 8 sequences does not split" in err
     assert err.count("\n") == 1
-    # a finished run says so, and does nothing
-    code, stdout, _ = run(train, *resume, "--max_iters=8")
-    assert code == 0 and "has already finished its 8 iterations" in stdout
 
 
-def test_gradient_accumulation_equals_a_bigger_batch(dataset, tmp_path, run):
+def test_gradient_accumulation_equals_a_bigger_batch(dataset, tmp_path, run, tiny_flags):
     """At alpha_0 = 0 the loss draws no noise that matters: 2 micro-batches of 4 = 1 batch of
     8."""
-    args = [f"--dataset={dataset}", "--max_iters=3", "--eval_interval=3", "--alpha_0=0", *TINY]
+    args = [
+        f"--dataset={dataset}",
+        "--max_iters=3",
+        "--eval_interval=3",
+        "--alpha_0=0",
+        *tiny_flags,
+    ]
     accum = [f"--out_dir={tmp_path / 'accum'}", "--gradient_accumulation_steps=2"]
     assert run(train, *accum, *args)[0] == 0
     assert run(train, f"--out_dir={tmp_path / 'big'}", *args, "--batch_size=8")[0] == 0
@@ -2649,11 +1563,11 @@ def wait_for(predicate, timeout=120):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_and_resume_continues_the_same_curve(dataset, tmp_path, run, sig):
+def test_signal_saves_and_resume_continues_the_same_curve(dataset, tmp_path, run, sig, tiny_flags):
     # The lr is constant (TINY), so max_iters changes nothing but where a run ends: the
     # interrupted run cannot finish before the signal, and the reference stops where the
     # resumed run does.
-    args = [f"--dataset={dataset}", "--eval_interval=100000", *TINY]
+    args = [f"--dataset={dataset}", "--eval_interval=100000", *tiny_flags]
     out = tmp_path / "run"
     p = subprocess.Popen(
         [sys.executable, "train.py", f"--out_dir={out}", "--max_iters=100000", *args],
@@ -2684,13 +1598,15 @@ def test_signal_saves_and_resume_continues_the_same_curve(dataset, tmp_path, run
     assert [b[i] for i in range(1, end + 1)] == [a[i] for i in range(1, end + 1)]  # exactly
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch, run):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    dataset, tmp_path, monkeypatch, run, tiny_flags
+):
     out = tmp_path / "run"
     calls = [0]
     real_forward = eso.EsoLM.forward
 
-    def poisoned(self, x, draws, loss_type=None, dense=False, n_skip=None):
-        loss, parts = real_forward(self, x, draws, loss_type, dense, n_skip)
+    def poisoned(self, x, draws, loss_type=None, dense=False):
+        loss, parts = real_forward(self, x, draws, loss_type, dense)
         if self.training:
             calls[0] += 1
             if calls[0] == 7:  # the 7th training step (step 6) goes bad
@@ -2699,7 +1615,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, mo
 
     monkeypatch.setattr(eso.EsoLM, "forward", poisoned)
     args = [f"--dataset={dataset}", f"--out_dir={out}", "--max_iters=20", "--eval_interval=4"]
-    code, _, err = run(train, *args, *TINY)
+    code, _, err = run(train, *args, *tiny_flags)
     err = err.strip()
     assert code == 1 and err.startswith("train.py: error: loss is nan at step 6")
     assert "\n" not in err
@@ -2707,84 +1623,24 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, mo
 
 
 def test_unwritable_output_short_corpus_and_evaluation_sets_fail_before_training(
-    dataset, tmp_path, run, monkeypatch
+    dataset, tmp_path, run, monkeypatch, tiny_flags
 ):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     args = [f"--dataset={dataset}", "--max_iters=1"]
-    code, _, err = run(train, *args, f"--out_dir={blocker / 'out'}", *TINY)
+    code, _, err = run(train, *args, f"--out_dir={blocker / 'out'}", *tiny_flags)
     assert code == 2 and "cannot write to --out_dir" in err
-    code, _, err = run(train, *args, f"--out_dir={tmp_path / 'o'}", *TINY, "--block_size=100000")
+    code, _, err = run(
+        train, *args, f"--out_dir={tmp_path / 'o'}", *tiny_flags, "--block_size=100000"
+    )
     assert code == 2 and "fewer than one training sequence" in err
     assert not (tmp_path / "o" / "ckpt.pt").exists()
-    real_load = train.load_dataset
+    real_load = common.load_dataset
 
     def evaluation_set(*a, **k):
         splits = real_load(*a, **k)
         return splits[0], splits[1], splits[2] | {"train_tokens": 0}
 
-    monkeypatch.setattr(train, "load_dataset", evaluation_set)
-    code, _, err = run(train, *args, f"--out_dir={tmp_path / 'p'}", *TINY)
+    monkeypatch.setattr(common, "load_dataset", evaluation_set)
+    code, _, err = run(train, *args, f"--out_dir={tmp_path / 'p'}", *tiny_flags)
     assert code == 2 and "is an evaluation set" in err
-
-
-def test_bench_runs_at_tiny_sizes(run, dynamo_eager):
-    """bench.py end to end (in this process, tiny sizes, the compiled cases through Dynamo's
-    eager backend) so that it cannot rot; its JSON has every figure."""
-    code, stdout, err = run(
-        bench,
-        "--lengths=32,48",
-        "--n_layer=1",
-        "--n_head=2",
-        "--n_embd=32",
-        "--repeats=2",
-        "--parallel=4",
-        "--train_alphas=1,0.5",
-        "--train_length=32",
-        "--big_vocab=500",
-        "--fresh=False",
-        "--full_max=32",
-        "--extrapolate_steps=8",
-        "--batch=3",
-        "--batch_steps=4",
-    )
-    assert code == 0, err
-    res = json.loads(stdout.strip().splitlines()[-1])
-    methods = {r["method"] for r in res["sampling"]}
-    expected = {"floor_2row", "eso_cached", "eso_alpha0", "ar", "mdlm", "eso_uncached"}
-    expected |= {"eso_T=L/4", "gpt2_vocab", "eso_compiled", "eso_compiled_T=L/16", "step_split"}
-    expected |= {"batch_eso_T=4", "batch_ar"}
-    assert expected <= methods
-    for L in ("32", "48"):
-        assert {"mdlm_over_eso", "eso_over_ar"} <= set(res["ratios"][L])
-    ratios = res["ratios"]["32"]
-    assert ratios["step_over_2row_floor"] > 0 and 0 < ratios["gpt2_vocab_sampling_share"] < 1
-    mdlm = [r for r in res["sampling"] if r["method"] == "mdlm"]
-    assert [r["extrapolated"] for r in mdlm] == [False, True] and mdlm[1]["steps_timed"] == 8
-    assert all(r["std"] >= 0 and r["mean"] > 0 for r in mdlm)
-    batch = next(r for r in res["sampling"] if r["method"] == "batch_ar")
-    assert batch["batch"] == 3 and batch["nfe"] == 32 and "a batch of 3" in stdout
-    split = next(r for r in res["sampling"] if r["method"] == "step_split")
-    assert 0 < split["forward_ms"] < split["step_ms"]
-    for r in res["training"]:
-        assert r["fast"] > 0 and r["dense"] > 0 and r["loss_diff"] < 1e-4 and r["grad_diff"] < 1e-4
-
-
-def test_bench_mdlm_attends_both_ways(monkeypatch):
-    """bench.py's MDLM case feeds the whole canvas with an all-True attention mask, our uncached
-    path the plain causal one."""
-    model = tiny(1.0, L=8)
-    seen = []
-    real = eso.EsoLM.hidden
-
-    def spy(self, idx, pos, attn_mask=None, cache=None):
-        seen.append(attn_mask)
-        return real(self, idx, pos, attn_mask, cache)
-
-    monkeypatch.setattr(eso.EsoLM, "hidden", spy)
-    nfe, timed = bench.uncached_steps(model, 8, 3, gen(0), bidirectional=True)
-    assert timed == 3 and nfe == 8 and len(seen) == 3
-    assert all(m.shape == (1, 1, 8, 8) and m.all() for m in seen)
-    seen.clear()
-    bench.uncached_steps(model, 8, 3, gen(0), bidirectional=False)
-    assert seen == [None, None, None]

@@ -2,10 +2,9 @@
 Train an Eso-LM.
 
   python train.py                                       # CPU-sized default on the offline corpus
-  python train.py --alpha_0=0.25 --max_iters=5000       # any default below, as --key=value
+  python train.py --alpha_0=0.25 --max_iters=5000       # any setting below, as --key=value
   python train.py --init_from=resume                    # continue out/ckpt.pt where it stopped
-  python train.py --eval_only=True --num_orders=100     # NELBO and IW bound of out/ckpt.pt
-  python train.py --eval_only=True --init_from=FILE     # the same for another model (the authors')
+  python train.py @paper/presets/owt.txt --alpha_0=0.25 # a preset file of flags (the paper's run)
   torchrun --standalone --nproc_per_node=4 train.py     # DDP: NCCL on GPUs, gloo on CPUs
 
 Batch: each iteration takes batch_size x gradient_accumulation_steps sequences in total, shared
@@ -16,12 +15,13 @@ micro-batch), so a run gives the same result on 1 or N processes and resumes exa
 number of processes. Ctrl-C or SIGTERM saves a checkpoint before exiting; checkpoints are written
 atomically and hold only tensors and plain values (they load with torch.load(weights_only=True)).
 
-Evaluation: during training, the NELBO of a fixed quick set (eval_iters x batch_size windows,
-the same noise every time); with --eval_only, a full pass over the validation split as the paper
-reports it (validation.py).
+Validation during training is the NELBO of a fixed quick set (eval_iters x batch_size windows,
+the same noise every time), so that the curve moves only with the model. The paper's full pass
+over the validation split, and the IW bound, are python -m paper.likelihood.
 """
 
 import copy
+import functools
 import json
 import math
 import os
@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +40,11 @@ from tqdm import tqdm
 import checkpoint
 import cli
 import eso
-import validation
-from data.prepare import dataset_tokenizer, is_prepared, load_dataset, prepare
+from data import common
+from data.python_prose import prepare as python_prose
 
 # -----------------------------------------------------------------------------
-# Defaults: each is a flag, --key=value; `python train.py --help` lists them with their notes.
+# Settings: each is a flag, --key=value; `python train.py --help` lists them with their notes.
 CONFIG = dict(
     # I/O
     out_dir=("out", "checkpoint folder (sample.py reads it)"),
@@ -54,28 +54,12 @@ CONFIG = dict(
     ),
     init_from=(
         "scratch",
-        "scratch; resume (out_dir/ckpt.pt); or a model: a checkpoint file (ours or an authors' "
-        "Lightning file), an authors' Hugging Face folder or hub id (with --alpha_0): its "
-        "weights, a fresh optimizer",
+        "scratch; resume (out_dir/ckpt.pt); or a checkpoint file of ours: its weights, a fresh "
+        "optimizer",
     ),
     eval_interval=(400, "iterations between validation runs and checkpoints"),
-    eval_iters=(20, "validation batches during training (the same windows and noise every time)"),
+    eval_iters=(20, "validation batches (the same windows and noise every time)"),
     log_interval=(10, "iterations between log lines (out_dir/log.jsonl)"),
-    eval_only=(
-        False,
-        "evaluate out_dir/ckpt.pt (or --init_from) in a full pass over the validation split, "
-        "then exit",
-    ),
-    eval_windows=(0, "with eval_only: score this many windows (a fixed subset), not all (0)"),
-    num_orders=(
-        0,
-        "with eval_only: orders K of the importance-weighted likelihood bound (0 = skip)",
-    ),
-    preset=(
-        "",
-        "owt or lm1b: the paper's OpenWebText or LM1B run (explicit flags still win)",
-        ("", "owt", "lm1b"),
-    ),
     # data and model
     batch_size=(16, "sequences per micro-batch (per process)"),
     block_size=(128, "L, the sequence length"),
@@ -124,84 +108,33 @@ CONFIG = dict(
     compile=(None, "torch.compile the model (None: on for CUDA on Linux)", bool),
     seed=(1337, "seed of every random draw"),
 )
-# The paper's runs (App. C.3 and the authors' scripts/esolm/train_*.sh): a 12 x 768 model with
-# biases (their adaLN folds into them), global batch 512, AdamW lr 3e-4 constant after 2,500
-# warmup steps, EMA 0.9999, dropout 0.1, bf16.
-PAPER = dict(
-    n_layer=12,
-    n_head=12,
-    n_embd=768,
-    bias=True,
-    dropout=0.1,
-    batch_size=64,
-    gradient_accumulation_steps=8,
-    learning_rate=3e-4,
-    lr_schedule="constant",
-    warmup_iters=2500,
-    ema=0.9999,
-    weight_decay=0.0,
-    beta2=0.999,
-    eval_interval=10_000,
-    eval_iters=50,
-)
-PRESETS = {
-    # OpenWebText, L = 1024, 250K steps; low_var at alpha_0 = 1 (train_owt_esolmb_alpha0_1.sh)
-    "owt": PAPER | dict(dataset="openwebtext", block_size=1024, max_iters=250_000),
-    # LM1B, L = 128, 1M steps; elbo even at alpha_0 = 1 (train_lm1b_esolmb_alpha0_1.sh)
-    "lm1b": PAPER | dict(dataset="lm1b", block_size=128, max_iters=1_000_000),
+# the flags that other commands now take
+MOVED = {
+    "eval_only": "a full validation pass is python -m paper.likelihood",
+    "num_orders": "the IW bound is python -m paper.likelihood --num_orders=K",
+    "eval_windows": "python -m paper.likelihood --eval_windows=N",
+    "preset": "the paper's runs are preset files: python train.py @paper/presets/owt.txt",
 }
 MODEL_KEYS = [f.name for f in fields(eso.EsoConfig) if f.name != "vocab_size"]
-# the settings of a run that a resume or an evaluation takes from the command line, not the file
-PER_RUN = {"init_from", "eval_only", "eval_windows", "num_orders", "out_dir", "device", "dtype"}
-PER_RUN |= {"compile"}
-
-
-class Diverged(cli.UserError):
-    """A loss that went NaN or infinite: one line on stderr, exit status 1."""
-
-    status = 1
-
-
-def apply_preset(c, given):
-    """The preset's settings, where the user gave no flag of their own."""
-    if not c.preset:
-        return
-    for key, value in PRESETS[c.preset].items():
-        if key not in given:
-            setattr(c, key, value)
-    if c.preset == "owt" and c.alpha_0 == 1 and "loss_type" not in given:
-        c.loss_type = "low_var"
+# the settings that a resume takes from the command line, not from the checkpoint
+PER_RUN = {"init_from", "out_dir", "device", "dtype", "compile"}
 
 
 def check(c):
-    """One line for the first setting that cannot work."""
+    """One line for the first setting that cannot work (EsoConfig checks the model's)."""
     rules = [
-        (
-            c.batch_size >= 1 and c.gradient_accumulation_steps >= 1,
-            "--batch_size and --gradient_accumulation_steps must be at least 1",
-        ),
+        (c.batch_size >= 1, "--batch_size must be at least 1"),
+        (c.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be at least 1"),
         (c.block_size >= 2, "--block_size must be at least 2"),
-        (
-            c.max_iters >= 0 and c.warmup_iters >= 0,
-            "--max_iters and --warmup_iters must not be negative",
-        ),
+        (c.max_iters >= 0 and c.warmup_iters >= 0, "--max_iters and --warmup_iters must be >= 0"),
         (
             min(c.eval_interval, c.eval_iters, c.log_interval) >= 1,
             "--eval_interval, --eval_iters and --log_interval must be at least 1",
         ),
-        (
-            c.learning_rate > 0 and c.min_lr >= 0,
-            "--learning_rate must be above 0 and --min_lr not below 0",
-        ),
+        (c.learning_rate > 0 and c.min_lr >= 0, "--learning_rate must be > 0, --min_lr >= 0"),
         (0 <= c.ema < 1, "--ema must lie in [0, 1)"),
-        (
-            c.grad_clip >= 0 and c.weight_decay >= 0,
-            "--grad_clip and --weight_decay must not be negative",
-        ),
+        (c.grad_clip >= 0 and c.weight_decay >= 0, "--grad_clip and --weight_decay must be >= 0"),
         (0 <= c.beta1 < 1 and 0 <= c.beta2 < 1, "--beta1 and --beta2 must lie in [0, 1)"),
-        (c.num_orders >= 0, "--num_orders must not be negative"),
-        (c.eval_windows >= 0, "--eval_windows must not be negative"),
-        (0 <= c.alpha_0 <= 1, f"--alpha_0 must lie in [0, 1], got {c.alpha_0}"),
     ]
     for ok, message in rules:
         if not ok:
@@ -209,135 +142,29 @@ def check(c):
 
 
 # -----------------------------------------------------------------------------
-# The processes
+# The pieces of a run, in the order main uses them
 
 
-@dataclass
-class Process:
-    """This process's place in the run: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE."""
-
-    rank: int
-    world: int
-    device: torch.device
-    ddp: bool
-
-    @property
-    def master(self):
-        return self.rank == 0
-
-    def say(self, *args, **kwargs):
-        """print, on the first process only."""
-        if self.master:
-            print(*args, **kwargs)
-
-    def barrier(self):
-        if self.ddp:
-            dist.barrier()
-
-
-def start_process(c):
-    """This process, with the process group started under torchrun."""
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    device = cli.device(c.device)
-    if not ddp:
-        return Process(0, 1, device, False)
-    rank = int(os.environ["RANK"])
-    world = int(os.environ["WORLD_SIZE"])
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Process(rank, world, device, True)
+def load_data(c, master, ddp):
+    """(train, val, meta) of data/NAME; the default corpus is prepared on first use."""
+    if c.dataset == "python_prose" and master and not common.is_prepared("python_prose"):
+        print("data/python_prose is not prepared yet: preparing it now (a few seconds, once)")
+        build = functools.partial(python_prose.prepare, "python_prose")
+        common.prepare("python_prose", build, overwrite=True)
+    if ddp:
+        dist.barrier()
+    train_data, val, meta = common.load_dataset(c.dataset, c.block_size)
+    if meta.get("train_tokens", 0) == 0:
+        raise cli.UserError(
+            f"data/{c.dataset} is an evaluation set (it has no training split): score a model "
+            "on it with python -m paper.likelihood"
+        )
+    return train_data, val, meta
 
 
 def seeded(device, *key):
     """A generator for one draw of the run; its seed depends only on the key (integers)."""
     return torch.Generator(device).manual_seed(hash(key) % 2**63)
-
-
-# -----------------------------------------------------------------------------
-# The model and the data
-
-
-def load_or_build(c, given, proc):
-    """(raw model, checkpoint dict or None, its source): from scratch (built once the data's
-    vocabulary is known: None), or from a checkpoint, which then decides the model and, for a
-    resume, the run's settings."""
-    ckpt_path = Path(c.out_dir) / "ckpt.pt"
-    if c.init_from == "scratch" and not c.eval_only:
-        return None, None, None
-    source = Path(c.init_from)
-    if c.init_from in ("scratch", "resume"):
-        source = ckpt_path
-    alpha_0 = c.alpha_0 if "alpha_0" in given else None  # for the authors' HF models
-    model, ckpt = cli.load_model(source, proc.device, ema=False, alpha_0=alpha_0)
-    config = model.config
-    for key in MODEL_KEYS:
-        if key in given and getattr(c, key) != getattr(config, key):
-            raise cli.UserError(
-                f"--{key}={getattr(c, key)} conflicts with the checkpoint ({key}="
-                f"{getattr(config, key)}): drop the flag, or train from scratch in another "
-                "--out_dir"
-            )
-    settings = {"dataset": ckpt.get("dataset")}
-    if source == ckpt_path:
-        settings = ckpt.get("train_config", {})
-    for key, value in settings.items():
-        if key in CONFIG and value is not None and key not in given | PER_RUN:
-            setattr(c, key, value)
-    for key in MODEL_KEYS:
-        setattr(c, key, getattr(config, key))
-    return model, ckpt, source
-
-
-def load_data(c, proc):
-    """(train, val, meta) of data/NAME; the default corpus is prepared on first use."""
-    is_default = c.dataset == "python_prose"
-    if is_default and proc.master and not is_prepared("python_prose"):
-        print("data/python_prose is not prepared yet: preparing it now (a few seconds, once)")
-        prepare("python_prose", overwrite=True)
-    proc.barrier()
-    return load_dataset(c.dataset, c.block_size)
-
-
-def build_model(c, meta, proc):
-    """A fresh model for the data's vocabulary, with the same initial weights on every
-    process."""
-    settings = {key: getattr(c, key) for key in MODEL_KEYS}
-    try:
-        config = eso.EsoConfig(vocab_size=meta["vocab_size"], **settings)
-    except ValueError as e:
-        raise cli.UserError(f"--{e}") from None
-    c.batch_split = config.batch_split
-    torch.manual_seed(c.seed)
-    return eso.EsoLM(config).to(proc.device)
-
-
-def check_fits_data(c, model, ckpt, meta):
-    """The model, the data and the settings agree, or one line."""
-    config = model.config
-    if ckpt is not None:
-        same = config.vocab_size == meta["vocab_size"] and ckpt["tokenizer"] == meta["tokenizer"]
-        if not same:
-            raise cli.UserError(
-                f"data/{c.dataset} uses {meta['tokenizer']} ({meta['vocab_size']} ids) but the "
-                f"checkpoint was trained with {ckpt['tokenizer']} ({config.vocab_size} ids)"
-            )
-    if c.num_orders and config.variant != "B" and config.alpha_0 > 0:
-        raise cli.UserError(
-            "--num_orders needs a variant B model, or alpha_0 = 0 (variant A's clean tokens "
-            "change as tokens arrive)"
-        )
-    if 0 < config.batch_split < 1 and c.batch_size < 2:
-        raise cli.UserError(
-            f"--batch_size must be at least 2 when batch_split is {config.batch_split} "
-            "(both terms need rows)"
-        )
-    if not c.eval_only and meta.get("train_tokens", 0) == 0:
-        raise cli.UserError(
-            f"data/{c.dataset} is an evaluation set (it has no training split): use it with "
-            "--eval_only=True"
-        )
 
 
 class Batches:
@@ -406,70 +233,34 @@ def ema_update(ema_model, model, decay, it):
         p_ema.lerp_(p, 1 - d)
 
 
-# -----------------------------------------------------------------------------
-# Evaluation only
-
-
-def evaluate_only(c, model, ckpt, source, val, meta, ctx, proc):
-    """--eval_only: the NELBO (and the IW bound) in a full pass over the validation windows, or
-    a fixed subset of --eval_windows of them; a JSON line at the end."""
-    if ckpt.get("ema"):  # the EMA weights are the ones evaluated (the paper's)
-        model.load_state_dict(ckpt["ema"])
-    config = model.config
-    windows = validation.windows(val, config.block_size)
-    chosen = validation.subset(len(windows), c.eval_windows)
-    n_tokens = len(chosen) * config.block_size
-    weights = "EMA" if ckpt.get("ema") else "raw"
-    what = f"{len(chosen):,} of {len(windows):,} windows" if c.eval_windows else "a full pass"
-    proc.say(
-        f"{source} (step {ckpt['iter_num']}, alpha_0={config.alpha_0}, kappa={config.batch_split},"
-        f" variant {config.variant}, {weights} weights) on data/{c.dataset} val, {what}: "
-        f"{len(chosen):,} windows of {config.block_size} tokens ({n_tokens:,} tokens)",
-        flush=True,
+@torch.no_grad()
+def estimate_loss(model, forward, val, c, ctx, rank, world):
+    """The per-token NELBO (elbo weights, the training alpha_0 and kappa) of a fixed validation
+    set: eval_iters batches of batch_size windows at offsets drawn once (seed 0), the same noise
+    at every call, shared out over processes. forward: the model's forward, compiled or not (the
+    draws are made outside it). Summed in float64, on every device."""
+    model.eval()
+    device = model.wte.weight.device
+    L = model.config.block_size
+    offsets = torch.randint(
+        len(val) - L, (c.eval_iters, c.batch_size), generator=torch.Generator().manual_seed(0)
     )
-    res = validation.full_pass(
-        model, windows, chosen, c.batch_size, ctx, proc.rank, proc.world, c.num_orders, c.seed
-    )
-    proc.say(
-        f"  NELBO {res['nelbo']:.4f} nats/token (diffusion {res['diffusion']:.4f} + sequential "
-        f"{res['sequential']:.4f}), perplexity {res['ppl']:.2f}"
-    )
-    if c.num_orders:
-        proc.say(
-            f"  IW bound (K={c.num_orders}) {res['iw_bound']:.4f} nats/token, perplexity "
-            f"{res['iw_ppl']:.2f}"
-        )
-    summary = {"checkpoint": str(source), "step": ckpt["iter_num"], "dataset": c.dataset}
-    summary |= {"alpha_0": config.alpha_0, "variant": config.variant, **res}
-    proc.say(json.dumps(summary))
-    proc.barrier()
-    return 0
-
-
-# -----------------------------------------------------------------------------
-# Training
-
-
-@dataclass
-class Run:
-    """What a training run holds and changes as it goes."""
-
-    raw_model: eso.EsoLM  # the model itself (what is saved)
-    model: torch.nn.Module  # what the steps call: the raw model, compiled and/or wrapped in DDP
-    ema_model: eso.EsoLM | None  # the EMA of the weights, used for evaluation and sampling
-    eval_forward: object  # the evaluation's forward (compiled or not)
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    accum: int  # micro-batches per process and iteration
-    iter_num: int = 0
-    best_val: float = float("inf")
-    train_seconds: float = 0.0  # spent training (not evaluating)
-
-    @property
-    def eval_model(self):
-        if self.ema_model is not None:
-            return self.ema_model
-        return self.raw_model
+    totals = np.zeros(3)  # nelbo, diffusion, sequential, in float64 (MPS has no float64 tensors)
+    for i in range(rank, c.eval_iters, world):
+        x = get_batch(val, offsets[i], L, device)
+        with ctx:
+            draws = model.draws(x, torch.Generator(device).manual_seed(1000 + i))
+            loss, parts = forward(x, draws, "elbo")
+        totals += [loss.item(), parts["diffusion"].item(), parts["sequential"].item()]
+    if world > 1:
+        reduce_device = device if device.type == "cuda" else "cpu"
+        summed = torch.tensor(totals, dtype=torch.float64, device=reduce_device)
+        dist.all_reduce(summed)
+        totals = summed.cpu().numpy()
+    model.train()
+    nelbo, diffusion, sequential = (totals / c.eval_iters).tolist()
+    ppl = math.exp(min(nelbo, 700))
+    return {"nelbo": nelbo, "ppl": ppl, "diffusion": diffusion, "sequential": sequential}
 
 
 class StopSignals:
@@ -497,304 +288,320 @@ class StopSignals:
         return signal.SIGTERM  # another process caught it
 
 
-def start_run(c, given, raw_model, ckpt, proc):
-    """The run's optimizer, scaler, EMA and step functions; a resume takes the checkpoint's
-    state, with the global batch it had on any process count."""
-    device = proc.device
-    raw_model.train()
-    has_ema = bool(ckpt and ckpt.get("ema"))
-    ema_model = None
-    if c.ema > 0 or has_ema:
-        ema_model = copy.deepcopy(raw_model).requires_grad_(False)
-    if has_ema:
-        ema_model.load_state_dict(ckpt["ema"])
+class Diverged(cli.UserError):
+    """A loss that went NaN or infinite: one line on stderr, exit status 1."""
+
+    status = 1
+
+
+def save(path, model, ema_model, optimizer, scaler, c, meta, counters):
+    """The checkpoint: the weights, the EMA, the optimizer, the settings and the counters
+    (iter_num, best_val_loss, train_seconds), written atomically."""
+    extra = dict(
+        ema=ema_model.state_dict() if ema_model is not None else None,
+        optimizer=optimizer.state_dict(),
+        scaler=scaler.state_dict() if scaler.is_enabled() else None,
+        dataset=c.dataset,
+        eos=meta.get("eos"),
+        train_config={k: v for k, v in vars(c).items() if k in CONFIG},
+        global_batch=c.batch_size * c.gradient_accumulation_steps,
+        versions={"torch": str(torch.__version__), "python": sys.version.split()[0]},
+    )
+    extra |= {k: v for k, v in counters.items() if k != "iter_num"}
+    if "vocab_file" in meta:  # a WordPiece vocabulary travels with the model (LM1B's)
+        extra["vocab"] = common.dataset_tokenizer(c.dataset).vocab
+    state = checkpoint.state(model, model.config, meta["tokenizer"], counters["iter_num"], **extra)
+    checkpoint.save(path, state)
+
+
+def log(out_dir, record):
+    """A line of out_dir/log.jsonl."""
+    with open(out_dir / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def describe(c, model, meta, accum, world, iter_num):
+    """The two lines that open a run: the model, and the batch and data."""
+    config = model.config
+    global_batch = c.batch_size * c.gradient_accumulation_steps
+    print(
+        f"Eso-LM ({config.variant}) {model.num_params() / 1e6:.2f}M parameters: {config.n_layer} "
+        f"layers x {config.n_embd}, L={config.block_size}, vocab {config.vocab_size} + [MASK]; "
+        f"alpha_0={config.alpha_0}, batch split kappa={config.batch_split} ({config.loss_type})"
+    )
+    tokens = global_batch * config.block_size
+    line = (
+        f"global batch {global_batch} sequences = batch_size {c.batch_size} x accumulation "
+        f"{accum} x world size {world}: {tokens:,} tokens per iteration; "
+        f"{meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
+        f"({meta['tokenizer']}); {c.device}, {c.dtype}"
+    )
+    if c.compile:
+        line += ", compiled"
+    if iter_num:
+        line += f"; resuming at step {iter_num}"
+    print(line)
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv):
+    # settings
+    c, given = cli.parse(CONFIG, argv, __doc__, moved=MOVED)
+    check(c)
+    rank, world, device = cli.start_distributed(c.device)
+    master = rank == 0
+    ddp = dist.is_available() and dist.is_initialized()
+    c.device = str(device)
+    c.dtype, ctx = cli.precision(device, c.dtype)
+    if c.compile is None:
+        c.compile = device.type == "cuda" and sys.platform == "linux"
+    out_dir = Path(c.out_dir)
+    ckpt_path = out_dir / "ckpt.pt"
+
+    # a model to start from: a checkpoint decides the model and, for a resume, the run's settings
+    model = None
+    ckpt = None
+    if c.init_from != "scratch":
+        source = ckpt_path
+        if c.init_from != "resume":
+            source = Path(c.init_from)
+        model, ckpt = checkpoint.load(source, device, ema=False)
+        for key in MODEL_KEYS:
+            if key in given and getattr(c, key) != getattr(model.config, key):
+                raise cli.UserError(
+                    f"--{key}={getattr(c, key)} conflicts with the checkpoint ({key}="
+                    f"{getattr(model.config, key)}): drop the flag, or train from scratch in "
+                    "another --out_dir"
+                )
+        settings = {"dataset": ckpt.get("dataset")}
+        if c.init_from == "resume":
+            settings = ckpt.get("train_config", {})
+        for key, value in settings.items():
+            if key in CONFIG and value is not None and key not in given | PER_RUN:
+                setattr(c, key, value)
+        for key in MODEL_KEYS:
+            setattr(c, key, getattr(model.config, key))
+        model.train()
+
+    # data, and a fresh model for its vocabulary (the same initial weights on every process)
+    train_data, val, meta = load_data(c, master, ddp)
+    if model is None:
+        settings = {key: getattr(c, key) for key in MODEL_KEYS}
+        try:
+            config = eso.EsoConfig(vocab_size=meta["vocab_size"], **settings)
+        except ValueError as e:
+            raise cli.UserError(f"--{e}") from None
+        torch.manual_seed(c.seed)
+        model = eso.EsoLM(config).to(device)
+    config = model.config
+    c.batch_split = config.batch_split
+    if ckpt is not None:
+        same_vocabulary = config.vocab_size == meta["vocab_size"]
+        same_tokenizer = ckpt["tokenizer"] == meta["tokenizer"]
+    if ckpt is not None and not (same_vocabulary and same_tokenizer):
+        raise cli.UserError(
+            f"data/{c.dataset} uses {meta['tokenizer']} ({meta['vocab_size']} ids) but the "
+            f"checkpoint was trained with {ckpt['tokenizer']} ({config.vocab_size} ids)"
+        )
+    if 0 < config.batch_split < 1 and c.batch_size < 2:
+        raise cli.UserError(
+            f"--batch_size must be at least 2 when batch_split is {config.batch_split} (both "
+            "terms need rows)"
+        )
+
+    # optimizer, gradient scaler and EMA; a resume takes their state and its global batch
     optimizer = torch.optim.AdamW(
-        raw_model.parameters(),
+        model.parameters(),
         lr=c.learning_rate,
         betas=(c.beta1, c.beta2),
         weight_decay=c.weight_decay,
         fused=device.type == "cuda",
     )
     scaler = torch.amp.GradScaler("cuda", enabled=c.dtype == "float16")
-    accum = -(-c.gradient_accumulation_steps // proc.world)
-    run = Run(raw_model, raw_model, ema_model, raw_model, optimizer, scaler, accum)
+    ema_model = None
+    if c.ema > 0 or (ckpt and ckpt.get("ema")):
+        ema_model = copy.deepcopy(model).requires_grad_(False)
+        if ckpt and ckpt.get("ema"):
+            ema_model.load_state_dict(ckpt["ema"])
+    eval_model = ema_model or model
+    accum = -(-c.gradient_accumulation_steps // world)  # micro-batches per process
+    iter_num = 0
+    best_val = float("inf")
+    train_seconds = 0.0  # spent training (not evaluating)
     if c.init_from == "resume":
-        resume(run, c, given, ckpt, proc)
-    c.gradient_accumulation_steps = run.accum * proc.world  # as used, over all processes
-    # one graph per shape: the loss's draws are made outside it (EsoLM.draws), and dynamic=False
-    # keeps Dynamo from tracing a second, symbolic-shape graph when a shape changes
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        iter_num = ckpt["iter_num"]
+        best_val = ckpt.get("best_val_loss", best_val)
+        train_seconds = ckpt.get("train_seconds", 0.0)
+        global_batch = ckpt.get("global_batch")
+        if global_batch and "gradient_accumulation_steps" not in given:
+            # the same global batch on this process count
+            accum, rest = divmod(global_batch, c.batch_size * world)
+            if rest or not accum:
+                raise cli.UserError(
+                    f"the checkpoint's global batch of {global_batch} sequences does not split "
+                    f"into micro-batches of {c.batch_size} on each of {world} process(es): "
+                    "resume with a --batch_size and a process count whose product divides it"
+                )
+    c.gradient_accumulation_steps = accum * world  # as used, over all processes
+    ckpt = None  # its tensors live in the models now
+
+    # compile (one graph per shape: the loss's draws are made outside it, and dynamic=False
+    # keeps Dynamo from tracing a second, symbolic-shape graph when a shape changes), then DDP
+    step_model = model
+    eval_forward = eval_model
     if c.compile:
-        run.model = torch.compile(raw_model, dynamic=False)
-        run.eval_forward = torch.compile(run.eval_model, dynamic=False)
-    else:
-        run.eval_forward = run.eval_model
-    if proc.ddp:
+        step_model = torch.compile(model, dynamic=False)
+        eval_forward = torch.compile(eval_model, dynamic=False)
+    if ddp:
         device_ids = [device.index] if device.type == "cuda" else None
-        run.model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
-    return run
+        step_model = torch.nn.parallel.DistributedDataParallel(step_model, device_ids=device_ids)
 
-
-def resume(run, c, given, ckpt, proc):
-    """The optimizer, scaler and counters of the checkpoint; its global batch on this process
-    count, unless the user set the accumulation."""
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    if ckpt.get("scaler"):
-        run.scaler.load_state_dict(ckpt["scaler"])
-    run.iter_num = ckpt["iter_num"]
-    run.best_val = ckpt.get("best_val_loss", float("inf"))
-    run.train_seconds = ckpt.get("train_seconds", 0.0)
-    global_batch = ckpt.get("global_batch")
-    if not global_batch or "gradient_accumulation_steps" in given:
-        return
-    accum, rest = divmod(global_batch, c.batch_size * proc.world)
-    if rest or not accum:
-        raise cli.UserError(
-            f"the checkpoint's global batch of {global_batch} sequences does not split into "
-            f"micro-batches of {c.batch_size} on each of {proc.world} process(es): resume with a "
-            "--batch_size and a process count whose product divides it"
-        )
-    run.accum = accum
-
-
-def save(run, c, meta, proc):
-    """out_dir/ckpt.pt: the weights, the EMA, the optimizer, the settings and the counters."""
-    if not proc.master:
-        return
-    config = run.raw_model.config
-    extra = dict(
-        ema=run.ema_model.state_dict() if run.ema_model is not None else None,
-        optimizer=run.optimizer.state_dict(),
-        scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
-        dataset=c.dataset,
-        eos=meta.get("eos"),
-        train_config={k: v for k, v in vars(c).items() if k in CONFIG},
-        global_batch=c.batch_size * c.gradient_accumulation_steps,
-        best_val_loss=run.best_val,
-        train_seconds=run.train_seconds,
-        versions={"torch": str(torch.__version__), "python": sys.version.split()[0]},
-    )
-    if "vocab_file" in meta:  # a WordPiece vocabulary travels with the model (LM1B's)
-        extra["vocab"] = dataset_tokenizer(c.dataset).vocab
-    state = checkpoint.state(run.raw_model, config, meta["tokenizer"], run.iter_num, **extra)
-    checkpoint.save(Path(c.out_dir) / "ckpt.pt", state)
-
-
-def log(record, c, proc):
-    """A line of out_dir/log.jsonl."""
-    if proc.master:
-        with open(Path(c.out_dir) / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def check_writable(out, proc):
-    """Fail now, not after hours of training, if the checkpoint cannot be written."""
-    if not proc.master:
-        return
-    probe = out / f".write-test-{os.getpid()}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise cli.UserError(
-            f"cannot write to --out_dir {out} ({e.strerror}): pick a writable folder"
-        ) from None
-
-
-def validate(run, c, val, ctx, proc):
-    """The quick validation set's NELBO, logged; the best so far kept."""
-    res = validation.quick(
-        run.eval_model,
-        val,
-        c.eval_iters,
-        c.batch_size,
-        ctx,
-        proc.rank,
-        proc.world,
-        forward=run.eval_forward,
-    )
-    run.best_val = min(run.best_val, res["nelbo"])
-    proc.say(
-        f"step {run.iter_num}: val NELBO {res['nelbo']:.4f} (diffusion {res['diffusion']:.4f} + "
-        f"sequential {res['sequential']:.4f}), perplexity {res['ppl']:.2f}",
-        flush=True,
-    )
-    log({"iter": run.iter_num, "val": res, "train_s": round(run.train_seconds, 3)}, c, proc)
-
-
-def train_step(run, c, train, batches, proc, ctx, signals):
-    """One iteration: the global batch's micro-batches, one update. Returns (loss, diffusion
-    part, sequential part, lr, whether any process caught a signal)."""
-    L = c.block_size
-    B = c.batch_size
-    lr = get_lr(run.iter_num, c)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
-    # this iteration's sequences: a function of (seed, iteration) only, shared out by micro-batch
-    offsets = batches.offsets(run.iter_num)
-    stats = torch.zeros(4, device=proc.device)  # loss, its two parts, a signal caught
-    for micro in range(run.accum):
-        slot = micro * proc.world + proc.rank  # this micro-batch's place in the global batch
-        x = get_batch(train, offsets[slot * B : (slot + 1) * B], L, proc.device)
-        torch.manual_seed(hash((c.seed, run.iter_num, slot)) % 2**63)  # dropout
-        draws = run.raw_model.draws(x, seeded(proc.device, c.seed, run.iter_num, slot, 1))
-        n_skip = eso.skip_of(draws)
-        last = micro == run.accum - 1
-        sync = nullcontext() if not proc.ddp or last else run.model.no_sync()
-        with sync:
-            with ctx:
-                loss, parts = run.model(x, draws, n_skip=n_skip)
-            run.scaler.scale(loss / run.accum).backward()
-        terms = torch.stack([loss.detach(), parts["diffusion"], parts["sequential"]])
-        stats[:3] += terms.float() / run.accum
-    stats[3] = float(bool(signals.caught))
-    if proc.ddp:  # the global batch's loss, and whether any process caught a signal
-        dist.all_reduce(stats)
-        stats[:3] /= proc.world
-    loss, diffusion, sequential, stop = stats.tolist()
-    if not math.isfinite(loss):
-        raise Diverged(
-            f"loss is {loss} at step {run.iter_num}: stopping; the last good checkpoint "
-            f"({Path(c.out_dir) / 'ckpt.pt'}) is kept. Try a lower --learning_rate or --grad_clip=1"
-        )
-    if c.grad_clip:
-        run.scaler.unscale_(run.optimizer)
-        torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), c.grad_clip)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.optimizer.zero_grad(set_to_none=True)
-    if run.ema_model is not None:
-        ema_update(run.ema_model, run.raw_model, c.ema, run.iter_num)
-    run.iter_num += 1
-    return loss, diffusion, sequential, lr, bool(stop)
-
-
-def train(run, c, data, meta, ctx, proc):
-    """The training loop: evaluate and save every eval_interval iterations and at the end, log
-    every log_interval, stop cleanly on a signal."""
-    train_data, val = data
+    # the loop: evaluate and save every eval_interval iterations and at the end, log every
+    # log_interval, and on a signal finish the iteration, save and stop
+    if master:  # fail now, not after hours of training
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise cli.UserError(f"cannot write to --out_dir {out_dir} ({e.strerror})") from None
+        if not os.access(out_dir, os.W_OK):
+            raise cli.UserError(f"cannot write to --out_dir {out_dir}: pick a writable folder")
+    if c.init_from == "resume" and iter_num >= c.max_iters:
+        res = estimate_loss(eval_model, eval_forward, val, c, ctx, rank, world)
+        if master:
+            print(
+                f"{ckpt_path} has already finished its {iter_num} iterations (--max_iters="
+                f"{c.max_iters}): nothing to train; raise --max_iters to train on. Its "
+                f"validation NELBO is {res['nelbo']:.4f} (perplexity {res['ppl']:.2f})"
+            )
+        return 0
+    if master:
+        describe(c, model, meta, accum, world, iter_num)
     global_batch = c.batch_size * c.gradient_accumulation_steps
     batches = Batches(len(train_data), c.block_size, global_batch, c.seed, "windows" in meta)
-    ckpt_path = Path(c.out_dir) / "ckpt.pt"
     bar = tqdm(
         total=c.max_iters,
-        initial=run.iter_num,
-        disable=not (proc.master and sys.stderr.isatty()),
+        initial=iter_num,
+        disable=not (master and sys.stderr.isatty()),
         dynamic_ncols=True,
         unit="it",
     )  # without a terminal: plain log lines instead
-    t_last = time.time()
-    it_last = run.iter_num
-    resumed_at = run.iter_num
+    resumed_at = iter_num
+    t_last = time.time()  # tokens/s and train_seconds count training time only
+    it_last = iter_num
     with StopSignals() as signals:
         while True:
-            at_interval = run.iter_num % c.eval_interval == 0 and run.iter_num != resumed_at
-            if at_interval or run.iter_num == c.max_iters:
-                run.train_seconds += time.time() - t_last
-                validate(run, c, val, ctx, proc)
-                save(run, c, meta, proc)
-                t_last = time.time()  # tokens/s counts training time only
-                it_last = run.iter_num
-            if run.iter_num >= c.max_iters:
+            # evaluate and save
+            at_interval = iter_num % c.eval_interval == 0 and iter_num != resumed_at
+            if at_interval or iter_num == c.max_iters:
+                train_seconds += time.time() - t_last
+                res = estimate_loss(eval_model, eval_forward, val, c, ctx, rank, world)
+                best_val = min(best_val, res["nelbo"])
+                if master:
+                    print(
+                        f"step {iter_num}: val NELBO {res['nelbo']:.4f} (diffusion "
+                        f"{res['diffusion']:.4f} + sequential {res['sequential']:.4f}), "
+                        f"perplexity {res['ppl']:.2f}",
+                        flush=True,
+                    )
+                    log(out_dir, {"iter": iter_num, "val": res, "train_s": round(train_seconds, 3)})
+                    counters = dict(iter_num=iter_num, best_val_loss=best_val)
+                    counters["train_seconds"] = train_seconds
+                    save(ckpt_path, model, ema_model, optimizer, scaler, c, meta, counters)
+                t_last = time.time()
+                it_last = iter_num
+            if iter_num >= c.max_iters:
                 break
-            loss, diffusion, sequential, lr, stop = train_step(
-                run, c, train_data, batches, proc, ctx, signals
-            )
+
+            # one iteration: the global batch's micro-batches, one update
+            lr = get_lr(iter_num, c)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # this iteration's sequences: a function of (seed, iteration), shared out by micro-batch
+            offsets = batches.offsets(iter_num)
+            stats = torch.zeros(4, device=device)  # loss, its two parts, a signal caught
+            for micro in range(accum):
+                slot = micro * world + rank  # this micro-batch's place in the global batch
+                rows = offsets[slot * c.batch_size : (slot + 1) * c.batch_size]
+                x = get_batch(train_data, rows, c.block_size, device)
+                torch.manual_seed(hash((c.seed, iter_num, slot)) % 2**63)  # dropout's draws
+                draws = model.draws(x, seeded(device, c.seed, iter_num, slot, 1))
+                sync = nullcontext()
+                if ddp and micro < accum - 1:
+                    sync = step_model.no_sync()  # all-reduce the gradients once, at the last
+                with sync:
+                    with ctx:
+                        loss, parts = step_model(x, draws)
+                    scaler.scale(loss / accum).backward()
+                terms = torch.stack([loss.detach(), parts["diffusion"], parts["sequential"]])
+                stats[:3] += terms.float() / accum
+            stats[3] = float(bool(signals.caught))
+            if ddp:  # the global batch's loss, and whether any process caught a signal
+                dist.all_reduce(stats)
+                stats[:3] /= world
+            loss, diffusion, sequential, stop = stats.tolist()
+            if not math.isfinite(loss):
+                raise Diverged(
+                    f"loss is {loss} at step {iter_num}: stopping; the last good checkpoint "
+                    f"({ckpt_path}) is kept. Try a lower --learning_rate or --grad_clip=1"
+                )
+            if c.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if ema_model is not None:
+                ema_update(ema_model, model, c.ema, iter_num)
+            iter_num += 1
             bar.update(1)
-            if run.iter_num % c.log_interval == 0 or stop:
+
+            # log
+            if iter_num % c.log_interval == 0 or stop:
                 now = time.time()
-                elapsed = max(now - t_last, 1e-9)
-                tok_s = global_batch * c.block_size * (run.iter_num - it_last) / elapsed
-                run.train_seconds += now - t_last
+                tok_s = global_batch * c.block_size * (iter_num - it_last) / max(now - t_last, 1e-9)
+                train_seconds += now - t_last
                 t_last = now
-                it_last = run.iter_num
+                it_last = iter_num
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-                if bar.disable:
-                    proc.say(
-                        f"iter {run.iter_num}: loss {loss:.4f} (diffusion {diffusion:.4f} + "
+                if master and bar.disable:
+                    print(
+                        f"iter {iter_num}: loss {loss:.4f} (diffusion {diffusion:.4f} + "
                         f"sequential {sequential:.4f}), lr {lr:.2e}, {tok_s:,.0f} tokens/s",
                         flush=True,
                     )
-                record = {"iter": run.iter_num, "loss": loss, "diffusion": diffusion}
-                record |= {"sequential": sequential, "lr": lr, "tok_s": tok_s}
-                record["train_s"] = round(run.train_seconds, 3)
-                log(record, c, proc)
+                if master:
+                    record = {"iter": iter_num, "loss": loss, "diffusion": diffusion}
+                    record |= {"sequential": sequential, "lr": lr, "tok_s": tok_s}
+                    log(out_dir, record | {"train_s": round(train_seconds, 3)})
+
+            # stop on a signal, with a checkpoint to resume from
             if stop:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                save(run, c, meta, proc)
                 bar.close()
                 sig = signals.first()
-                proc.say(
-                    f"caught {signal.Signals(sig).name} at step {run.iter_num}: saved "
-                    f"{ckpt_path}; continue with --init_from=resume"
-                )
+                if master:
+                    counters = dict(iter_num=iter_num, best_val_loss=best_val)
+                    counters["train_seconds"] = train_seconds
+                    save(ckpt_path, model, ema_model, optimizer, scaler, c, meta, counters)
+                    print(
+                        f"caught {signal.Signals(sig).name} at step {iter_num}: saved "
+                        f"{ckpt_path}; continue with --init_from=resume"
+                    )
                 return 128 + sig
     bar.close()
-    ppl = math.exp(min(run.best_val, 700))
-    proc.say(
-        f"done: {run.iter_num} iterations, best val NELBO {run.best_val:.4f} (perplexity "
-        f"{ppl:.2f}); checkpoint in {ckpt_path}. Sample with: python sample.py "
-        f"--out_dir={c.out_dir}"
-    )
-    return 0
-
-
-def describe(c, run, meta, proc):
-    """The two lines that open a run: the model, and the batch and data."""
-    config = run.raw_model.config
-    L = config.block_size
-    global_batch = c.batch_size * c.gradient_accumulation_steps
-    params = run.raw_model.num_params() / 1e6
-    proc.say(
-        f"Eso-LM ({config.variant}) {params:.2f}M parameters: {config.n_layer} layers x "
-        f"{config.n_embd}, L={L}, vocab {config.vocab_size} + [MASK]; alpha_0={config.alpha_0}, "
-        f"batch split kappa={config.batch_split} ({config.loss_type})"
-    )
-    micro = "micro-batches" if run.accum > 1 else "micro-batch"
-    processes = "processes" if proc.world > 1 else "process"
-    line = (
-        f"global batch {global_batch} sequences = {c.batch_size} per micro-batch x {run.accum} "
-        f"{micro} x {proc.world} {processes}: {global_batch * L:,} tokens per iteration; "
-        f"{meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
-        f"({meta['tokenizer']}); {proc.device}, {c.dtype}"
-    )
-    if c.compile:
-        line += ", compiled"
-    if run.iter_num:
-        line += f"; resuming at step {run.iter_num}"
-    proc.say(line)
-
-
-def main(argv):
-    c, given = cli.parse(CONFIG, argv, __doc__)
-    apply_preset(c, given)
-    check(c)
-    proc = start_process(c)
-    c.dtype, ctx = cli.precision(proc.device, c.dtype)
-    if c.compile is None:
-        c.compile = proc.device.type == "cuda" and sys.platform == "linux"
-    raw_model, ckpt, source = load_or_build(c, given, proc)
-    train_data, val, meta = load_data(c, proc)
-    if raw_model is None:
-        raw_model = build_model(c, meta, proc)
-    check_fits_data(c, raw_model, ckpt, meta)
-    if c.eval_only:
-        return evaluate_only(c, raw_model, ckpt, source, val, meta, ctx, proc)
-    if ckpt is not None and c.init_from == "resume" and ckpt["iter_num"] >= c.max_iters:
-        proc.say(
-            f"{source} has already finished its {ckpt['iter_num']} iterations (--max_iters="
-            f"{c.max_iters}): nothing to do; raise --max_iters to train on"
+    if master:
+        print(
+            f"done: {iter_num} iterations, best val NELBO {best_val:.4f} (perplexity "
+            f"{math.exp(min(best_val, 700)):.2f}); checkpoint in {ckpt_path}. Sample with: "
+            f"python sample.py --out_dir={c.out_dir}"
         )
-        return 0
-    run = start_run(c, given, raw_model, ckpt, proc)
-    ckpt = None  # its tensors live in the models now
-    check_writable(Path(c.out_dir), proc)
-    describe(c, run, meta, proc)
-    code = train(run, c, (train_data, val), meta, ctx, proc)
-    # leave together: a process that tears gloo down while another still saves can abort
-    proc.barrier()
-    return code
+    return 0
 
 
 if __name__ == "__main__":

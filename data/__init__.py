@@ -1,2 +1,2 @@
-"""The data floor: data/prepare.py writes datasets to $ESO_DATA_DIR/NAME (default: data/NAME) and
-reads them back."""
+"""The data floor: data/prepare.py writes each dataset into $ESO_DATA_DIR/NAME (default data/NAME)
+by its recipe, data/NAME/prepare.py; data/common.py reads it back for the scripts."""

@@ -13,16 +13,15 @@ import sys
 import torch
 
 import checkpoint
-import judge
-import validation
-from data.prepare import load_dataset
+from data.common import load_dataset
+from paper import judge, likelihood
 
 
 def main(judge_path):
     model, _ = checkpoint.load(judge_path)
     L = model.config.block_size
     val = load_dataset("python_prose")[1]
-    windows = torch.from_numpy(validation.windows(val, L).astype("int64"))
+    windows = torch.from_numpy(likelihood.windows(val, L).astype("int64"))
     nll = 0.0
     with torch.no_grad():
         for batch in windows.split(64):

@@ -1,10 +1,10 @@
 """
 Speed of Eso-LM sampling and training with random weights (the paper's Tables 11 and 13).
 
-  python bench.py                          # CPU: a 4 x 256 model, L = 1024, 2048, 8192; ~30 min
-  python bench.py --preset=paper           # the paper's shape (12 x 768, vocab 50,257): a GPU
-  python bench.py --lengths=1024 --table11=False --repeats=3   # the decode cases only
-  python bench.py --batch=16               # Table 13's time column: seconds per batch
+  python -m paper.bench                    # CPU: a 4 x 256 model, L = 1024, 2048, 8192; ~30 min
+  python -m paper.bench --preset=paper     # the paper's shape (12 x 768, vocab 50,257): a GPU
+  python -m paper.bench --lengths=1024 --table11=False --repeats=3   # the decode cases only
+  python -m paper.bench --batch=16         # Table 13's time column: seconds per batch
 
 Table 11 (batch 1, nucleus off, T = 1e6: one token per step, NFE ~ L), at every length:
   eso_cached    Eso-LM (B) with its KV cache at alpha_0 = 1: two rows per step
@@ -22,7 +22,6 @@ Decode cases at the first length (CPU floors and peers):
   hf_gpt2                Hugging Face GPT-2 `generate`, same size (transformers: a peer, optional)
   eso_T=L/k              cached at T = L/k (~k tokens per step)
   gpt2_vocab             eso_cached with GPT-2's 50,257 tokens: the share of a step in sampling
-  step_split             where a compiled step's time goes: in the compiled forward or around it
 Batch mode (--batch=B): seconds per batch of B samples at the first length, Eso-LM at alpha_0 =
 1 for several T and the AR limit (Table 13's time column, batch 512 there).
 Training: a step of model.loss (forward, backward, AdamW) per alpha_0, fast and dense sequential
@@ -39,12 +38,13 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from pathlib import Path
 
 import torch
 
 import cli
 import eso
-from compiled import CompiledSampler
+from compiled import CompiledSampler, static_window
 
 CONFIG = dict(
     preset=("", "paper: 12 x 768, 12 heads, vocab 50,257 (the paper's models)", ("", "paper")),
@@ -70,6 +70,7 @@ CONFIG = dict(
     compile=(True, "also time the compiled cached step (eso_compiled cases)"),
     fresh=(True, "run every case in a fresh process (False: in this one, for a quick check)"),
     device=("auto", "auto, cpu, cuda, cuda:N or mps"),
+    json=("", "also write every case and ratio to this JSON file"),
     seed=(0, "seed of the random weights and of the samplers"),
 )
 PAPER_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257)
@@ -223,8 +224,6 @@ def run_sampling(case, c):
             out |= time_uncached(model, case, c, device)
         elif method.startswith("eso_compiled"):
             out |= time_compiled(model, case, c, device)
-        elif method == "step_split":
-            out |= time_step_split(model, case, c, device)
         elif method.startswith("batch_"):
             out |= time_batch(model, case, c, device)
         else:
@@ -302,10 +301,23 @@ def time_uncached(model, case, c, device):
     return out
 
 
+class RecordingSampler(CompiledSampler):
+    """The compiled sampler, recording the (tokens fed, keys attended) of each step it runs."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.windows = []
+
+    def feed(self, canvas, sigma, lo, hi, prefix, cache):
+        wide_lo, wide_hi, n_keys = static_window(lo, hi, canvas.size(1))
+        self.windows.append((wide_hi - wide_lo, n_keys))
+        return super().feed(canvas, sigma, lo, hi, prefix, cache)
+
+
 def time_compiled(model, case, c, device):
     """The compiled sampler: the first run compiles (and records each step's window); then its
     runs, each followed by its floor (a weight pass with the rows it feeds, and its KV reads)."""
-    sampler = CompiledSampler(model)
+    sampler = RecordingSampler(model)
 
     def fn():
         _, nfe = sampler.generate(1, case["steps"], alpha_0=1.0, generator=generator(c, device))
@@ -313,6 +325,7 @@ def time_compiled(model, case, c, device):
 
     compile_s, _ = stopwatch(fn, device)
     windows = list(sampler.windows)
+    sampler.windows = []
     rows = max(2, round(sum(fed for fed, _ in windows) / len(windows)))
     weights = weight_pass(model, rows, device)
     reads = kv_reads(model, windows, device)
@@ -329,27 +342,6 @@ def time_compiled(model, case, c, device):
     out |= {"floor_weights_ms": 1e3 * floor_weights, "floor_kv_ms": 1e3 * floor_reads / nfe}
     out["step_over_floor"] = out["seconds"] / (nfe * floor_weights + floor_reads)
     return out
-
-
-def time_step_split(model, case, c, device):
-    """Where a compiled step's time goes (on the CPU, where its work is synchronous): inside the
-    compiled forward (CompiledSampler.forward_seconds) or in the sampler's Python around it."""
-    sampler = CompiledSampler(model)
-
-    def fn():
-        _, nfe = sampler.generate(1, BIG_T, alpha_0=1.0, generator=generator(c, device))
-        return nfe
-
-    fn()  # compiles
-    wholes, insides = [], []
-    for _ in range(case["repeats"]):
-        sampler.forward_seconds = 0.0
-        seconds, nfe = stopwatch(fn, device)
-        wholes.append(seconds / nfe)
-        insides.append(sampler.forward_seconds / nfe)
-    whole = statistics.median(wholes)
-    inside = statistics.median(insides)
-    return {"nfe": nfe, "seconds": whole * nfe, "step_ms": 1e3 * whole, "forward_ms": 1e3 * inside}
 
 
 def time_batch(model, case, c, device):
@@ -397,7 +389,7 @@ def run_training(case, c):
         for step in range(case["repeats"] + 1):  # the first: a warm-up
             draws = model.draws(x, torch.Generator(device).manual_seed(step))
             if not dense:
-                skips.append(eso.skip_of(draws))
+                skips.append(draws.n_skip)
             seconds, _ = stopwatch(train_step, device, model, opt, x, draws, dense, ctx)
             times.append(seconds)
         out[name] = statistics.median(times[1:])
@@ -456,7 +448,6 @@ def plan_cases(c, Ls, peer):
             cases.append(dict(L=first, method="eso_compiled", steps=BIG_T, repeats=repeats))
             steps = max(1, first // 16)
             cases.append(dict(L=first, method="eso_compiled_T=L/16", steps=steps, repeats=repeats))
-            cases.append(dict(L=first, method="step_split", steps=BIG_T, repeats=repeats))
     for L in Ls if c["table11"] else []:
         for method in ("eso_cached", "ar", "mdlm", "eso_uncached"):
             cases.append(dict(L=L, method=method, steps=BIG_T, repeats=repeats))
@@ -486,11 +477,6 @@ def case_line(r):
             f"   compiling {r['compile_s']:.1f} s once; step {r['step_over_floor']:.2f}x its "
             f"floor: {r['floor_rows']}-row weight pass {r['floor_weights_ms']:.2f} ms + KV reads "
             f"{r['floor_kv_ms']:.2f} ms"
-        )
-    if "forward_ms" in r:
-        line += (
-            f"   per step {r['step_ms']:.3f} ms: {r['forward_ms']:.3f} in the compiled forward, "
-            f"{r['step_ms'] - r['forward_ms']:.3f} around it"
         )
     if "batch" in r:
         line += f"   a batch of {r['batch']}: {r['seconds']:.2f} s"
@@ -590,9 +576,10 @@ def main(argv):
         print(line, flush=True)
     record = {"env": env, "config": c, "sampling": results, "ratios": ratios}
     record["training"] = training
-    print(json.dumps(record))
+    if c["json"]:
+        Path(c["json"]).write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    cli.run(main, "bench.py")
+    cli.run(main, "paper/bench.py")

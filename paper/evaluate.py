@@ -2,12 +2,12 @@
 Measure the samples of a trained Eso-LM: draw them as sample.py does (same flags, defaults and
 seed: the same tokens), or read them from a file, then score them.
 
-  python evaluate.py                          # 8 samples: how much is real words, how much blank
-  python evaluate.py --seeds=7                # the same for seeds 1337..1343, and the medians
-  python evaluate.py --ar_judge=out/judge     # + generative perplexity under our alpha_0 = 0 model
-  python evaluate.py --init_from=esolmb-alpha0-0d25-250k.ckpt --judge=gpt2-large --preset=paper \\
-      --steps=1024 --alpha_0=0.25             # one cell of the paper's Table 13
-  python evaluate.py --samples=samples.jsonl --judge=gpt2-large   # anyone's samples, scored alike
+  python -m paper.evaluate                     # 8 samples: how much is real words, how much blank
+  python -m paper.evaluate --seeds=7           # the same for seeds 1337..1343, and the medians
+  python -m paper.evaluate --ar_judge=out/judge   # + generative perplexity under our AR model
+  python -m paper.evaluate --init_from=esolmb-alpha0-0d25-250k.ckpt --judge=gpt2-large \\
+      @paper/presets/samples.txt --steps=1024 --alpha_0=0.25   # one cell of the paper's Table 13
+  python -m paper.evaluate --samples=samples.jsonl --judge=gpt2-large   # anyone's samples
 
 Scores, per seed of num_samples samples:
   words3, words4  the share of the samples' words of 3+ (4+) letters, in lower case, that occur
@@ -20,7 +20,8 @@ Scores, per seed of num_samples samples:
                   exp of its NLL per token of the samples' own tokens, all L of them
   entropy         the mean over samples of each sample's unigram entropy over its token ids
                   (nats; the paper's check for repetitive, mode-collapsed samples)
-Prints a line per seed, the pooled figures and the medians, then one JSON line with everything.
+Prints a line per seed, the pooled figures and the medians; --json=FILE writes everything there.
+--init_from takes any model paper/formats.py reads (ours, or the authors' formats).
 """
 
 import json
@@ -33,9 +34,9 @@ import torch
 
 import cli
 import eso
-import judge
 from compiled import CompiledSampler
-from data.prepare import get_tokenizer, load_dataset
+from data.common import get_tokenizer, load_dataset
+from paper import formats, judge
 
 # -----------------------------------------------------------------------------
 # Defaults: each is a flag, --key=value; the sampling ones are sample.py's (cli.SAMPLING).
@@ -46,7 +47,7 @@ CONFIG = dict(
         "a model to draw from instead: a checkpoint file (ours, or an authors' Lightning file), "
         "an authors' Hugging Face folder or hub id (give --alpha_0)",
     ),
-    **cli.SAMPLING,  # sample.py's: preset, num_samples, batch_size, steps, alpha_0, ..., seed
+    **cli.SAMPLING,  # sample.py's: num_samples, batch_size, steps, alpha_0, ..., seed
     seeds=(1, "how many seeds: seed, seed + 1, ...; medians are printed when more than one"),
     samples=("", 'a .jsonl file of samples, one {"text": ...} a line, to score instead'),
     judge=("", "a Hugging Face causal LM (gpt2-large, or a folder): the paper's generative PPL"),
@@ -55,7 +56,8 @@ CONFIG = dict(
         "out_dir of an alpha_0 = 0 model of ours, the offline judge for byte-level models "
         "(make one: python train.py --alpha_0=0 --out_dir=out/judge)",
     ),
-    quiet=(False, "print only the JSON line"),
+    quiet=(False, "print only the pooled line, not a line per seed"),
+    json=("", "also write every score, per seed and pooled, to this JSON file"),
     **cli.SYSTEM,  # device, dtype
 )
 WORD = re.compile(r"[a-z]+")
@@ -120,7 +122,7 @@ def load_ar_judge(c, tokenizer, L, device):
             f"--ar_judge={c.ar_judge} holds no ckpt.pt: make a judge with `python train.py "
             f"--alpha_0=0 --out_dir={c.ar_judge}` (an AR model of ours, a few minutes on a CPU)"
         )
-    model, ckpt = cli.load_model(path, device)
+    model, ckpt = formats.load(path, device)
     fits = model.config.alpha_0 == 0 and ckpt["tokenizer"] == tokenizer
     if not fits or model.config.block_size < L:
         raise cli.UserError(
@@ -163,7 +165,8 @@ def draw(model, sampler, c, a0, steps, seed, ctx, device):
 
 def main(argv):
     c, given = cli.parse(CONFIG, argv, __doc__)
-    c = cli.sampling_settings(c)
+    if c.batch_size is None:
+        c.batch_size = c.num_samples
     dev = cli.device(c.device)
     _, ctx = cli.precision(dev, c.dtype)
     try:
@@ -178,7 +181,7 @@ def main(argv):
     if c.samples:
         return score_file(c, given, hf_judge)
     source = c.init_from or Path(c.out_dir) / "ckpt.pt"
-    model, ckpt = cli.load_model(source, dev, alpha_0=c.alpha_0)
+    model, ckpt = formats.load(source, dev, alpha_0=c.alpha_0)
     enc = get_tokenizer(ckpt["tokenizer"], ckpt.get("vocab"))
     L = model.config.block_size
     a0 = model.config.alpha_0 if c.alpha_0 is None else c.alpha_0
@@ -224,8 +227,14 @@ def main(argv):
     record |= {"steps": steps, "block_order": c.block_order, "temperature": c.temperature}
     record |= {"top_p": c.top_p, "num_samples": c.num_samples, "batch_size": c.batch_size}
     record |= {"judge": c.judge or c.ar_judge or None, **summary, "runs": runs}
-    print(json.dumps(record))
+    write_json(c.json, record)
     return 0
+
+
+def write_json(path, record):
+    """The scores, as JSON, into the file --json names (none: nowhere)."""
+    if path:
+        Path(path).write_text(json.dumps(record, indent=1) + "\n")
 
 
 def seed_line(run, corpus):
@@ -255,9 +264,7 @@ def summarize(runs, pooled, c):
     if pooled[1]:
         nll = pooled[0] / pooled[1]
         out |= {"gen_ppl": math.exp(min(nll, 700)), "judge_nll": nll, "counted": int(pooled[1])}
-    if c.quiet:
-        return out
-    if len(runs) > 1:
+    if len(runs) > 1 and not c.quiet:
         print(f"median of {len(runs)} seeds: " + ", ".join(f"{k} {median[k]:.4g}" for k in keys))
     samples = len(runs) * c.num_samples
     line = f"all {samples} samples: mean unigram entropy {entropy:.3f} nats"
@@ -277,7 +284,7 @@ def score_file(c, given, hf_judge):
     texts = read_samples(c.samples)
     model, tokenizer = hf_judge
     size = len(texts)  # one batch, unless a batch size is asked for (the paper's: 256)
-    if "batch_size" in given or c.preset:
+    if "batch_size" in given:
         size = c.batch_size
     batches = [texts[i : i + size] for i in range(0, len(texts), size)]
     scores = judge.gen_ppl(model, tokenizer, batches, max_length=judge.JUDGE_CONTEXT)
@@ -285,15 +292,14 @@ def score_file(c, given, hf_judge):
     entropy = judge.unigram_entropy(ids)
     record = {"samples": c.samples, "judge": c.judge, "num_samples": len(texts)}
     record |= {"batch_size": size, **scores, "entropy": entropy}
-    if not c.quiet:
-        print(
-            f"{len(texts)} samples of {c.samples}: generative perplexity {scores['gen_ppl']:.2f} "
-            f"under {c.judge} (pooled over {scores['counted']:,} tokens), mean unigram entropy "
-            f"{entropy:.3f} nats (over its tokenizer's ids)"
-        )
-    print(json.dumps(record))
+    print(
+        f"{len(texts)} samples of {c.samples}: generative perplexity {scores['gen_ppl']:.2f} "
+        f"under {c.judge} (pooled over {scores['counted']:,} tokens), mean unigram entropy "
+        f"{entropy:.3f} nats (over its tokenizer's ids)"
+    )
+    write_json(c.json, record)
     return 0
 
 
 if __name__ == "__main__":
-    cli.run(main, "evaluate.py")
+    cli.run(main, "paper/evaluate.py")

@@ -1,6 +1,10 @@
 """
 The authors' released models (GitHub s-sahoo/Eso-LMs), in every format they ship, as ours.
 
+  load(source, device, ema, alpha_0)  a checkpoint of ours, or any of the authors' formats below,
+                                      as (model, checkpoint dict of ours)
+  python -m paper.convert SOURCE      writes one as a checkpoint of ours (paper/convert.py)
+
   Lightning files   their trainer's .ckpt (e.g. esolmb-alpha0-0d25-250k.ckpt): the backbone under
                     state_dict["backbone."], its EMA as ema["shadow_params"], their Hydra config
                     (omegaconf) and tokenizer pickled in hyper_parameters.
@@ -15,22 +19,178 @@ folded into EsoLM by from_dit. Files are read by checkpoint.read_pickle with ine
 their config and tokenizer objects: nothing in them runs.
 """
 
+import itertools
 import json
+import pickle
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 import checkpoint
 import eso
-from checkpoint import CheckpointError
+from checkpoint import MAX_DEPTH, REAL_GLOBALS, CheckpointError, python3_name, short_reason
+
+MAX_CONFIG_VALUES = 100_000  # how many values a config may hold, a shared one counted each time
 
 GPT2_EOS = 50256  # <|endoftext|>, where a sample of theirs ends
 HUB_FILES = ["config.json", "model.safetensors", "pytorch_model.bin"]
 BLOCK_NAMES = ["norm1.weight", "attn_qkv.weight", "attn_out.weight", "norm2.weight"]
 BLOCK_NAMES += ["mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"]
+
+
+# -----------------------------------------------------------------------------
+# Reading a foreign pickle without running it
+
+# The packages whose classes a foreign file (the authors' Lightning checkpoints) may name: their
+# config (omegaconf), tokenizer (transformers, tokenizers) and trainer state. They are stood in
+# for by inert objects that keep what they are handed and run nothing. Where torch's own
+# allow-list has the name, torch's entry wins: collections.Counter is then the real one, which
+# counts no more than what the file spells out.
+INERT_PACKAGES = {
+    "omegaconf",
+    "typing",
+    "transformers",
+    "tokenizers",
+    "lightning",
+    "lightning_fabric",
+    "pytorch_lightning",
+    "torchmetrics",
+    "hydra",
+    "numpy",
+    "pathlib",
+    "enum",
+    "collections",
+}
+# The builtin types that omegaconf writes into every config as values: each container's metadata
+# records its type (object_type=dict or list) and a list's key type (key_type=int, which protocol
+# 2 spells __builtin__.long), and its resolver cache is a defaultdict(dict). A real file of theirs
+# needs no more than these names; it never calls them.
+#
+# They are stood in for too, never rebuilt as the real types. A pickle that names a type can also
+# call it: dict(items) builds a dict from whatever the file hands it, and a type that is callable
+# from a file is one more way to allocate. The stand-in is an Inert class registered under the
+# builtin's name, and calling it keeps nothing of its arguments. torch's weights_only unpickler
+# looks a name up in its own allow-list first (it holds builtins.set, bytearray and complex, not
+# dict, list or int), then in what safe_globals registers: so it pushes the stand-in, and nothing
+# of its own, for these names. The dicts and lists of the pickle itself come from its EMPTY_DICT
+# and EMPTY_LIST opcodes, which name no global, and stay real. So the real dict, list and int are
+# never reached through a name in the file, and a call of the stand-in allocates no more than the
+# arguments that the file spells out, which its size bounds. The hand-written InertUnpickler
+# resolves them the same way (find_class).
+INERT_BUILTINS = {"builtins.dict", "builtins.list", "builtins.int"}
+
+
+def may_stand_in(qualified):
+    """Whether a foreign file's global ("module.Name") is read as an inert stand-in: a class of
+    INERT_PACKAGES, or one of the INERT_BUILTINS that omegaconf names as values."""
+    package = qualified.split(".")[0]
+    return package in INERT_PACKAGES or qualified in INERT_BUILTINS
+
+
+def read_foreign(path, device="cpu"):
+    """The object an authors' torch.save file holds, read without running anything it names.
+
+    Its globals are listed from its opcodes first (checkpoint.pickle_globals): one outside
+    checkpoint.REAL_GLOBALS is refused in one line unless may_stand_in allows it (their config,
+    tokenizer and trainer state), and then it is stood in for by an inert object. Tensors are
+    checked to hold the data they claim (checkpoint.check_tensors)."""
+    named = checkpoint.pickle_globals(path)
+    foreign = sorted(f"{m}.{n}" for m, n in named if (m, n) not in REAL_GLOBALS)
+    refused = [name for name in foreign if not may_stand_in(name)]
+    if refused:
+        raise CheckpointError(
+            f"refusing {path}: it names {', '.join(refused[:3])}, which a checkpoint does not "
+            "need (unpickling could run code or fill memory); nothing in it was run"
+        )
+    if not foreign:
+        return checkpoint.read_pickle(path, device)
+    obj = read_inert(path, device, foreign)
+    checkpoint.check_tensors(obj, path)
+    return obj
+
+
+class Inert(dict):
+    """Stands in for a class or function that a foreign pickle names: keeps what it is handed
+    (its state, or its dict items), runs nothing."""
+
+    state = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def stand_in(qualified):
+    """An inert class named like `qualified` ("module.Name")."""
+    module, _, name = qualified.rpartition(".")
+    return type(name, (Inert,), {"__module__": module})
+
+
+def read_inert(path, device, foreign):
+    """A foreign file with inert stand-ins for its foreign globals. torch's own weights_only
+    unpickler does it (safe_globals); the hand-written InertUnpickler is kept for the pickles that
+    torch's refuses (it rebuilds only what REAL_GLOBALS lists, so its reach is the same)."""
+    stand_ins = [(stand_in(name), name) for name in foreign]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint: {short_reason(e)}") from None
+    inert_pickle = SimpleNamespace(Unpickler=InertUnpickler, __name__="inert")
+    try:
+        return torch.load(path, map_location=device, weights_only=False, pickle_module=inert_pickle)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint: {short_reason(e)}") from None
+
+
+class InertUnpickler(pickle.Unpickler):
+    """Resolves REAL_GLOBALS; everything else becomes an inert stand-in (read_pickle has already
+    refused what is neither)."""
+
+    def find_class(self, module, name):
+        module, name = python3_name(module, name)
+        if (module, name) in REAL_GLOBALS:
+            return super().find_class(module, name)
+        return stand_in(f"{module}.{name}")
+
+
+def plain(obj, path):
+    """The plain values behind inert stand-ins of omegaconf's containers and nodes (their state
+    holds _content or _val): nested dicts, lists and scalars. A config that contains itself, nests
+    deeper than MAX_DEPTH, or holds more than MAX_CONFIG_VALUES values (a value that the pickle
+    shares counts each time it is reached: sixty lists that each hold the next one twice would
+    otherwise unfold into 2^60 values) is refused in one line."""
+    reached = itertools.count(1)
+
+    def convert(item, inside):
+        if next(reached) > MAX_CONFIG_VALUES:
+            raise CheckpointError(
+                f"refusing {path}: its config holds more than {MAX_CONFIG_VALUES:,} values"
+            )
+        if len(inside) > MAX_DEPTH or id(item) in inside:
+            raise CheckpointError(f"refusing {path}: its config contains itself or nests too deep")
+        inside = (*inside, id(item))
+        if isinstance(item, Inert):
+            state = item.state
+            if isinstance(state, dict) and "_content" in state:
+                return convert(state["_content"], inside)
+            if isinstance(state, dict) and "_val" in state:
+                return convert(state["_val"], inside)
+        if isinstance(item, dict):
+            return {k: convert(v, inside) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [convert(v, inside) for v in item]
+        return item
+
+    return convert(obj, ())
 
 
 # -----------------------------------------------------------------------------
@@ -196,11 +356,11 @@ def lightning(path, device="cpu"):
     from_dit, and its EMA (in the order of its parameters: its state dict's but
     rotary_emb.inv_freq). alpha_0, kappa, L, the heads, the variant and the loss type come from
     its config."""
-    raw = checkpoint.read_pickle(path, device, inert=True)
+    raw = read_foreign(path, device)
     is_lightning = isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict)
     if not is_lightning or "hyper_parameters" not in raw:
         raise CheckpointError(f"{path} is neither a checkpoint of ours nor an authors' one")
-    hyper = checkpoint.plain(raw["hyper_parameters"], path)
+    hyper = plain(raw["hyper_parameters"], path)
     config = {}
     if isinstance(hyper, dict) and isinstance(hyper.get("config"), dict):
         config = hyper["config"]
@@ -264,7 +424,7 @@ def hugging_face(folder, alpha_0, device="cpu"):
     if (folder / "model.safetensors").is_file():
         state = read_safetensors(folder / "model.safetensors")
     elif (folder / "pytorch_model.bin").is_file():
-        state = checkpoint.read_pickle(folder / "pytorch_model.bin", device)
+        state = read_foreign(folder / "pytorch_model.bin", device)
     else:
         raise CheckpointError(f"{folder} holds neither model.safetensors nor pytorch_model.bin")
     if not isinstance(state, dict):
@@ -312,6 +472,36 @@ def download(repo_id):
 
 
 def looks_like_hub_id(source):
-    """Whether source reads as "owner/name" (and is not a path on this machine)."""
+    """Whether source reads as owner/name and names nothing here. A name with a file suffix
+    (out/ckpt.pt) or in a folder that exists (out/missing) is a missing file, not a hub id."""
+    path = Path(source)
     parts = str(source).split("/")
-    return len(parts) == 2 and all(parts) and not Path(source).exists()
+    if len(parts) != 2 or not all(parts):
+        return False
+    return not path.suffix and not path.exists() and not path.parent.exists()
+
+
+# -----------------------------------------------------------------------------
+# Any of them
+
+
+def load(source, device="cpu", ema=True, alpha_0=None):
+    """(model, checkpoint dict of ours) of what a --init_from of the paper's scripts names: a
+    checkpoint of ours; an authors' Lightning file; an authors' Hugging Face folder (config.json
+    plus weights) or hub id (owner/name), whose alpha_0 the caller gives (their config has none).
+    In eval mode, with the EMA weights where there are some (ema=False: the raw ones)."""
+    path = Path(source)
+    if path.is_dir() and (path / "config.json").is_file():
+        ckpt = hugging_face(path, alpha_0, device)
+    elif looks_like_hub_id(source):
+        ckpt = hugging_face(download(str(source)), alpha_0, device)
+    elif not path.is_file() or is_ours(path):
+        return checkpoint.load(path, device, ema)  # its message says what is missing
+    else:
+        ckpt = lightning(path, device)
+    return checkpoint.model_from(ckpt, path, device, ema)
+
+
+def is_ours(path):
+    """Whether a torch.save file names nothing but tensors and plain values (as ours do)."""
+    return checkpoint.pickle_globals(path) <= REAL_GLOBALS

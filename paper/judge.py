@@ -27,14 +27,14 @@ import os
 import torch
 import torch.nn.functional as F
 
+import cli
+
 SCORE_BATCH = 8  # the authors' eval.perplexity_batch_size
 JUDGE_CONTEXT = 1024  # their eval_context_size for GPT-2 judges
 
 
-class JudgeError(Exception):
+class JudgeError(cli.UserError):
     """A judge that cannot be loaded: one line, exit status 2."""
-
-    status = 2
 
 
 def load(name_or_folder, device="cpu"):

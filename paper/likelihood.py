@@ -1,15 +1,19 @@
 """
-The validation NELBO (and the IW bound) of a model on a dataset's validation split.
+Table 1's perplexities as the paper measures them: the NELBO, and the importance-weighted (IW)
+bound, in a full pass over a dataset's validation split.
 
-  quick      during training: a fixed set of eval_iters x batch_size windows at random offsets,
-             the same windows and noise at every evaluation, so that the curve moves only with
-             the model.
-  full_pass  train.py --eval_only, as the paper reports it (the authors' ppl_eval: every wrapped
-             validation chunk once): the split cut into non-overlapping windows of L tokens (for
-             the authors' wrapped data: their chunks), each scored once, the noise of each window
-             a function of its index, shared out over processes.
+  python -m paper.likelihood                                  # out/ckpt.pt on its own dataset
+  python -m paper.likelihood --num_orders=100                 # and the IW bound with K = 100
+  python -m paper.likelihood --init_from=esolmb-alpha0-0d25-250k.ckpt --dataset=openwebtext
+  torchrun --standalone --nproc_per_node=8 -m paper.likelihood --init_from=FILE --num_orders=1000
 
-Both use the ELBO weights and the model's training alpha_0 and kappa. In a full pass, window j
+A full pass is the authors' ppl_eval: the split cut into non-overlapping windows of L tokens (for
+the authors' wrapped data: their chunks), each scored once with the EMA weights, the noise of each
+window a function of its index, shared out over processes. (train.py's validation during training
+is a quick fixed subset instead.) --init_from takes any model paper/formats.py reads: a checkpoint
+of ours, an authors' Lightning file, Hugging Face folder or hub id (give --alpha_0).
+
+The NELBO uses the ELBO weights and the model's training alpha_0 and kappa. Window j
 (of the windows scored, in order) estimates the diffusion term when floor((j + 1) kappa) >
 floor(j kappa), else the sequential term, so the terms get kappa and 1 - kappa of the windows, as
 the authors' batch split; the diffusion windows take their times from a randomly shifted
@@ -19,14 +23,33 @@ sequential windows' sequential term: each term a sum over masked tokens divided 
 its windows, as the authors divide by all tokens of each half of a batch.
 """
 
+import json
 import math
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
+import cli
 import eso
+from data import common
+from paper import formats
+
+CONFIG = dict(
+    out_dir=("out", "folder of ckpt.pt (written by train.py)"),
+    init_from=("", "a model instead: ours, or an authors' file, folder or hub id"),
+    alpha_0=(None, "the alpha_0 of an authors' Hugging Face model (their config has none)", float),
+    dataset=("", "data/NAME to score (default: the model's own)"),
+    eval_windows=(0, "score this many windows (a fixed subset), not all (0)"),
+    num_orders=(0, "orders K of the importance-weighted bound (0 = skip)"),
+    batch_size=(16, "windows per batch (per process)"),
+    seed=(1337, "seed of every draw of the pass"),
+    json=("", "also write the results to this JSON file"),
+    **cli.SYSTEM,  # device, dtype
+)
 
 GOLDEN = (math.sqrt(5) - 1) / 2  # the Kronecker sequence's step: frac(shift + d * GOLDEN)
 
@@ -106,8 +129,8 @@ def pass_totals(model, wins, chosen, batch_size, ctx, rank, world, num_orders, s
     diffusion_index = np.cumsum(is_diffusion) - 1  # d: the window's place among the diffusion ones
     totals = np.zeros(6)
     starts = list(range(0, len(chosen), batch_size))[rank::world]
-    bar = tqdm(starts, unit="batch", leave=False, disable=None if rank == 0 else True)
-    for start in bar:
+    progress = cli.Progress(len(starts), "batches", enabled=rank == 0)
+    for start in starts:
         rows = range(start, min(start + batch_size, len(chosen)))
         x = to_batch(wins[[chosen[j] for j in rows]], device)  # (len(rows), L)
         with ctx:
@@ -116,7 +139,8 @@ def pass_totals(model, wins, chosen, batch_size, ctx, rank, world, num_orders, s
                 generator = window_generator(device, seed + 1, chosen[rows.start])
                 iw = model.likelihood(x, num_orders, generator=generator)
                 totals[4:] += [iw.item() * len(rows), len(rows)]
-    bar.close()
+        progress.step()
+    progress.close()
     return totals
 
 
@@ -153,38 +177,64 @@ def batch_terms(model, x, rows, chosen, is_diffusion, diffusion_index, seed):
     return out
 
 
-@torch.no_grad()
-def quick(model, val, eval_iters, batch_size, ctx, rank=0, world=1, forward=None):
-    """Per-token NELBO (elbo weights, the training alpha_0 and kappa) on a fixed validation set:
-    eval_iters batches of batch_size windows at offsets drawn once (seed 0), the same noise
-    every call, shared out over processes. forward: the model's forward, compiled or not (the
-    draws are made outside it). Totals are summed in Python floats (float64 on every device)."""
-    model.eval()
-    forward = forward or model
-    device = model.wte.weight.device
-    L = model.config.block_size
-    offsets = torch.randint(
-        len(val) - L, (eval_iters, batch_size), generator=torch.Generator().manual_seed(0)
+def main(argv):
+    c, given = cli.parse(CONFIG, argv, __doc__)
+    if c.num_orders < 0 or c.eval_windows < 0 or c.batch_size < 1:
+        raise cli.UserError(
+            "--num_orders and --eval_windows must not be negative, --batch_size at least 1"
+        )
+    rank, world, device = cli.start_distributed(c.device)
+    _, ctx = cli.precision(device, c.dtype)
+    source = c.init_from or Path(c.out_dir) / "ckpt.pt"
+    model, ckpt = formats.load(source, device, alpha_0=c.alpha_0)  # the EMA weights, if any
+    config = model.config
+    if c.num_orders and config.variant != "B" and config.alpha_0 > 0:
+        raise cli.UserError(
+            "--num_orders needs a variant B model, or alpha_0 = 0 (variant A's clean tokens "
+            "change as tokens arrive)"
+        )
+    dataset = c.dataset or ckpt.get("dataset") or ckpt.get("train_config", {}).get("dataset")
+    if not dataset:
+        raise cli.UserError(f"{source} names no dataset: give --dataset=NAME")
+    _, val, meta = common.load_dataset(dataset, config.block_size)
+    if meta["tokenizer"] != ckpt["tokenizer"] or meta["vocab_size"] != config.vocab_size:
+        raise cli.UserError(
+            f"data/{dataset} uses {meta['tokenizer']} ({meta['vocab_size']} ids) but the model "
+            f"was trained with {ckpt['tokenizer']} ({config.vocab_size} ids)"
+        )
+    wins = windows(val, config.block_size)
+    chosen = subset(len(wins), c.eval_windows)
+    weights = "EMA" if ckpt.get("ema") else "raw"
+    what = "a full pass"
+    if c.eval_windows:
+        what = f"{len(chosen):,} of {len(wins):,} windows"
+    if rank == 0:
+        print(
+            f"{source} (step {ckpt['iter_num']}, alpha_0={config.alpha_0}, "
+            f"kappa={config.batch_split}, variant {config.variant}, {weights} weights) on "
+            f"data/{dataset} val, {what}: {len(chosen):,} windows of {config.block_size} tokens",
+            flush=True,
+        )
+    t0 = time.time()
+    res = full_pass(model, wins, chosen, c.batch_size, ctx, rank, world, c.num_orders, c.seed)
+    if rank != 0:
+        return 0
+    print(
+        f"  NELBO {res['nelbo']:.4f} nats/token (diffusion {res['diffusion']:.4f} + sequential "
+        f"{res['sequential']:.4f}), perplexity {res['ppl']:.2f}"
     )
-    totals = np.zeros(3)  # nelbo, diffusion, sequential
-    for i in range(rank, eval_iters, world):
-        index = offsets[i].numpy()[:, None] + np.arange(L)
-        x = to_batch(val[index], device)
-        noise = torch.Generator(device).manual_seed(1000 + i)
-        with ctx:
-            draws = model.draws(x, noise)
-            loss, parts = forward(x, draws, "elbo", n_skip=eso.skip_of(draws))
-        totals += [loss.item(), parts["diffusion"].item(), parts["sequential"].item()]
-    if world > 1:
-        reduce_device = device if device.type == "cuda" else "cpu"
-        t = torch.tensor(totals, dtype=torch.float64, device=reduce_device)
-        dist.all_reduce(t)
-        totals = t.cpu().numpy()
-    model.train()
-    nelbo, diffusion, sequential = (totals / eval_iters).tolist()
-    return {
-        "nelbo": nelbo,
-        "ppl": math.exp(min(nelbo, 700)),
-        "diffusion": diffusion,
-        "sequential": sequential,
-    }
+    if c.num_orders:
+        print(
+            f"  IW bound (K={c.num_orders}) {res['iw_bound']:.4f} nats/token, perplexity "
+            f"{res['iw_ppl']:.2f}"
+        )
+    print(f"  {time.time() - t0:.1f} s")
+    if c.json:
+        summary = {"checkpoint": str(source), "step": ckpt["iter_num"], "dataset": dataset}
+        summary |= {"alpha_0": config.alpha_0, "variant": config.variant, **res}
+        Path(c.json).write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main, "paper/likelihood.py", sys.argv[1:])
