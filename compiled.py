@@ -90,17 +90,17 @@ class CompiledSampler:
         self.cache = fresh
         return fresh
 
-    def feed(self, canvas, sigma, lo, hi, prefix, cache):
+    def feed(self, canvas, sigma, lo, hi, clean_block, cache):
         """EsoLM.feed with static shapes: the widened window through the compiled forward, of
         which the slots [lo, hi) are returned."""
         wide_lo, wide_hi, n_keys = static_window(lo, hi, canvas.size(1))
         cache.slots = torch.arange(wide_lo, wide_hi, device=canvas.device)
-        mask = eso.prefix_lm_mask(cache.slots, n_keys, prefix)
-        torch._dynamo.maybe_mark_dynamic(mask, 3)
+        attn_mask = eso.prefix_lm_mask(cache.slots, n_keys, clean_block)
+        torch._dynamo.maybe_mark_dynamic(attn_mask, 3)
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs have been read
         tokens = canvas[:, wide_lo:wide_hi]
         positions = sigma[:, wide_lo:wide_hi]
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            h = self.hidden(self.model, tokens, positions, mask, cache)
+            h = self.hidden(self.model, tokens, positions, attn_mask, cache)
         return h[:, lo - wide_lo : hi - wide_lo]

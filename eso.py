@@ -2,84 +2,75 @@
 Esoteric Language Models (Eso-LMs), in one file.
 
 Sahoo, Yang, Akhauri, Liu, Singh, Cheng, Liu, Xing, Thickstun, Vahdat: "Esoteric Language
-Models", arXiv 2506.01928 (ICML 2026). Equations, figures, algorithms and appendices cited below
-are the paper's.
+Models", arXiv 2506.01928 (ICML 2026). The equations, figures, algorithms and appendices cited
+below are the paper's.
 
-One causal transformer that is an autoregressive language model (alpha_0 = 0), a masked
-diffusion language model (alpha_0 = 1) or anything between, trained with one loss and sampled
-with one KV cache.
+One causal transformer is an autoregressive language model (alpha_0 = 0), a masked diffusion
+language model (alpha_0 = 1), or anything between. It is trained with one loss and sampled with
+one KV cache.
 
-Words, each defined here and used in this one sense:
-  x, [MASK], z  x: a clean sequence of L tokens at positions 0..L-1 (1..L in the examples).
-                [MASK]: one more token id. z: a copy of x in which some positions are masked
-                (hold [MASK]), the others clean.
-  mask          a [MASK] token, at a masked position. In prose "attention mask" is said in
-                full; in code, names ending in mask (x_mask, mask) are attention masks, and
-                `masked` (B, L) bool marks the masked positions.
-  phases        sampling runs a diffusion phase (MDM: masked diffusion model), which decodes a
-                random subset of the positions, several per step, then a sequential phase (AR:
-                autoregressive), which decodes all the remaining ones, one per step, left to
-                right.
-  t, z_t        diffusion time, in [0, 1]: z_t keeps each token of x with probability
-                alpha_t = alpha_0 (1 - (1 - EPS) t) (EPS = 1e-3; alpha'_t: its derivative). So
-                z_0 keeps a share alpha_0 of x, and z_1 almost nothing (a share alpha_0 EPS).
-                Training draws t uniformly from [T_EPS, 1] (T_EPS = 1e-3); sampling runs t
-                from 1 down to 0.
-  alpha_0       in training: the share of clean tokens in z_0. In sampling: the expected share
-                of positions that the diffusion phase decodes (a hair less: alpha_1 > 0); the
-                sequential phase decodes the rest.
-  sigma, slot   an order: sigma[b, i] is the position decoded i-th in batch row b. "In decode
-                order" (the code says sorted), a sequence lists its tokens by sigma, each at its
-                original position (through rotary embeddings); a slot is an index in that list;
-                "before" means at an earlier slot.
-  T, NFE        T: the steps of the diffusion schedule (empty ones cost nothing). NFE: the
-                transformer forwards a sampler spends, one per non-empty step.
-  NELBO         negative evidence lower bound: an upper bound on -log p(x). The paper's (eq. 7)
-                has two terms:
-                  sequential  E_{z_0} [ sum over masked l:
-                                        -log p(x_l | clean tokens of z_0, x at masked l' < l) ]
-                  diffusion   E_{t, z_t} [ sum over masked l:
-                                           -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ]
-                the exact NLL of the sequential phase given z_0, and the continuous-time bound of
-                MDLM (a masked diffusion LM, Sahoo et al. 2024) on the diffusion phase's, which
-                omits, as theirs, the prior term at t = 1 and draws t from [T_EPS, 1].
-  kappa         the share of a batch's rows that estimate the diffusion term; the others: the
-                sequential.
+Words. Each is defined here and used in this one sense.
+  x             a clean sequence of L tokens, at positions 0..L-1 (1..L in the examples).
+  [MASK]        one more token id, after the vocabulary's.
+  z             a copy of x in which some positions hold [MASK] (they are masked) and the others
+                hold x's tokens (they are clean). In code, `masked` (B, L) bool marks them.
+  attention     which token may attend to which: True = may attend. Code names that end in
+  mask          attn_mask are attention masks; "a mask" alone is a [MASK] token.
+  phases        sampling runs a diffusion phase, then a sequential phase. The diffusion phase
+                (MDM: masked diffusion model) decodes a random subset of the positions, several
+                per step. The sequential phase (AR: autoregressive) decodes all the others, one
+                per step, left to right.
+  t, z_t        diffusion time, in [0, 1]. z_t keeps each token of x with probability
+                alpha_t = alpha_0 (1 - (1 - EPS) t), with EPS = 1e-3. So z_0 keeps a share
+                alpha_0 of x, and z_1 keeps almost nothing. Training draws t uniformly from
+                [T_EPS, 1]; sampling runs t from 1 down to 0.
+  alpha_0       in training, the share of clean tokens in z_0. In sampling, about the share of
+                positions that the diffusion phase decodes; the sequential phase decodes the rest.
+  sigma         an order: sigma[b, i] is the position decoded i-th in row b of a batch.
+  decode order  a sequence laid out by sigma, each token still at its original position (the
+                rotary embeddings carry it). The code calls it sorted.
+  slot          an index in decode order; "before" means at an earlier slot.
+  T, NFE        T is the number of steps of the diffusion schedule; empty steps cost nothing.
+                NFE is the number of transformer forwards a sampler spends.
+  NELBO         negative evidence lower bound: an upper bound on -log p(x) (eq. 7). It is the
+                sum of two terms, described where they are computed (section 6).
+  kappa         the share of a batch's rows that estimate the diffusion term; the other rows
+                estimate the sequential term.
   zero masking  the model never predicts [MASK]: its output layer has no [MASK] row.
-  IW bound      an importance-weighted bound on -log p(x), tightening as it averages more
-                orders (likelihood).
-  canvas, chunk the L tokens being sampled (known ones, a prompt, and masks); the tokens one
-                cached forward feeds.
+  IW bound      an importance-weighted bound on -log p(x). It gets tighter as it averages over
+                more orders.
+  canvas        the L tokens being sampled: known ones (a prompt) and masks.
+  chunk         the tokens that one cached forward feeds.
 
-Variant B (the paper's model) is causal in decode order everywhere: a clean token never sees
-anything decoded after it, so its keys and values never change and one KV cache serves both
-phases. Variant A (an ablation) lets the clean tokens (its clean block) see each other both
-ways: another attention mask.
+The two variants differ in one attention mask. Variant B, the paper's model, is causal in decode
+order everywhere: a clean token never sees anything decoded after it. So its keys and values
+never change, and one KV cache serves both phases. Variant A, an ablation, lets the clean tokens
+(its clean block) see each other both ways.
 
-A worked example (Figs. 6-9), printed by `python eso.py` from the functions below, with its
-masks: x = ABCDEF at positions 1..6; B, D and E masked, as z_0 = A_C__F (and as z_t in the
+A worked example (Figs. 6-9), printed by `python eso.py` from the functions below. Take
+x = ABCDEF at positions 1..6, with B, D and E masked: z_0 = A_C__F (and the same z_t in the
 diffusion term).
-  Diffusion term, sigma = (3, 1, 6, 4, 5, 2): the transformer reads C A F M M M at positions
-  3 1 6 4 5 2 under a plain causal mask; the M slots predict D, E, B from the clean tokens and
-  the earlier masks.
-  Sequential term, sigma = (3, 1, 6, 2, 4, 5), masks left to right: two halves at the same
-  positions, z_0 in decode order, C A F M M M, and x, C A F B D E. The M at position 4 sees
-  itself and the x slots before it, C A F B (the clean tokens and the true tokens to its left),
-  and predicts D.
-  The cached sampler along that order (2, then 1 diffusion tokens, then 3 sequential ones), as
-  its KV cache records it (letters name positions; the model draws its own tokens):
+  Diffusion term, sigma = (3, 1, 6, 4, 5, 2). The transformer reads C A F M M M at positions
+  3 1 6 4 5 2 under a plain causal mask. The M slots predict D, E and B from the clean tokens
+  and the masks before them.
+  Sequential term, sigma = (3, 1, 6, 2, 4, 5): the clean tokens, then the masks left to right.
+  The transformer reads two halves at the same positions: z_0 in decode order, C A F M M M, and
+  x, C A F B D E. The M at position 4 sees itself and the x slots before it, C A F B: the clean
+  tokens and the true tokens to its left. It predicts D.
+  The cached sampler along that order decodes 2, then 1 diffusion tokens, then 3 sequential
+  ones. Its KV cache records (letters name positions; the model draws its own tokens):
     step 1 feeds M3 M1       keeps -      decodes C3 A1 (diffusion)
     step 2 feeds C3 A1 M6    keeps C3 A1  decodes F6 (diffusion)
     step 3 feeds F6 M2       keeps F6     decodes B2 (sequential)
     step 4 feeds B2 M4       keeps B2     decodes D4 (sequential)
     step 5 feeds D4 M5       keeps D4     decodes E5 (sequential)
-  NFE = 5. A chunk holds the tokens decoded at the step before, now clean, whose keys and values
-  the cache keeps ("one step late"), and the masks to decode now; the last token is never fed.
+  NFE = 5. Each chunk holds the tokens decoded at the step before, now clean, and the masks to
+  decode now. The cache keeps a token's keys and values from the first chunk that feeds it clean:
+  "one step late". The last token decoded is never fed.
 
-Read top to bottom: 1 config; 2 the transformer, KV cache; 3 noise schedule, orders; 4 attention
-patterns; 5 sampling pieces; 6 the model: loss, sampler, likelihood; 7 making it fast (each fast
-path beside the plain one it equals, bound by a test); 8 `python eso.py`. The authors' released
-models are folded into this one in reference.py; the compiled sampler lives in compiled.py.
+Read top to bottom: 1 config; 2 the transformer and its KV cache; 3 noise schedule and orders;
+4 attention patterns; 5 sampling pieces; 6 the model: loss, sampler, likelihood; 7 making it
+fast (each fast path beside the plain one it equals, and a test binds them); 8 `python eso.py`.
 """
 
 import itertools
@@ -168,21 +159,23 @@ def batch_split_fits(kappa, alpha_0):
 
 
 def rotary_tables(block_size, head_dim, base=10000.0):
-    """cos and signed sin (L, hd) for the non-interleaved ("rotate half") rotary embedding."""
+    """cos and sin (L, hd) of the rotary embedding's angles, for every position and every pair
+    of a head's dimensions (pair i is dimensions i and i + hd/2, the "rotate half" layout)."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
     angles = torch.outer(torch.arange(block_size).float(), inv_freq)  # (L, hd/2)
     cos = torch.cat([angles.cos(), angles.cos()], -1)
-    sin = torch.cat([-angles.sin(), angles.sin()], -1)
+    sin = torch.cat([angles.sin(), angles.sin()], -1)
     return cos, sin
 
 
 def apply_rotary(x, cos, sin):
-    """Rotate pairs (x_i, x_{i + hd/2}) of x (..., n, hd) by each token's angle, in float32, with
-    cos, sin (B, 1, n, hd) gathered at each token's *original* position. x.roll(hd/2) is
-    [x2, x1]: with sin's first half negated, x cos + roll(x) sin rotates each pair."""
+    """Rotate each pair (x1, x2) = (x_i, x_{i + hd/2}) of x (..., n, hd) by its angle:
+    (x1 cos - x2 sin, x2 cos + x1 sin), in float32. cos and sin (B, 1, n, hd) are gathered at
+    each token's original position, so a token keeps its position in any order."""
     xf = x.float()
-    half = x.size(-1) // 2
-    return torch.addcmul(xf * cos, xf.roll(half, -1), sin).type_as(x)
+    x1, x2 = xf.chunk(2, -1)
+    turned = torch.cat([-x2, x1], -1)  # each pair turned by 90 degrees
+    return torch.addcmul(xf * cos, turned, sin).type_as(x)
 
 
 class Linear(nn.Module):
@@ -202,14 +195,15 @@ class Linear(nn.Module):
 
 
 class KVCache:
-    """The sampler's KV cache: a key and a value per token and layer, in decode order (slot i
-    holds the token decoded i-th), for all L slots.
+    """The sampler's KV cache: a key and a value per layer for each of the L slots, in decode
+    order (slot i holds the token decoded i-th).
 
-    The caller sets `slots` (1-D tensor), those of the tokens a forward feeds; the forward writes
-    their keys and values there, and its attention reads as many slots from 0 as its attention
-    mask has columns. Slots [0, length) hold clean tokens for good; the rest is provisional
-    (overwritten when fed again). The buffers start at zero: hidden slots hold finite numbers (a
-    NaN would leak through the softmax)."""
+    Before a forward, the caller sets `slots` (a 1-D tensor): the slots of the tokens it feeds.
+    In each layer, update writes their keys and values there and hands back the keys and values
+    of the first n_keys slots, which the attention reads. Slots [0, length) hold clean tokens for
+    good; the others are provisional, and are overwritten when fed again. The buffers start at
+    zero, so that a slot the attention mask hides holds a finite number (a NaN would leak
+    through the softmax)."""
 
     def __init__(self, n_layer, shape, dtype, device):  # shape: (B, nh, L, hd)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
@@ -217,11 +211,13 @@ class KVCache:
         self.length = 0
         self.slots = None
 
-    def update(self, layer, k, v):  # k, v: (B, nh, n, hd) at self.slots
+    def update(self, layer, k, v, n_keys):
+        """Write k, v (B, nh, n, hd) at self.slots; return the keys and values of the first n_keys
+        slots (B, nh, n_keys, hd)."""
         # written at a tensor of slots: no shape depends on where
         self.k[layer][:, :, self.slots] = k
         self.v[layer][:, :, self.slots] = v
-        return self.k[layer], self.v[layer]  # (B, nh, L, hd)
+        return self.k[layer][:, :, :n_keys], self.v[layer][:, :, :n_keys]
 
     def reset(self):
         """Empty it, in place: the same buffers (compiled steps may hold their addresses)."""
@@ -247,10 +243,8 @@ class Attention(nn.Module):
         q, k = apply_rotary(qkv[:2], cos, sin)
         v = qkv[2]
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, nh, L, hd): every slot
-            n_keys = attn_mask.size(-1)  # the slots the attention mask covers
-            k = k[:, :, :n_keys]
-            v = v[:, :, :n_keys]
+            # the keys are the cache's first slots, as many as the attention mask has columns
+            k, v = cache.update(layer, k, v, n_keys=attn_mask.size(-1))
         p = self.dropout if self.training else 0.0
         if isinstance(attn_mask, SequentialPattern):  # the sequential term's fast path (section 7)
             y = attn_mask.attend(q, k, v, p)
@@ -349,20 +343,20 @@ def prefix_lm_mask(slots, n_keys, prefix=0):
     return causal | clean_block
 
 
-def sequential_mask(x_mask):
+def sequential_mask(x_attn_mask):
     """(B or 1, 1, 2L, 2L) attention mask over [z_0 sorted ; x sorted] (eq. 26-32, Fig. 9), from
-    the x half's own attention mask x_mask (B or 1, 1, L, L), a prefix_lm_mask.
+    the x half's own attention mask x_attn_mask (B or 1, 1, L, L), a prefix_lm_mask.
 
     z slot i -> itself and x slots j < i (the clean tokens and the true tokens to its left);
-    x slot i -> as x_mask (causal; variant A: plus its clean block); nothing attends to a z slot
-    but itself. The outputs of the z half are the predictions."""
-    L = x_mask.size(-1)
-    i = torch.arange(L, device=x_mask.device)
+    x slot i -> as x_attn_mask (causal; variant A: plus its clean block);
+    nothing attends to a z slot but itself. The outputs of the z half are the predictions."""
+    L = x_attn_mask.size(-1)
+    i = torch.arange(L, device=x_attn_mask.device)
     z_to_z = i[:, None] == i[None, :]  # (L, L): the diagonal
     z_to_x = i[:, None] > i[None, :]  # (L, L): strictly earlier x slots
     z_queries = torch.cat([z_to_z, z_to_x], dim=1)  # (L, 2L)
-    z_queries = z_queries.expand(x_mask.size(0), 1, L, 2 * L)
-    x_queries = torch.cat([torch.zeros_like(x_mask), x_mask], dim=-1)
+    z_queries = z_queries.expand(x_attn_mask.size(0), 1, L, 2 * L)
+    x_queries = torch.cat([torch.zeros_like(x_attn_mask), x_attn_mask], dim=-1)
     return torch.cat([z_queries, x_queries], dim=-2)
 
 
@@ -394,27 +388,30 @@ def check_sampling_args(steps, alpha_0, temperature, top_p):
 
 
 def unmask_schedule(n_masked, steps, alpha_0, generator, device):
-    """Sizes of the non-empty diffusion steps, in time order (Alg. 2), in one vectorised draw.
+    """The sizes of the non-empty diffusion steps, in time order (Alg. 2), drawn without a loop
+    over the T steps (the paper's speed protocol uses T = 1e6).
 
-    Step i = 0..T-1 runs t from t_i = 1 - i/T to s_i = t_i - 1/T = t_{i+1} and unmasks
-    n ~ Binomial(remaining masks, p_i), p_i = (alpha_s - alpha_t) / (1 - alpha_t). A binomial
-    over the remaining masks is each mask unmasking on its own with probability p_i, so follow
-    one mask: its chance to be unmasked exactly at step i is the product of surviving the steps
-    before, 1 - p_j = (1 - alpha_{s_j}) / (1 - alpha_{t_j}), and that product telescopes:
-        prod_{j<i} (1 - p_j) = (1 - alpha_{t_i}) / (1 - alpha_1),
-        P(step i) = (1 - alpha_{t_i}) / (1 - alpha_1) * p_i
-                  = (alpha_{s_i} - alpha_{t_i}) / (1 - alpha_1).
-    alpha is linear in t and the steps are equal, so this is the same for every step: each mask
-    is unmasked at all with probability (alpha_0 - alpha_1) / (1 - alpha_1), then at a uniformly
-    random step, independently of the others: two draws per mask, however large T is (the
-    paper's speed protocol uses T = 1e6). Masks not drawn go to the sequential phase. This draws
-    how many masks each step unmasks, and sampling_order which ones: masks are exchangeable, so
-    the two draws have the law of the step-by-step one. The sizes are shared by the rows of a
-    batch.
+    What it draws: each of the n_masked masks is decoded by the diffusion phase with probability
+    (alpha_0 - alpha_1) / (1 - alpha_1), and then at a step drawn uniformly from the T steps,
+    independently of the other masks. The masks not drawn are left to the sequential phase. The
+    sizes count how many masks each step decodes; sampling_order picks which. The rows of a batch
+    share the sizes.
 
-    The chain starts at t = 1 from all masks, where the schedule would have
-    alpha_1 = EPS alpha_0 clean, so the diffusion phase makes (alpha_0 - alpha_1) / (1 - alpha_1),
-    a hair less than alpha_0 (0.49975 for 0.5); training and the likelihood use alpha_0 itself.
+    Why this is Alg. 2. Step i = 0..T-1 runs t from t_i = 1 - i/T to s_i = t_i - 1/T. It decodes
+    n ~ Binomial(remaining masks, p_i) masks, with p_i = (alpha_s - alpha_t) / (1 - alpha_t).
+    A binomial over the remaining masks is the same as each mask being decoded on its own with
+    probability p_i. So follow one mask. It survives step j with probability
+    1 - p_j = (1 - alpha_{s_j}) / (1 - alpha_{t_j}), and these factors telescope:
+        P(still masked at step i) = prod_{j<i} (1 - p_j) = (1 - alpha_{t_i}) / (1 - alpha_1),
+        P(decoded at step i) = (1 - alpha_{t_i}) / (1 - alpha_1) * p_i
+                             = (alpha_{s_i} - alpha_{t_i}) / (1 - alpha_1).
+    alpha is linear in t and the steps are equal, so this is the same for every step i. Summed
+    over the steps it gives the share above. The masks are exchangeable, so drawing the counts
+    here and the positions in sampling_order has the law of the step-by-step chain.
+
+    The share is a hair less than alpha_0 (0.49975 for 0.5): the chain starts at t = 1 from all
+    masks, where the schedule itself would keep alpha_1 = EPS alpha_0 clean. Training and the
+    likelihood use alpha_0 itself.
     """
     alpha_1 = alpha(1.0, alpha_0)
     p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1)  # 1 exactly at alpha_0 = 1
@@ -430,21 +427,23 @@ def random_permutations(rows, n, device, generator=None):
 
 
 def sampling_order(known, sizes, block_order=False, generator=None):
-    """(sigma, sizes): sigma (B, L), sigma[b, i] = the position decoded i-th in row b, and the
-    diffusion step sizes (the schedule's, or with block_order the streams', see block_streams).
+    """(sigma, sizes): the order sigma (B, L), sigma[b, i] = the position decoded i-th in row b,
+    and the diffusion step sizes (the schedule's, or with block_order the streams' of
+    block_streams).
 
-    sigma lists the known tokens first, left to right (fed once, as the first step's clean
-    tokens); then the diffusion positions, sum(sizes) of the masks, a random subset per row in
-    random order, cut into steps by sizes; then the sequential positions, the other masks, left
-    to right."""
+    sigma lists three groups. First the known tokens, left to right: they are fed once, as the
+    first step's clean tokens. Then the diffusion positions: sum(sizes) of the masked positions,
+    a random subset of each row in random order, cut into steps by sizes. Then the sequential
+    positions, the other masked ones, left to right."""
     B, L = known.shape
     n_diffusion = sum(sizes)
     positions = torch.arange(L, device=known.device)
     # (B, L): the known positions ascending, then the masked ones ascending
     base = torch.argsort(torch.where(known, positions - L, positions), dim=1)
     n_known = int(known[0].sum())
-    masks = base[:, n_known:]  # (B, N) masked positions, ascending
-    shuffled = masks.gather(1, random_permutations(B, masks.size(1), known.device, generator))
+    masked_positions = base[:, n_known:]  # (B, N), ascending
+    N = masked_positions.size(1)
+    shuffled = masked_positions.gather(1, random_permutations(B, N, known.device, generator))
     diffusion = shuffled[:, :n_diffusion]  # (B, n): a random subset, in random order
     sequential = shuffled[:, n_diffusion:].sort(1).values  # (B, N - n): the rest, ascending
     if block_order and n_diffusion:
@@ -453,27 +452,31 @@ def sampling_order(known, sizes, block_order=False, generator=None):
 
 
 def block_streams(diffusion, n_streams, generator=None):
-    """The authors' block ("subcontext", App. E.10) order, strided, for any L, alpha_0, prompt
-    and T: (diffusion positions (B, n) in the order decoded, the step sizes).
+    """The authors' block ("subcontext", App. E.10) order, made to work for any L, alpha_0,
+    prompt and T: (the diffusion positions (B, n) in the order decoded, the step sizes).
 
     The diffusion positions, in ascending order, are dealt into S = n_streams streams (the
-    number of non-empty diffusion steps), the r-th to stream r mod S (p0 < ... < p7 and S = 3
-    give {p0, p3, p6}, {p1, p4, p7}, {p2, p5}), and each step decodes one stream, in random order:
-    no two tokens of a step are closer than S positions. The larger streams go first; each row
-    draws which stream a step decodes among those of its size. At alpha_0 = 1, S dividing L,
-    step j decodes {p, p + S, ...}, as theirs."""
+    number of non-empty diffusion steps): the r-th goes to stream r mod S. For p0 < ... < p7 and
+    S = 3 the streams are {p0, p3, p6}, {p1, p4, p7} and {p2, p5}. Each step decodes one stream,
+    in random order, so no two tokens of a step are closer than S positions. The larger streams
+    go first; among streams of one size, each row draws which step decodes which. At alpha_0 = 1
+    with S dividing L, step j decodes {j, j + S, ...}, as theirs does."""
     B, n = diffusion.shape
     S = n_streams
     big = n % S  # streams 0..big-1 hold one position more than the others
     sizes = [n // S + int(step < big) for step in range(S)]
     device = diffusion.device
+    # which step decodes each stream: the big streams in the first steps, in random order
     large_first = random_permutations(B, big, device, generator)
     small_next = big + random_permutations(B, S - big, device, generator)
-    step_of_stream = torch.cat([large_first, small_next], 1)  # (B, S): within its size class
+    step_of_stream = torch.cat([large_first, small_next], 1)  # (B, S)
     stream = torch.arange(n, device=device) % S  # (n,): the stream of the j-th position from left
-    within_step = random_permutations(B, n, device, generator)
-    key = step_of_stream[:, stream] * n + within_step  # (B, n) integers: by step, then at random
-    return diffusion.sort(1).values.gather(1, key.argsort(1)), sizes
+    step = step_of_stream[:, stream]  # (B, n): the step that decodes it
+    # order the positions by step, and within a step at random: one integer key per position
+    within_step = random_permutations(B, n, device, generator)  # (B, n), values < n
+    key = step * n + within_step
+    ascending = diffusion.sort(1).values
+    return ascending.gather(1, key.argsort(1)), sizes
 
 
 def has_float64(device):
@@ -667,20 +670,25 @@ class EsoLM(nn.Module):
         return self(x, self.draws(x, generator), loss_type, dense)
 
     def diffusion_nll(self, x, t, masked, sigma, loss_type=None):
-        """The diffusion term (eq. 7) / L for given draws: t (B,), masked (B, L) bool (z_t),
-        sigma clean first. Causal in decode order, the i-th mask sees the clean tokens and the
-        i - 1 masks before it: what a sampler step that decodes several masks at once feeds."""
+        """The diffusion term of the NELBO (eq. 7), per token, for given draws: t (B,), masked
+        (B, L) bool (z_t), sigma (B, L) with the clean tokens first.
+
+        The term is MDLM's continuous-time bound on the diffusion phase (Sahoo et al. 2024):
+            E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ],
+        without, as theirs, the prior term at t = 1. The transformer reads z_t in decode order
+        under a plain causal mask: the i-th mask sees the clean tokens and the i - 1 masks before
+        it, which is what a sampler step that decodes several masks at once feeds."""
         B, L = x.shape
         z = torch.where(masked, self.mask_id, x)
         # (B, L) each, in decode order
         z_sorted = z.gather(1, sigma)
         x_sorted = x.gather(1, sigma)
         masked_sorted = masked.gather(1, sigma)
-        mask = None  # B: plain causal
-        if self.config.variant == "A":
+        attn_mask = None  # B: plain causal
+        if self.config.variant == "A":  # the clean block attends both ways
             slots = torch.arange(L, device=x.device)
-            mask = prefix_lm_mask(slots, L, (~masked).sum(1))
-        logits = self.logits(self.hidden(z_sorted, sigma, mask))
+            attn_mask = prefix_lm_mask(slots, L, (~masked).sum(1))
+        logits = self.logits(self.hidden(z_sorted, sigma, attn_mask))
         nll = F.cross_entropy(logits.flatten(0, 1), x_sorted.flatten(), reduction="none")
         nll = nll.view(B, L)
         if (loss_type or self.config.loss_type) == "elbo":
@@ -691,50 +699,43 @@ class EsoLM(nn.Module):
         return (nll * masked_sorted * weight[:, None]).sum() / (B * L)
 
     def sequential_nll(self, x, masked, sigma, dense=False, n_skip=None):
-        """The sequential term (eq. 7) / L for given draws: masked (B, L) bool (z_0), sigma (B, L)
-        with the clean tokens first (as sequential_order makes it; the fast path counts on it),
-        masks ascending.
+        """The sequential term of the NELBO (eq. 7), per token, for given draws: masked (B, L)
+        bool (z_0), sigma (B, L) with the clean tokens first, then the masks left to right (as
+        sequential_order makes it).
 
-        Why two halves, [z_0 ; x] in decode order, not a shift by one as in GPT: the sampler
-        predicts the token at position l from a [MASK] token carrying l's position, so training
-        must too; and that slot cannot also hold x_l for the later slots to read (it would see
-        its own answer). So the true tokens come from a second half: the z slot of l sees itself
-        and the x slots before it (the clean tokens, and x at the masked positions left of l).
-        dense=True: the plain path, 2L tokens through sequential_mask; else the fast one
-        (section 7)."""
+        The term is the exact NLL of the sequential phase given z_0:
+            E_{z_0} [ sum over masked l of  -log p(x_l | clean tokens of z_0, x at masked l' < l) ].
+        Why two halves, [z_0 ; x] in decode order, and not a shift by one as in GPT? The sampler
+        predicts the token at position l from a [MASK] token at position l, so training must do
+        the same. That slot cannot also hold x_l for the later slots to read: it would see its
+        own answer. So the true tokens come from a second half. The z slot of l sees itself and
+        the x slots before it: the clean tokens, and x at the masked positions left of l.
+        dense=True: the plain path; else section 7's fast one, the same numbers."""
         B, L = x.shape
         logp = self.sequential_logprobs(x, masked, sigma, dense, n_skip)
         return -(logp * masked.gather(1, sigma)).sum() / (B * L)
 
     def sequential_logprobs(self, x, masked, sigma, dense=False, n_skip=None):
-        """log p(x at each slot) (B, L) from one forward of both halves: [z_0 ; x] in decode
-        order (dense), or [x ; z_0 from slot n_skip on] (fast: the slots before n_skip, clean in
-        every row, get log p = 0)."""
+        """log p(x at each slot) (B, L), in decode order, from one forward of both halves
+        [z_0 ; x] through sequential_mask: the outputs of the z half predict.
+
+        dense=False takes section 7's fast path, fast_sequential_logprobs, which computes the
+        same numbers with less work (n_skip: what it may leave out)."""
+        if not dense:
+            return fast_sequential_logprobs(self, x, masked, sigma, n_skip)
         L = x.size(1)
         z = torch.where(masked, self.mask_id, x)
         z_sorted = z.gather(1, sigma)  # (B, L) in decode order
         x_sorted = x.gather(1, sigma)
         slots = torch.arange(L, device=x.device)
-        x_mask = None  # B: causal
-        if self.config.variant == "A":
-            x_mask = prefix_lm_mask(slots, L, (~masked).sum(1))
-        if dense:  # feed [z ; x], take the z half: the first L outputs
-            if x_mask is None:
-                x_mask = prefix_lm_mask(slots, L)
-            tokens = torch.cat([z_sorted, x_sorted], 1)
-            positions = torch.cat([sigma, sigma], 1)
-            h = self.hidden(tokens, positions, sequential_mask(x_mask))[:, :L]  # the z half
-            n_skip = 0
-        else:  # feed [x ; z from n_skip], so each group's x keys are a prefix (section 7)
-            if n_skip is None:
-                n_skip = skippable(masked)
-            pattern = SequentialPattern(L, n_skip, x_mask, x.device)
-            tokens = torch.cat([x_sorted, z_sorted[:, n_skip:]], 1)
-            positions = torch.cat([sigma, sigma[:, n_skip:]], 1)
-            h = self.hidden(tokens, positions, pattern)[:, L:]  # (B, L - n_skip, C): the z slots
-        logp = F.log_softmax(self.logits(h), dim=-1)
-        logp_x = logp.gather(-1, x_sorted[:, n_skip:, None]).squeeze(-1)
-        return F.pad(logp_x, (n_skip, 0))
+        x_attn_mask = prefix_lm_mask(slots, L)  # B: the x half is causal
+        if self.config.variant == "A":  # plus its clean block, both ways
+            x_attn_mask = prefix_lm_mask(slots, L, (~masked).sum(1))
+        tokens = torch.cat([z_sorted, x_sorted], 1)  # (B, 2L)
+        positions = torch.cat([sigma, sigma], 1)
+        h = self.hidden(tokens, positions, sequential_mask(x_attn_mask))[:, :L]  # the z half
+        logp = F.log_softmax(self.logits(h), dim=-1)  # (B, L, V)
+        return logp.gather(-1, x_sorted[:, :, None]).squeeze(-1)
 
     # Sampling (Alg. 3) ------------------------------------------------------------------------
     @torch.no_grad()
@@ -868,53 +869,53 @@ class EsoLM(nn.Module):
 
     def cached_step(self, canvas, sigma, done, k, n_clean0, cache, feed):
         """One forward with the KV cache; returns the hidden states (B, k, C) of this step's k
-        masks.
+        masks. canvas[:, :done] is decoded; this step decodes slots [done, done + k).
 
-        Variant B reads as AR decoding with a cache: the cache holds every token decoded before
-        the last step; feed the tokens decoded at the last step (now clean: their keys and values
-        are written one step late), then this step's k masks, causal in decode order; keep the
-        clean tokens' entries. Exact: a clean token's keys and values depend only on the tokens
-        decoded before it, which never change, and no later step reads a mask's.
+        Variant B decodes as an AR model with a cache does. The cache holds every token decoded
+        before the last step, in slots [0, cache.length). The step feeds the slots from there to
+        done + k: the tokens decoded at the last step (now clean), then this step's k masks,
+        causal in decode order. Then the cache keeps everything before done for good: each
+        token's keys and values are kept one step late, from the first forward that feeds it
+        clean. This is exact: a clean token's keys and values depend only on the tokens decoded
+        before it, which never change, and no later step reads a mask's.
 
-        Variant A differs by an attention mask: its clean block (the first min(done, n_clean0)
-        slots) attends both ways, so while it grows (the diffusion phase) its keys and values
-        change with every token that joins it: each such step feeds it all and keeps nothing;
-        the first sequential step keeps it (App. D.3), and A then decodes as B.
+        Variant A differs by an attention mask: its clean block, the first min(done, n_clean0)
+        slots, attends both ways. While it grows (the diffusion phase), its keys and values
+        change with every token that joins it, so each such step feeds the whole block and the
+        cache keeps nothing. From the first sequential step on, the block is whole: that step
+        keeps it (App. D.3), and A decodes as B.
 
-        Each step feeds the slots [first, done + k) and the cache keeps [0, keep) after it:
-          B, every step                        first = the last step's done, keep = done
-          A, while done < n_clean0 (diffusion) first = 0,                     keep = 0
-          A, from then on                      as B"""
-        # Slots [0, first): kept in the cache. [first, done): clean, not yet kept: the last
-        # step's tokens (in B, first == the last step's done), or at the first step the prompt.
-        # [done, done + k): this step's masks.
-        first = cache.length
-        prefix = 0  # slots of the bidirectional clean block (variant A)
-        keep = done  # the cache keeps slots [0, keep) after this step
+        What each step feeds, and what the cache holds after it:
+          B, every step                           slots [cache.length, done + k)   [0, done)
+          A, while done < n_clean0 (diffusion)    slots [0, done + k)              nothing
+          A, from then on                         as B"""
+        clean_block = 0  # slots that attend both ways (variant A)
+        keep = done  # after this step the cache holds slots [0, keep)
         if self.config.variant == "A":
-            prefix = min(done, n_clean0)
+            clean_block = min(done, n_clean0)
             if done < n_clean0:
                 keep = 0
-        h = feed(canvas, sigma, first, done + k, prefix, cache)  # (B, done + k - first, C)
+        start = cache.length  # the first slot fed: the cache holds the ones before it
+        h = feed(canvas, sigma, start, done + k, clean_block, cache)  # (B, done + k - start, C)
         cache.length = keep
-        return h[:, done - first :]  # (B, k, C): the masks' outputs
+        return h[:, done - start :]  # (B, k, C): this step's masks, the last k slots fed
 
-    def feed(self, canvas, sigma, lo, hi, prefix, cache):
+    def feed(self, canvas, sigma, lo, hi, clean_block, cache):
         """Hidden states (B, hi - lo, C) of the slots [lo, hi) of the decode-order canvas (B, L),
-        through the cache: they write their keys and values at their slots and attend to slots
-        [0, hi), causal in decode order, plus a bidirectional block over the first prefix."""
+        through the cache: they write their keys and values at their slots, and attend to the
+        slots [0, hi), causal in decode order, plus both ways within the first clean_block."""
         cache.slots = torch.arange(lo, hi, device=canvas.device)
-        mask = prefix_lm_mask(cache.slots, hi, prefix)  # (1, 1, hi - lo, hi)
-        return self.hidden(canvas[:, lo:hi], sigma[:, lo:hi], mask, cache)
+        attn_mask = prefix_lm_mask(cache.slots, hi, clean_block)  # (1, 1, hi - lo, hi)
+        return self.hidden(canvas[:, lo:hi], sigma[:, lo:hi], attn_mask, cache)
 
     def uncached_step(self, canvas, sigma, done, k, n_clean0):
         """The uncached path's step: all L slots of the decode-order canvas through the
         transformer; returns the hidden states (B, k, C) of this step's k masks."""
-        mask = None  # B: plain causal
+        attn_mask = None  # B: plain causal
         if self.config.variant == "A":
             slots = torch.arange(canvas.size(1), device=canvas.device)
-            mask = prefix_lm_mask(slots, canvas.size(1), min(done, n_clean0))
-        return self.hidden(canvas, sigma, mask)[:, done : done + k]
+            attn_mask = prefix_lm_mask(slots, canvas.size(1), min(done, n_clean0))
+        return self.hidden(canvas, sigma, attn_mask)[:, done : done + k]
 
     def kv_cache(self, batch):
         """An empty KVCache for `batch` rows, in the dtype of the keys (the autocast dtype under
@@ -962,18 +963,19 @@ class EsoLM(nn.Module):
     @torch.no_grad()
     def likelihood(self, x, num_orders, generator=None, dense=False):
         """The importance-weighted (IW) bound on the NLL of x (B, L), in nats per token
-        (Thm 3.1).
+        (Thm 3.1 and B.4).
 
-        Decoding one token per step along an order sigma gives
-        p(x | sigma) = prod_l p(x_sigma(l) | x_sigma(<l)), and one forward of both halves, all
-        masks and x sorted by sigma, through the sequential pattern gives all L factors: a
-        one-token step sees exactly the tokens before it and itself, whichever phase it is in. The
-        model's p(x) (one token per step, no prompt) is the mean of p(x | sigma) over the
-        sampler's orders: a random subset first (each position with probability alpha_0 here; a
-        hair more than the sampler's, see unmask_schedule), in random order, then the rest left
-        to right. So for K orders drawn that way the mean of p(x | sigma_k) estimates p(x)
-        without bias, and by Jensen E[-log mean] >= -log p(x): an upper bound, tighter as K
-        grows."""
+        Fix an order sigma and decode one token per step along it. Then
+        p(x | sigma) = prod_l p(x_sigma(l) | x_sigma(<l)), and one forward of both halves
+        through the sequential pattern gives all L factors: [all masks ; x sorted by sigma], in
+        which each z slot sees itself and the true tokens before it, whichever phase it is in.
+
+        The model's p(x) is the mean of p(x | sigma) over a law of orders: a random subset of the
+        positions first (each position with probability alpha_0), in random order, then the rest
+        left to right. This is the sampler's law of orders, with alpha_0 where the sampler has
+        the hair less of unmask_schedule. So for K orders drawn from it, the mean of
+        p(x | sigma_k) estimates p(x) without bias, and by Jensen E[-log mean] >= -log p(x): an
+        upper bound, which gets tighter as K grows."""
         # at alpha_0 = 0, A has no clean block: A = B
         if self.config.variant != "B" and self.config.alpha_0 > 0:
             raise ValueError(
@@ -1005,7 +1007,7 @@ class SequentialPattern:
     whose z-to-z block is its diagonal and x-to-z block empty.
 
     It feeds [x sorted ; the z slots from n_skip on], L + m tokens (m = L - n_skip), and computes
-      x slot i -> x slots j <= i: SDPA's causal kernel (variant A: its prefix-LM mask, x_mask);
+      x slot i -> x slots j <= i: SDPA's causal kernel (variant A: x_attn_mask, its prefix-LM);
       z slot i -> x slots j < i, and itself: groups of GROUP z queries, each against the x slots
                   before its last query and its own z keys (a size x size block of z-to-z
                   scores, of which the attention mask keeps the diagonal).
@@ -1016,10 +1018,10 @@ class SequentialPattern:
 
     GROUP = 128  # z queries per attention call
 
-    def __init__(self, L, n_skip, x_mask, device):
+    def __init__(self, L, n_skip, x_attn_mask, device):
         self.L = L
         self.n_skip = n_skip
-        self.x_mask = x_mask
+        self.x_attn_mask = x_attn_mask
         group_starts = range(0, L - n_skip, self.GROUP)
         self.z_sizes = [min(self.GROUP, L - n_skip - a) for a in group_starts]  # z slots per group
         # Slots are decode-order slots 0..L-1 (z slot s is token L + s - n_skip of the fed
@@ -1029,12 +1031,13 @@ class SequentialPattern:
         self.x_sizes = [e - s for s, e in zip([0] + last_slots, last_slots + [L])]
         # e.g. L = 6, n_skip = 2, GROUP = 2: z groups (2, 3), (4, 5); last slots 3, 5;
         # x pieces [0, 3), [3, 5), [5, 6)
-        self.masks = []  # group c: its z queries against [x slots < last[c] ; its own z keys]
+        # group c: its z queries against [x slots < last[c] ; its own z keys]
+        self.group_attn_masks = []
         for size, last in zip(self.z_sizes, last_slots):
             slot = last + 1 - size + torch.arange(size, device=device)[:, None]  # (size, 1)
             to_x = torch.arange(last, device=device) < slot  # strictly earlier x slots
             to_z = torch.eye(size, dtype=torch.bool, device=device)  # itself
-            self.masks.append(torch.cat([to_x, to_z], 1))
+            self.group_attn_masks.append(torch.cat([to_x, to_z], 1))
 
     def attend(self, q, k, v, dropout_p=0.0):  # q, k, v: (B, nh, L + m, hd)
         sdpa = F.scaled_dot_product_attention
@@ -1042,8 +1045,10 @@ class SequentialPattern:
         qx, qz = q.split([self.L, m], 2)
         kx, kz = k.split([self.L, m], 2)
         vx, vz = v.split([self.L, m], 2)
-        is_causal = self.x_mask is None
-        ys = [sdpa(qx, kx, vx, attn_mask=self.x_mask, is_causal=is_causal, dropout_p=dropout_p)]
+        is_causal = self.x_attn_mask is None
+        ys = [
+            sdpa(qx, kx, vx, attn_mask=self.x_attn_mask, is_causal=is_causal, dropout_p=dropout_p)
+        ]
         # Split, not slice: the backward of a slice fills a zero tensor of the full size, per
         # group.
         kx = kx.split(self.x_sizes, 2)
@@ -1054,7 +1059,9 @@ class SequentialPattern:
         for c, (qc, kc, vc) in enumerate(groups):
             keys = torch.cat([*kx[: c + 1], kc], 2)  # (B, nh, last + size, hd)
             values = torch.cat([*vx[: c + 1], vc], 2)
-            ys.append(sdpa(qc, keys, values, attn_mask=self.masks[c], dropout_p=dropout_p))
+            ys.append(
+                sdpa(qc, keys, values, attn_mask=self.group_attn_masks[c], dropout_p=dropout_p)
+            )
         return torch.cat(ys, 2)  # (B, nh, L + m, hd)
 
 
@@ -1063,6 +1070,33 @@ def skippable(masked):
     SequentialPattern.GROUP (a handful of shapes: few graphs compiled)."""
     group = SequentialPattern.GROUP
     return int((~masked).sum(1).min()) // group * group
+
+
+def fast_sequential_logprobs(model, x, masked, sigma, n_skip=None):
+    """EsoLM.sequential_logprobs through SequentialPattern: the same log-probabilities (B, L).
+
+    It feeds [x in decode order ; the z slots from n_skip on], L + (L - n_skip) tokens: x comes
+    first so that every group of z queries reads a leading piece of the x half. The z slots
+    before n_skip are clean in every row (clean tokens come first): they are never scored, so
+    they are not fed, and their log-probabilities are given as 0. n_skip=None: skippable(masked).
+    """
+    L = x.size(1)
+    if n_skip is None:
+        n_skip = skippable(masked)
+    z = torch.where(masked, model.mask_id, x)
+    z_sorted = z.gather(1, sigma)  # (B, L) in decode order
+    x_sorted = x.gather(1, sigma)
+    x_attn_mask = None  # B: SDPA's causal kernel over the x half
+    if model.config.variant == "A":
+        slots = torch.arange(L, device=x.device)
+        x_attn_mask = prefix_lm_mask(slots, L, (~masked).sum(1))
+    pattern = SequentialPattern(L, n_skip, x_attn_mask, x.device)
+    tokens = torch.cat([x_sorted, z_sorted[:, n_skip:]], 1)  # (B, 2L - n_skip)
+    positions = torch.cat([sigma, sigma[:, n_skip:]], 1)
+    h = model.hidden(tokens, positions, pattern)[:, L:]  # (B, L - n_skip, C): the z slots fed
+    logp = F.log_softmax(model.logits(h), dim=-1)
+    logp_x = logp.gather(-1, x_sorted[:, n_skip:, None]).squeeze(-1)  # (B, L - n_skip)
+    return F.pad(logp_x, (n_skip, 0))  # (B, L): 0 at the skipped slots
 
 
 def sample_tokens_float32(logits, temperature=1.0, top_p=1.0, generator=None):
@@ -1108,16 +1142,16 @@ def show_example():
     print(LEGEND)
     for variant in ("B", "A"):
         n_clean = 3 if variant == "A" else 0
-        x_mask = prefix_lm_mask(torch.arange(6), 6, n_clean)  # (1, 1, 6, 6)
+        x_attn_mask = prefix_lm_mask(torch.arange(6), 6, n_clean)  # (1, 1, 6, 6)
         keys = u
         if variant == "A":  # A's sequential term: clean tokens by position
             keys = torch.arange(6.0)[None] / 6
         terms = [
-            ("diffusion term: z", diffusion_order(masked, u), x_mask, False),
+            ("diffusion term: z", diffusion_order(masked, u), x_attn_mask, False),
             (
                 "sequential term: [z_0 ; x]",
                 sequential_order(masked, keys),
-                sequential_mask(x_mask),
+                sequential_mask(x_attn_mask),
                 True,
             ),
         ]

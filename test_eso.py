@@ -659,7 +659,7 @@ def test_sequential_pattern_skips_what_the_2l_mask_rules_out(monkeypatch):
     pattern = eso.SequentialPattern(L, n_skip, None, "cpu")
     rows = []
     z = 0
-    for size, mask in zip(pattern.z_sizes, pattern.masks):
+    for size, mask in zip(pattern.z_sizes, pattern.group_attn_masks):
         seen_x = mask[:, :-size]  # (size, end): x slots < end
         full = torch.zeros(size, 2 * L, dtype=torch.bool)
         full[:, L : L + seen_x.size(1)] = seen_x
@@ -773,10 +773,10 @@ class RecordingSampler(compiled.CompiledSampler):
         super().__init__(model)
         self.windows = []
 
-    def feed(self, canvas, sigma, lo, hi, prefix, cache):
+    def feed(self, canvas, sigma, lo, hi, clean_block, cache):
         wide_lo, wide_hi, n_keys = compiled.static_window(lo, hi, canvas.size(1))
         self.windows.append((wide_hi - wide_lo, n_keys))
-        return super().feed(canvas, sigma, lo, hi, prefix, cache)
+        return super().feed(canvas, sigma, lo, hi, clean_block, cache)
 
 
 def test_compiled_sampling_compiles_a_handful_of_graphs_once(dynamo_eager, tiny):

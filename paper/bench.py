@@ -308,10 +308,10 @@ class RecordingSampler(CompiledSampler):
         super().__init__(model)
         self.windows = []
 
-    def feed(self, canvas, sigma, lo, hi, prefix, cache):
+    def feed(self, canvas, sigma, lo, hi, clean_block, cache):
         wide_lo, wide_hi, n_keys = static_window(lo, hi, canvas.size(1))
         self.windows.append((wide_hi - wide_lo, n_keys))
-        return super().feed(canvas, sigma, lo, hi, prefix, cache)
+        return super().feed(canvas, sigma, lo, hi, clean_block, cache)
 
 
 def time_compiled(model, case, c, device):
