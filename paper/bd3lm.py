@@ -19,7 +19,7 @@ Words, as in eso.py: x or x_0, the clean sequence; x_t, a copy in which some tok
 (hold [MASK]); t, diffusion time; alpha_t = 1 - (1 - EPS) t, the probability that a token is
 still clean at time t (eso.alpha(t, 1.0)); NFE, the transformer forwards a sampler spends.
 
-Read top to bottom: 1 attention masks; 2 the model: draws, loss.
+Read top to bottom: 1 attention masks; 2 the model: draws, loss, sampler.
 """
 
 import torch
@@ -58,6 +58,14 @@ def block_diffusion_mask(L, block_len, device):
     return mask[None, None]
 
 
+def block_causal_mask(n, block_len, device):
+    """(1, 1, n, n) bool over n clean tokens at positions 0..n-1: a query sees the blocks at or
+    before its own. The x_0 half of block_diffusion_mask; the uncached sampler's mask (their
+    dit.py indexes block_diff_mask's x_0 corner for it when sampling without a cache)."""
+    block = torch.arange(n, device=device) // block_len
+    return (block[:, None] >= block[None, :])[None, None]
+
+
 # -----------------------------------------------------------------------------
 # 2. The model
 
@@ -66,7 +74,8 @@ class BD3LM(nn.Module):
     """Block diffusion on an eso.EsoLM's transformer, with blocks of block_len tokens.
 
     Training (forward, loss) runs the authors' one forward over [x_t ; x_0]; for one block
-    (block_len = L, MDLM) it runs x_t alone, bidirectionally, which computes the same."""
+    (block_len = L, MDLM) it runs x_t alone, bidirectionally, which computes the same. Sampling
+    (generate) decodes block after block with a KV cache of the finished blocks."""
 
     def __init__(self, transformer: eso.EsoLM, block_len: int):
         super().__init__()
@@ -161,3 +170,92 @@ class BD3LM(nn.Module):
     def loss(self, x, generator=None):
         """forward with fresh draws: (loss, parts) of x (B, L)."""
         return self(x, self.draws(x, generator))
+
+    # Sampling ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self, num_samples, steps, *, temperature=1.0, top_p=1.0, kv_cache=True, generator=None
+    ):
+        """Sample (num_samples, L) tokens, block after block, left to right: (tokens, nfe).
+
+        Each block starts all masks and runs T' = steps steps of the MDLM sampler: the count of
+        tokens each step unmasks is the binomial schedule of T' steps at alpha_0 = 1
+        (eso.unmask_schedule), drawn per block and shared by the rows; each row picks which of
+        its masks at random (a random order of the block's positions); the steps that unmask
+        nothing are skipped, at no forward (the authors' `_ddpm_caching_update` reuses p_x0
+        while nothing changes). The new tokens are drawn from the step's logits with
+        eso.sample_tokens (temperature, nucleus top_p, Gumbel-max, in float64).
+
+        A step's forward feeds the current block, its clean tokens so far and its masks, which
+        attends to itself both ways and to the finished blocks. With kv_cache, a KV cache (slots
+        = positions) holds the finished blocks, and each finished block costs one more forward
+        of the clean block that writes its keys and values, as the authors' `store_kv` forward
+        (diffusion.py, `_ddpm_caching_update`): the Eso-LM paper's Table 15 counts it (L' = 4,
+        T' = 1: NFE 512 for L = 1024, two per block). Their code runs it after the last block
+        too, whose keys nothing reads; so does this, so that NFE counts as theirs.
+        kv_cache=False is the uncached reference: every step runs the finished blocks and the
+        current one through the transformer under the block-causal mask, no store forward; the
+        same draws in the same order, so the same tokens. For one block (L' = L) the sampler is
+        MDLM: one bidirectional block, no cache, no store forward.
+
+        Where the authors' `_semi_ar_sampler` (line 979) differs: it sets the first token to
+        BOS (here every position is sampled); it defaults to first-hitting
+        (`sampling.first_hitting`: one token per step at a random mask, batch 1 only), the
+        T' >> L' limit of this schedule; and its T' steps sit on t = linspace(1, 0, T') with
+        dt = 1/T', so for T' >= 2 the last one starts at t = 0, where the update divides by zero.
+        Here T' equal steps tile [0, 1] (eso.unmask_schedule).
+
+        nfe counts the forwards made."""
+        steps = eso.check_sampling_args(steps, 1.0, temperature, top_p)
+        num_samples = eso.whole("num_samples", num_samples)
+        net = self.transformer
+        device = net.wte.weight.device
+        L = self.config.block_size
+        x = torch.full((num_samples, L), self.mask_id, dtype=torch.long, device=device)
+        cache = None
+        if kv_cache and self.n_blocks > 1:
+            cache = net.kv_cache(num_samples)
+        nfe = 0
+        for b in range(self.n_blocks):
+            lo = b * self.block_len
+            hi = lo + self.block_len
+            sizes = eso.unmask_schedule(self.block_len, steps, 1.0, generator, device)
+            # (B, L'): each row's order of the block's positions (0..L'-1 within the block)
+            order = eso.random_permutations(num_samples, self.block_len, device, generator)
+            done = 0  # the tokens of the block decoded so far
+            for k in sizes:  # k: the tokens this step unmasks
+                h = self.block_hidden(x, b, cache)  # (B, L', C)
+                chosen = order[:, done : done + k]  # (B, k) positions within the block
+                index = chosen[:, :, None].expand(-1, -1, h.size(-1))  # (B, k, C)
+                logits = net.logits(h.gather(1, index))  # (B, k, V)
+                tokens = eso.sample_tokens(logits, temperature, top_p, generator)  # (B, k)
+                x[:, lo:hi] = x[:, lo:hi].scatter(1, chosen, tokens)
+                done += k
+                nfe += 1
+            if cache is not None:
+                self.block_hidden(x, b, cache)  # the clean block writes its keys and values
+                cache.length = hi
+                nfe += 1
+        return x, nfe
+
+    def block_hidden(self, x, b, cache=None):
+        """Hidden states (B, L', C) of block b of the canvas x (B, L), whose blocks before b are
+        clean: block b attends to itself both ways and to the blocks before it.
+
+        With a cache, which holds the blocks before b: block b's L' tokens alone, at their
+        positions (slots = positions), which write their keys and values at those slots (a
+        later forward overwrites them: provisional until the block's store forward). Without:
+        blocks 0..b, all through the transformer under the block-causal mask."""
+        net = self.transformer
+        B = x.size(0)
+        lo = b * self.block_len
+        hi = lo + self.block_len
+        if cache is not None:
+            cache.slots = torch.arange(lo, hi, device=x.device)
+            positions = cache.slots.expand(B, self.block_len)
+            # block b's queries against every slot [0, hi): the finished blocks and itself
+            mask = torch.ones(1, 1, self.block_len, hi, dtype=torch.bool, device=x.device)
+            return net.hidden(x[:, lo:hi], positions, mask, cache)
+        positions = torch.arange(hi, device=x.device).expand(B, hi)
+        mask = block_causal_mask(hi, self.block_len, x.device)  # (1, 1, hi, hi)
+        return net.hidden(x[:, :hi], positions, mask)[:, lo:hi]

@@ -2,13 +2,14 @@
 random weights (conftest.tiny); from the repository root: `pytest paper/test_bd3lm.py`.
 
 The sections follow bd3lm.py: the attention masks, the loss (its limits L' = 1, an AR model, and
-L' = L, MDLM)."""
+L' = L, MDLM), the sampler."""
 
 import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 import eso
 from conftest import gen, tiny
@@ -24,6 +25,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def count_forwards(net):
+    """A list that grows by one at every forward of the transformer net (its final LayerNorm
+    runs once per forward), and the hook's handle."""
+    calls = []
+    handle = net.ln_f.register_forward_hook(lambda *args: calls.append(1))
+    return calls, handle
 
 
 def test_block_len_must_divide_the_length():
@@ -187,6 +196,29 @@ def test_one_block_fast_path_equals_the_2l_forward(block_len):
     torch.testing.assert_close(fast, dense, rtol=1e-5, atol=1e-5)
 
 
+@torch.no_grad()
+def test_training_sees_what_the_sampler_feeds():
+    """For each block b, the training forward's logits at x_t's block b equal the sampler's step
+    logits for a canvas whose blocks before b are clean and block b is x_t's: training and
+    sampling condition alike (whatever the canvas holds after block b)."""
+    L = 16
+    block_len = 4
+    net = tiny(L=L)
+    model = BD3LM(net, block_len)
+    x = torch.randint(0, 11, (3, L), generator=gen(0))
+    _, masked = model.draws(x, gen(5))
+    x_t = torch.where(masked, net.mask_id, x)
+    trained = model.denoise_logits(x_t, x)  # (B, L, V)
+    for b in range(model.n_blocks):
+        lo = b * block_len
+        hi = lo + block_len
+        canvas = torch.randint(0, 12, (3, L), generator=gen(b))  # anything after block b
+        canvas[:, :lo] = x[:, :lo]
+        canvas[:, lo:hi] = x_t[:, lo:hi]
+        sampled = net.logits(model.block_hidden(canvas, b))  # (B, L', V)
+        torch.testing.assert_close(sampled, trained[:, lo:hi], rtol=1e-4, atol=1e-4)
+
+
 def test_training_on_a_tiny_structured_corpus_lowers_the_loss():
     """Rows count up from a random start, mod V: once learnt, each block is easy given the one
     before it."""
@@ -212,3 +244,86 @@ def test_training_on_a_tiny_structured_corpus_lowers_the_loss():
     with torch.no_grad():
         after = model.loss(held_out, gen(1))[0]
     assert after < 0.25 * before, (before, after)
+
+
+# ----------------------------------------------------------------------------- 3. the sampler
+
+
+@pytest.mark.parametrize("block_len", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("steps", [3, 1000])
+def test_cached_sampler_equals_the_uncached_one_and_counts_its_forwards(block_len, steps):
+    L = 16
+    net = tiny(L=L)
+    model = BD3LM(net, block_len)
+    calls, handle = count_forwards(net)
+    samples = {}
+    try:
+        for kv_cache in (True, False):
+            calls.clear()
+            tokens, nfe = model.generate(
+                5, steps, temperature=2.0, top_p=0.95, kv_cache=kv_cache, generator=gen(7)
+            )
+            assert nfe == len(calls)
+            samples[kv_cache] = tokens
+    finally:
+        handle.remove()
+    assert torch.equal(samples[True], samples[False])
+    assert (samples[True] < net.mask_id).all()
+    # no sampler looks exact by accident: many tokens, and rows that differ
+    assert len(samples[True].unique()) > 3
+    assert len({tuple(row) for row in samples[True].tolist()}) > 2
+
+
+@pytest.mark.parametrize("block_len", [1, 4, 16])
+def test_many_steps_decode_one_token_per_step_one_step_a_block_per_step(block_len):
+    """T' = 10^6: a step unmasks two tokens of a block with probability below 10^-4 here, so one
+    token per step: NFE = L, plus one store forward per block with the cache (L' < L). T' = 1:
+    each block in one step, so NFE = 2 per block with the cache (the Eso-LM paper's Table 15
+    count), 1 without, and 1 for MDLM (L' = L)."""
+    L = 16
+    model = BD3LM(tiny(L=L), block_len)
+    n_blocks = L // block_len
+    store_forwards = n_blocks if block_len < L else 0
+    _, nfe = model.generate(3, 10**6, generator=gen(8))
+    assert nfe == L + store_forwards
+    _, nfe = model.generate(3, 10**6, kv_cache=False, generator=gen(8))
+    assert nfe == L
+    tokens, nfe = model.generate(3, 1, generator=gen(9))
+    assert nfe == n_blocks + store_forwards
+    assert (tokens < model.mask_id).all()
+    _, nfe = model.generate(3, 1, kv_cache=False, generator=gen(9))
+    assert nfe == n_blocks
+
+
+class MadeWithoutDevice(TorchFunctionMode):
+    """Records the torch calls that return a tensor on the meta device: entered under
+    torch.set_default_device("meta") with the model on the CPU, a tensor made without device=
+    lands there."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        leaves = torch.utils._pytree.tree_leaves(out)
+        if any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in leaves):
+            self.calls.append(getattr(func, "__name__", str(func)))
+        return out
+
+
+@pytest.mark.parametrize("block_len", [4, 16])
+def test_every_tensor_is_made_on_the_models_device(block_len):
+    model = BD3LM(tiny(L=16, big=False), block_len)
+    x = torch.randint(0, 11, (2, 16), generator=gen(0))
+    torch.set_default_device("meta")
+    try:
+        with MadeWithoutDevice() as spy:
+            for kv_cache in (True, False):
+                model.generate(2, 3, top_p=0.9, kv_cache=kv_cache, generator=gen(1))
+            model.train()
+            model.loss(x, gen(2))[0].backward()
+            model.eval()
+    finally:
+        torch.set_default_device(None)
+    assert spy.calls == []
