@@ -19,13 +19,14 @@ Words, as in eso.py: x or x_0, the clean sequence; x_t, a copy in which some tok
 (hold [MASK]); t, diffusion time; alpha_t = 1 - (1 - EPS) t, the probability that a token is
 still clean at time t (eso.alpha(t, 1.0)); NFE, the transformer forwards a sampler spends.
 
-Read top to bottom: 1 attention masks; 2 the model: draws, loss, sampler.
+Read top to bottom: 1 attention masks; 2 the model: draws, loss, sampler; 3 checkpoints.
 """
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoint
 import eso
 
 # -----------------------------------------------------------------------------
@@ -259,3 +260,39 @@ class BD3LM(nn.Module):
         positions = torch.arange(hi, device=x.device).expand(B, hi)
         mask = block_causal_mask(hi, self.block_len, x.device)  # (1, 1, hi, hi)
         return net.hidden(x[:, :hi], positions, mask)[:, lo:hi]
+
+
+# -----------------------------------------------------------------------------
+# 3. Checkpoints: ours (checkpoint.py), with the method and block_len beside the weights
+
+
+def state(model, tokenizer, iter_num, **extra):
+    """A checkpoint dict of ours for a BD3LM: the transformer's weights and config as
+    checkpoint.state writes them (so checkpoint.load reads them as an EsoLM), plus the plain
+    values "method": "bd3lm" and "block_len": L'."""
+    net = model.transformer
+    return checkpoint.state(
+        net,
+        net.config,
+        tokenizer,
+        iter_num,
+        method="bd3lm",
+        block_len=model.block_len,
+        **extra,
+    )
+
+
+def load(path, device="cpu", ema=True):
+    """(BD3LM, checkpoint dict) of a file that state and checkpoint.save wrote: the core's
+    loader builds the EsoLM (with its EMA weights when it has them), wrapped here."""
+    net, ckpt = checkpoint.load(path, device, ema)
+    if ckpt.get("method") != "bd3lm":
+        raise checkpoint.CheckpointError(
+            f"{path} is not a BD3-LM checkpoint (its method is {ckpt.get('method')!r}); load "
+            "it with checkpoint.load"
+        )
+    try:
+        model = BD3LM(net, ckpt.get("block_len"))
+    except ValueError as e:
+        raise checkpoint.CheckpointError(f"{path} holds an unusable block_len: {e}") from None
+    return model.eval(), ckpt

@@ -2,7 +2,7 @@
 random weights (conftest.tiny); from the repository root: `pytest paper/test_bd3lm.py`.
 
 The sections follow bd3lm.py: the attention masks, the loss (its limits L' = 1, an AR model, and
-L' = L, MDLM), the sampler."""
+L' = L, MDLM), the sampler, checkpoints."""
 
 import dataclasses
 
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+import checkpoint
 import eso
 from conftest import gen, tiny
 from paper import bd3lm
@@ -327,3 +328,23 @@ def test_every_tensor_is_made_on_the_models_device(block_len):
     finally:
         torch.set_default_device(None)
     assert spy.calls == []
+
+
+# ----------------------------------------------------------------------------- 4. checkpoints
+
+
+def test_checkpoints_load_with_the_core_loader_and_as_bd3lm(tmp_path):
+    model = BD3LM(tiny(L=16), 4)
+    path = tmp_path / "ckpt.pt"
+    checkpoint.save(path, bd3lm.state(model, "bytes", 7, best_val_loss=1.5))
+    core, ckpt = checkpoint.load(path)
+    assert ckpt["method"] == "bd3lm" and ckpt["block_len"] == 4 and ckpt["iter_num"] == 7
+    loaded, _ = bd3lm.load(path)
+    assert isinstance(core, eso.EsoLM) and loaded.block_len == 4
+    for name, weight in model.transformer.state_dict().items():
+        assert torch.equal(core.state_dict()[name], weight)
+        assert torch.equal(loaded.transformer.state_dict()[name], weight)
+    plain = tmp_path / "eso.pt"
+    checkpoint.save(plain, checkpoint.state(core, core.config, "bytes", 0))
+    with pytest.raises(checkpoint.CheckpointError, match="not a BD3-LM checkpoint"):
+        bd3lm.load(plain)
