@@ -16,8 +16,9 @@ Nothing here is a second network: BD3LM wraps an eso.EsoLM and hands its transfo
 transformer has no time input, as in the Eso-LM paper's baselines.
 
 Words, as in eso.py: x or x_0, the clean sequence; x_t, a copy in which some tokens are masked
-(hold [MASK]); t, diffusion time; alpha_t = 1 - (1 - EPS) t, the probability that a token is
-still clean at time t (eso.alpha(t, 1.0)); NFE, the transformer forwards a sampler spends.
+(hold [MASK]); t, diffusion time; alpha_t = 1 - t, the probability that a token is still clean
+at time t, the BD3-LM authors' schedule (their noise_schedule.py LogLinearNoise masks with
+probability t and weights by 1/t); NFE, the transformer forwards a sampler spends.
 
 Read top to bottom: 1 attention masks; 2 the model: draws, loss, sampler; 3 checkpoints.
 """
@@ -106,7 +107,7 @@ class BD3LM(nn.Module):
         batch and the blocks as the authors' `_sample_t` (diffusion.py line 768, "antithetic"):
         the B * n_blocks times take one stratum of [0, 1) each, with a uniform of their own in
         it, then are mapped into [T_EPS, 1]. masked: each token masked with probability
-        1 - alpha_t = (1 - EPS) t (their q_xt masks with probability t itself).
+        1 - alpha_t = t, as their q_xt masks.
 
         This is the plain schedule, t uniform in [T_EPS, 1]: not the authors' clipped one
         (eps_min, eps_max searched per block_len, with `_resample_q_xt` redrawing until the
@@ -118,8 +119,7 @@ class BD3LM(nn.Module):
         t = (stratum + u) / n  # (B, n_blocks): one time in each of n equal strata of [0, 1)
         t = (1 - eso.T_EPS) * t + eso.T_EPS
         t = t.repeat_interleave(self.block_len, dim=1)  # (B, L): a block's tokens share its t
-        masked_prob = 1 - eso.alpha(t, 1.0)
-        masked = torch.rand(B, L, device=x.device, generator=generator) < masked_prob
+        masked = torch.rand(B, L, device=x.device, generator=generator) < t  # 1 - alpha_t = t
         return t, masked
 
     def denoise_logits(self, x_t, x_0, dense=False):
@@ -149,7 +149,7 @@ class BD3LM(nn.Module):
 
         Each block is MDLM's continuous-time bound given the clean blocks before it (the BD3-LM
         paper's eq. 8): the masked tokens' -log p(x_l | x_t's block, x_0's earlier blocks),
-        weighted by -alpha'_t / (1 - alpha_t) = (1 - EPS) / ((1 - EPS) t) = 1/t. The sum over
+        weighted by -alpha'_t / (1 - alpha_t) = 1/t (alpha_t = 1 - t). The sum over
         masked tokens is divided by all B * L tokens. The [MASK] logit is excluded: the core's
         head has no [MASK] row (zero masking)."""
         B, L = x.shape
@@ -157,7 +157,7 @@ class BD3LM(nn.Module):
         logits = self.denoise_logits(x_t, x, dense)  # (B, L, V)
         nll = F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="none")
         nll = nll.view(B, L)
-        weight = (1 - eso.EPS) / (1 - eso.alpha(t, 1.0))  # -alpha'_t / (1 - alpha_t), (B, L)
+        weight = 1 / t  # -alpha'_t / (1 - alpha_t), (B, L)
         return (nll * masked * weight).sum() / (B * L)
 
     def forward(self, x, draws, dense=False):
