@@ -1,32 +1,27 @@
 """
-Speed of Eso-LM sampling and training with random weights (the paper's Tables 11 and 13).
+Sampling and training speed with random weights: the paper's Table 11 (and Table 13's time
+column), Eso-LM beside BD3-LMs, MDLM and the AR limit, all on the same transformer.
 
-  python -m paper.bench                    # CPU: a 4 x 256 model, L = 1024, 2048, 8192; ~30 min
-  python -m paper.bench --preset=paper     # the paper's shape (12 x 768, vocab 50,257): a GPU
-  python -m paper.bench --lengths=1024 --table11=False --repeats=3   # the decode cases only
-  python -m paper.bench --batch=16         # Table 13's time column: seconds per batch
+  python -m paper.bench                            # CPU: a 4 x 256 model, L = 1024, 2048, 8192
+  python -m paper.bench --lengths=1024,2048        # the lengths measured here
+  python -m paper.bench --preset=paper             # the paper's shape (12 x 768, vocab 50,257)
+  python -m paper.bench --batch=16 --table11=False # Table 13's time column: seconds per batch
 
-Table 11 (batch 1, nucleus off, T = 1e6: one token per step, NFE ~ L), at every length:
-  eso_cached    Eso-LM (B) with its KV cache at alpha_0 = 1: two rows per step
-  ar            the AR limit: a one-row GPT decode of the same transformer with a KV cache
-  mdlm          MDLM's cost: the same network attending both ways over all L tokens at every
-                step (a full forward per step, nothing cached)
-  eso_uncached  our causal path without the cache (all L slots every step)
-The uncached cases take L full forwards; past --full_max they time --extrapolate_steps steps and
-scale to NFE linearly (each step costs the same), and say so. Mean +- std and median of --repeats.
-Decode cases at the first length (CPU floors and peers):
-  floor_2row, _1row, _32row  a pass over every weight matrix with 2 (1, 32) rows: a step's floor
-  eso_alpha0             the cached sampler at alpha_0 = 0
-  eso_compiled[_T=L/16]  compiled.CompiledSampler at NFE ~ L (T = L/16), against its floor timed
-                         between its runs: a weight pass with the rows it feeds plus its KV reads
-  hf_gpt2                Hugging Face GPT-2 `generate`, same size (transformers: a peer, optional)
-  eso_T=L/k              cached at T = L/k (~k tokens per step)
-  gpt2_vocab             eso_cached with GPT-2's 50,257 tokens: the share of a step in sampling
-Batch mode (--batch=B): seconds per batch of B samples at the first length, Eso-LM at alpha_0 =
-1 for several T and the AR limit (Table 13's time column, batch 512 there).
-Training: a step of model.loss (forward, backward, AdamW) per alpha_0, fast and dense sequential
-term, their largest loss and gradient difference, and the n_skip each step drew. Cases run in
-fresh processes.
+Table 11's protocol: batch 1, nucleus off, NFE about L (one token per step), mean +- std of
+--repeats runs after a warm-up, every case in a fresh process. Its five rows, at every length:
+  eso        Eso-LM (B) at alpha_0 = 1 with its KV cache, T = 1e6 (the paper's T)
+  bd3_4      BD3-LM with L' = 4 (paper/bd3lm.py): block after block, T' = 5,000 steps a block
+  bd3_16     the same with L' = 16
+  mdlm       MDLM: one bidirectional block of all L tokens, T = 1e6, a full forward per step
+  ar         the AR limit: a one-row GPT decode of the same transformer with a KV cache
+MDLM past --full_max times --extrapolate_steps of its steps and scales to its NFE linearly
+(each step costs the same full forward), and says so. At the first length also:
+  hf_gpt2    Hugging Face GPT-2 `generate`, the same size (transformers: a peer, optional)
+  eso_T=L/k  Eso-LM at T = L/k (about k tokens a step)
+  eso_compiled  compiled.CompiledSampler at T = 1e6 (--compile)
+Training: the step time (forward, backward, AdamW) of Eso-LM at each --train_alphas and of
+BD3-LM at L' = 4, and the Eso-LM fast and dense sequential terms' largest loss and gradient
+difference. --json=FILE writes every run.
 """
 
 import importlib.util
@@ -35,6 +30,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -44,7 +40,8 @@ import torch
 
 import cli
 import eso
-from compiled import CompiledSampler, static_window
+from compiled import CompiledSampler
+from paper import bd3lm
 
 CONFIG = dict(
     preset=("", "paper: 12 x 768, 12 heads, vocab 50,257 (the paper's models)", ("", "paper")),
@@ -53,41 +50,45 @@ CONFIG = dict(
     n_head=(4, "attention heads"),
     n_embd=(256, "width"),
     vocab_size=(256, "vocabulary (256: the byte-level default)"),
-    big_vocab=(50257, "the vocabulary of the gpt2_vocab case (GPT-2's)"),
     repeats=(3, "timed runs per case"),
-    table11=(True, "time Table 11's cases (eso_cached, ar, mdlm, eso_uncached) at every length"),
-    decode=(True, "time the decode cases at the first length (floors, compiled, peers)"),
-    full_max=(256, "uncached cases run all their steps only up to this L, then extrapolate"),
-    extrapolate_steps=(32, "steps timed by an uncached case past full_max"),
-    uncached_repeats=(2, "timed runs of each uncached case (the slow ones)"),
-    parallel=("64,16,4", "also time T = L/k steps for these k, at alpha_0 = 1"),
+    table11=(True, "time Table 11's five rows at every length"),
+    decode=(True, "time the decode extras at the first length (the peer, T = L/k, compiled)"),
+    full_max=(1024, "MDLM runs all its steps only up to this L, then extrapolates"),
+    extrapolate_steps=(32, "the steps MDLM times past full_max"),
+    bd3_steps=(5000, "T', the steps of each BD3-LM block (the paper's 5,000)"),
+    parallel=("64,16,4", "also time Eso-LM at T = L/k steps for these k"),
     batch=(0, "Table 13's batch mode: seconds per batch of this many samples (0 = skip)"),
     batch_steps=("16,128,1024", "the T of the batch mode's Eso-LM cases (alpha_0 = 1)"),
     train_alphas=("1,0.5,0.25,0", "training step time at these alpha_0"),
-    train_batch=(4, "sequences per training step (of the first length)"),
+    train_batch=(4, "sequences per training step"),
     train_length=(1024, "L of the training cases"),
-    peak_flops=(0.0, "the device's peak FLOP/s for MFU (0 = skip), e.g. 989e12 for an H100's bf16"),
-    compile=(True, "also time the compiled cached step (eso_compiled cases)"),
+    compile=(True, "also time the compiled cached step (eso_compiled)"),
     fresh=(True, "run every case in a fresh process (False: in this one, for a quick check)"),
     device=("auto", "auto, cpu, cuda, cuda:N or mps"),
-    json=("", "also write every case and ratio to this JSON file"),
     seed=(0, "seed of the random weights and of the samplers"),
+    json=("", "also write every case, run and ratio to this JSON file"),
 )
 PAPER_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257)
 BIG_T = 10**6  # the paper's speed protocol: NFE ~ L
+# the paper's Table 11 (A6000, seconds), to print beside ours
+PAPER_TABLE_11 = {
+    2048: {"eso": 14.6, "bd3_4": 24.3, "bd3_16": 21.3, "mdlm": 201.3, "ar": 13.3},
+    8192: {"eso": 82.1, "bd3_4": 312.0, "bd3_16": 268.1, "mdlm": 5438.3, "ar": 54.0},
+}
 
 
-def model_for(c, device, L, alpha_0=1.0, vocab=None):
+def transformer_for(c, device, L, alpha_0=1.0):
+    """The random-weight transformer every case shares (the same seed: the same weights)."""
     torch.manual_seed(c["seed"])
     config = eso.EsoConfig(
         block_size=L,
-        vocab_size=vocab or c["vocab_size"],
+        vocab_size=c["vocab_size"],
         n_layer=c["n_layer"],
         n_head=c["n_head"],
         n_embd=c["n_embd"],
         alpha_0=alpha_0,
     )
-    return eso.EsoLM(config).to(device)
+    return eso.EsoLM(config).to(device).eval()
 
 
 def generator(c, device):
@@ -105,42 +106,10 @@ def stopwatch(fn, device, *args):
 
 def summary(times):
     """The median, mean and standard deviation of a case's runs."""
-    std = statistics.stdev(times) if len(times) > 1 else 0.0
+    std = 0.0
+    if len(times) > 1:
+        std = statistics.stdev(times)
     return dict(seconds=statistics.median(times), mean=statistics.fmean(times), std=std)
-
-
-def weight_pass(model, rows, device):
-    """Every weight matrix read once by `rows` rows: a decode step's floor."""
-    weights = [m.weight for m in model.modules() if isinstance(m, eso.Linear)]
-    inputs = [torch.randn(rows, w.size(0), device=device) for w in weights]
-
-    def run():
-        for x, w in zip(inputs, weights):
-            x @ w
-
-    return run
-
-
-def kv_reads(model, windows, device):
-    """The attention reads of a run's steps: per (rows, keys) window, two products over all
-    layers and heads."""
-    cfg = model.config
-    heads = cfg.n_layer * cfg.n_head
-    hd = cfg.n_embd // cfg.n_head
-    counts = {w: windows.count(w) for w in set(windows)}
-    data = {}
-    for rows, keys in counts:
-        q = torch.randn(heads, rows, hd, device=device)
-        k = torch.randn(heads, keys, hd, device=device)
-        v = torch.randn(heads, keys, hd, device=device)
-        data[(rows, keys)] = (q, k, v)
-
-    def run():
-        for window, (q, k, v) in data.items():
-            for _ in range(counts[window]):
-                (q @ k.mT) @ v
-
-    return run
 
 
 @torch.no_grad()
@@ -151,29 +120,28 @@ def ar_decode(model, L, gen):
     token = torch.zeros(1, 1, dtype=torch.long, device=device)
     for i in range(L):
         cache.slots = torch.full((1,), i, device=device)
-        mask = eso.prefix_lm_mask(cache.slots, i + 1)
-        h = model.hidden(token, cache.slots[None], mask, cache)
+        attn_mask = eso.prefix_lm_mask(cache.slots, i + 1)
+        h = model.hidden(token, cache.slots[None], attn_mask, cache)
         token = eso.sample_tokens(model.logits(h), generator=gen)
     return L
 
 
 @torch.no_grad()
-def uncached_steps(model, L, max_steps, gen, bidirectional):
-    """(NFE of a whole run, steps timed): the first max_steps steps of a sample at alpha_0 = 1,
-    T = 1e6, each a full forward of all L tokens. bidirectional: MDLM's cost (the canvas in
-    position order, every token attending to every other); else our causal uncached path."""
-    canvas, sigma, sizes = model.plan(1, BIG_T, alpha_0=1.0, generator=gen)
-    canvas = canvas.gather(1, sigma)
-    everyone = None
-    if bidirectional:
-        everyone = torch.ones(1, 1, L, L, dtype=torch.bool, device=canvas.device)
+def mdlm_steps(mdlm, max_steps, gen):
+    """(NFE of a whole MDLM sample at T = 1e6, steps run): its first max_steps steps, each what
+    BD3LM.generate runs for one block of all L tokens: a bidirectional forward of the whole
+    canvas, then the step's tokens drawn."""
+    L = mdlm.config.block_size
+    device = mdlm.transformer.wte.weight.device
+    sizes = eso.unmask_schedule(L, BIG_T, 1.0, gen, device)
+    order = eso.random_permutations(1, L, device, gen)
+    x = torch.full((1, L), mdlm.mask_id, dtype=torch.long, device=device)
     done = 0
     for k in sizes[:max_steps]:
-        if bidirectional:
-            h = model.hidden(canvas, sigma, everyone)[:, done : done + k]
-        else:
-            h = model.uncached_step(canvas, sigma, done, k, L)
-        canvas[:, done : done + k] = eso.sample_tokens(model.logits(h), generator=gen)
+        h = mdlm.block_hidden(x, 0)  # (1, L, C)
+        chosen = order[:, done : done + k]
+        logits = mdlm.transformer.logits(h[:, chosen[0]])
+        x[:, chosen[0]] = eso.sample_tokens(logits, generator=gen)
         done += k
     return len(sizes), min(max_steps, len(sizes))
 
@@ -209,91 +177,89 @@ def hf_gpt2(c, L, device):
     return run
 
 
+def sampler_of(case, c, model, device):
+    """The function a sampling case times: it draws one sample (a batch in the batch mode) and
+    returns its NFE."""
+    method = case["method"]
+    L = case["L"]
+    batch = case.get("batch", 1)
+    if method == "ar":
+
+        def run_ar():
+            return ar_decode(model, L, generator(c, device))
+
+        return run_ar
+    if method == "hf_gpt2":
+        return hf_gpt2(c, L, device)
+    if method.startswith("bd3_"):
+        net = bd3lm.BD3LM(model, int(method.removeprefix("bd3_")))
+
+        def run_bd3():
+            return net.generate(1, c["bd3_steps"], generator=generator(c, device))[1]
+
+        return run_bd3
+    sampler = model
+    if method == "eso_compiled":
+        sampler = CompiledSampler(model)
+    alpha_0 = 1.0
+    if method == "batch_ar":
+        alpha_0 = 0.0
+
+    def run_eso():
+        gen = generator(c, device)
+        return sampler.generate(batch, case["steps"], alpha_0=alpha_0, generator=gen)[1]
+
+    return run_eso
+
+
 def run_sampling(case, c):
     """One sampling case, in its own process: the case with its timings and memory."""
     device = cli.device(c["device"])
     L = case["L"]
-    method = case["method"]
-    vocab = c["big_vocab"] if method == "gpt2_vocab" else None
-    model = model_for(c, device, L, vocab=vocab).eval()
+    model = transformer_for(c, device, L)
     out = dict(case)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.no_grad(), cli.precision(device)[1]:
-        if method in ("mdlm", "eso_uncached"):
-            out |= time_uncached(model, case, c, device)
-        elif method.startswith("eso_compiled"):
-            out |= time_compiled(model, case, c, device)
-        elif method.startswith("batch_"):
-            out |= time_batch(model, case, c, device)
+        if case["method"] == "mdlm":
+            out |= time_mdlm(model, case, c, device)
         else:
-            out |= time_simple(model, case, c, device)
+            out |= time_runs(sampler_of(case, c, model, device), case, device)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux: KiB)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss
-    nfe = max(out["nfe"], 1)
-    out |= {"peak_mb": round(peak / 2**20, 1), "per_step_ms": 1e3 * out["seconds"] / nfe}
-    out["tokens_per_s"] = L * case.get("batch", 1) / out["seconds"]
+    peak = rss
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    out["peak_mb"] = round(peak / 2**20, 1)
+    out["per_step_ms"] = 1e3 * out["seconds"] / max(out["nfe"], 1)
     return out
 
 
-def time_simple(model, case, c, device):
-    """The cases that are one function run repeatedly after a warm-up: floors, cached
-    samplers, the AR decode, the GPT-2 peer."""
-    L = case["L"]
-    method = case["method"]
-    if method.startswith("floor"):
-        run = weight_pass(model, int(method[6:-3]), device)  # floor_<rows>row
-
-        def fn():
-            run()
-            return 0
-
-    elif method == "hf_gpt2":
-        fn = hf_gpt2(c, L, device)
-    elif method == "ar":
-
-        def fn():
-            return ar_decode(model, L, generator(c, device))
-
-    else:  # eso_cached, eso_alpha0, eso_T=L/k, gpt2_vocab
-        alpha_0 = 0.0 if method == "eso_alpha0" else 1.0
-
-        def fn():
-            _, nfe = model.generate(
-                1, case["steps"], alpha_0=alpha_0, generator=generator(c, device)
-            )
-            return nfe
-
-    fn()  # warm-up
+def time_runs(fn, case, device):
+    """A case's runs after one warm-up run (which also compiles, for the compiled sampler)."""
+    warm_up_s, _ = stopwatch(fn, device)
     times = []
     for _ in range(case["repeats"]):
         seconds, nfe = stopwatch(fn, device)
         times.append(seconds)
     out = summary(times) | {"nfe": nfe, "runs": [round(t, 4) for t in times]}
-    if method == "gpt2_vocab":  # what share of a step is sample_tokens over 50,257 logits?
-        logits = torch.randn(1, 1, c["big_vocab"], device=device)
-        gen = generator(c, device)
-
-        def draws():
-            for _ in range(20):
-                eso.sample_tokens(logits, generator=gen)
-
-        draw = statistics.median(stopwatch(draws, device)[0] for _ in range(3)) / 20
-        out["sampling_share"] = draw * nfe / out["seconds"]
+    out["warm_up_s"] = warm_up_s
     return out
 
 
-def time_uncached(model, case, c, device):
-    """MDLM's cost or our uncached path: all steps up to full_max, else extrapolated."""
+def time_mdlm(model, case, c, device):
+    """MDLM: all its steps up to full_max, else --extrapolate_steps of them, scaled to its NFE."""
     L = case["L"]
-    max_steps = L if L <= c["full_max"] else c["extrapolate_steps"]
-    bidirectional = case["method"] == "mdlm"
+    mdlm = bd3lm.BD3LM(model, L)
+    max_steps = BIG_T
+    if L > c["full_max"]:
+        max_steps = c["extrapolate_steps"]
     times = []
 
     def fn():
-        return uncached_steps(model, L, max_steps, generator(c, device), bidirectional)
+        return mdlm_steps(mdlm, max_steps, generator(c, device))
 
-    for _ in range(c["uncached_repeats"]):
+    fn()  # a warm-up of the same steps
+    for _ in range(case["repeats"]):
         seconds, (nfe, timed) = stopwatch(fn, device)
         times.append(seconds * nfe / timed)
     out = summary(times) | {"nfe": nfe, "steps_timed": timed, "runs": [round(t, 3) for t in times]}
@@ -301,117 +267,61 @@ def time_uncached(model, case, c, device):
     return out
 
 
-class RecordingSampler(CompiledSampler):
-    """The compiled sampler, recording the (tokens fed, keys attended) of each step it runs."""
-
-    def __init__(self, model):
-        super().__init__(model)
-        self.windows = []
-
-    def feed(self, canvas, sigma, lo, hi, clean_block, cache):
-        wide_lo, wide_hi, n_keys = static_window(lo, hi, canvas.size(1))
-        self.windows.append((wide_hi - wide_lo, n_keys))
-        return super().feed(canvas, sigma, lo, hi, clean_block, cache)
-
-
-def time_compiled(model, case, c, device):
-    """The compiled sampler: the first run compiles (and records each step's window); then its
-    runs, each followed by its floor (a weight pass with the rows it feeds, and its KV reads)."""
-    sampler = RecordingSampler(model)
-
-    def fn():
-        _, nfe = sampler.generate(1, case["steps"], alpha_0=1.0, generator=generator(c, device))
-        return nfe
-
-    compile_s, _ = stopwatch(fn, device)
-    windows = list(sampler.windows)
-    sampler.windows = []
-    rows = max(2, round(sum(fed for fed, _ in windows) / len(windows)))
-    weights = weight_pass(model, rows, device)
-    reads = kv_reads(model, windows, device)
-    times, weight_times, read_times = [], [], []
-    for _ in range(case["repeats"]):
-        seconds, nfe = stopwatch(fn, device)
-        times.append(seconds)
-        weight_times.append(stopwatch(weights, device)[0])
-        read_times.append(stopwatch(reads, device)[0])
-    out = summary(times) | {"nfe": nfe, "runs": [round(t, 4) for t in times]}
-    floor_weights = statistics.median(weight_times)
-    floor_reads = statistics.median(read_times)
-    out |= {"compile_s": compile_s - out["seconds"], "floor_rows": rows}
-    out |= {"floor_weights_ms": 1e3 * floor_weights, "floor_kv_ms": 1e3 * floor_reads / nfe}
-    out["step_over_floor"] = out["seconds"] / (nfe * floor_weights + floor_reads)
-    return out
-
-
-def time_batch(model, case, c, device):
-    """Seconds per batch of case["batch"] samples: Eso-LM at alpha_0 = 1 and T steps, or the AR
-    limit (alpha_0 = 0, NFE = L); one warm-up batch first (the authors drop their first)."""
-    alpha_0 = 0.0 if case["method"] == "batch_ar" else 1.0
-
-    def fn():
-        _, nfe = model.generate(
-            case["batch"], case["steps"], alpha_0=alpha_0, generator=generator(c, device)
-        )
-        return nfe
-
-    fn()
-    times = []
-    for _ in range(case["repeats"]):
-        seconds, nfe = stopwatch(fn, device)
-        times.append(seconds)
-    return summary(times) | {"nfe": nfe, "runs": [round(t, 3) for t in times]}
-
-
-def train_step(model, opt, x, draws, dense, ctx):
+def train_step(model, opt, x, draws, ctx, dense=False):
     """One training step: forward, backward, AdamW."""
     with ctx:
-        loss, _ = model(x, draws, dense=dense)
+        if dense:
+            loss, _ = model(x, draws, dense=True)
+        else:
+            loss, _ = model(x, draws)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
 def run_training(case, c):
-    """Training step times at one alpha_0: the fast sequential term and the dense reference,
-    fresh draws every step (as training has: n_skip varies with them)."""
+    """Training step times of one model: an Eso-LM at case["alpha_0"] (its fast sequential term
+    and the dense one, and their loss and gradient difference), or a BD3-LM at case["block_len"];
+    fresh draws at every step, as training has."""
     device = cli.device(c["device"])
     L = case["L"]
     B = c["train_batch"]
     ctx = cli.precision(device)[1]
-    model = model_for(c, device, L, case["alpha_0"]).train()
+    transformer = transformer_for(c, device, L, case.get("alpha_0", 1.0)).train()
+    model = transformer
+    if "block_len" in case:
+        model = bd3lm.BD3LM(transformer, case["block_len"]).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, c["vocab_size"], (B, L), device=device)
     out = dict(case)
+    paths = [("fast", False)]
+    if "alpha_0" in case:
+        paths.append(("dense", True))
     skips = []
-    for name, dense in (("fast", False), ("dense", True)):
+    for name, dense in paths:
         times = []
         for step in range(case["repeats"] + 1):  # the first: a warm-up
             draws = model.draws(x, torch.Generator(device).manual_seed(step))
-            if not dense:
+            if "alpha_0" in case:
                 skips.append(draws.n_skip)
-            seconds, _ = stopwatch(train_step, device, model, opt, x, draws, dense, ctx)
+            seconds, _ = stopwatch(train_step, device, model, opt, x, draws, ctx, dense)
             times.append(seconds)
         out[name] = statistics.median(times[1:])
-        out[name + "_std"] = statistics.stdev(times[1:]) if len(times) > 2 else 0.0
-    out["n_skip"] = skips[1:]
+    out["tokens_per_s"] = B * L / out["fast"]
+    if "alpha_0" not in case:
+        return out
+    out["n_skip"] = skips[1 : case["repeats"] + 1]
     grads = []  # the same batch and noise through both paths, without an update
     for dense in (False, True):
         with ctx:
-            loss, _ = model.loss(x, generator=torch.Generator(device).manual_seed(99), dense=dense)
+            gen = torch.Generator(device).manual_seed(99)
+            loss, _ = model.loss(x, generator=gen, dense=dense)
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
         model.zero_grad(set_to_none=True)
     (loss_fast, grads_fast), (loss_dense, grads_dense) = grads
-    cfg = model.config
-    n_diff = model.diffusion_rows(B)
-    # x and the z slots fed, in expectation: nanoGPT's 6N per token, attention left out
-    tokens = n_diff * L + (B - n_diff) * L * (2 - cfg.alpha_0)
-    flops = 6 * 12 * cfg.n_layer * cfg.n_embd**2 * tokens
     out["loss_diff"] = float((loss_fast - loss_dense).abs())
     out["grad_diff"] = max(float((a - b).abs().max()) for a, b in zip(grads_fast, grads_dense))
-    out["tokens_per_s"] = B * L / out["fast"]
-    out["mfu"] = flops / out["fast"] / c["peak_flops"] if c["peak_flops"] else None
     return out
 
 
@@ -431,29 +341,21 @@ def numbers(text, kind, flag):
 
 
 def plan_cases(c, Ls, peer):
-    """Every case to time, in order."""
+    """Every sampling case to time, in order."""
     cases = []
     first = Ls[0]
     repeats = c["repeats"]
+    for L in Ls if c["table11"] else []:
+        for method in ("eso", "bd3_4", "bd3_16", "mdlm", "ar"):
+            cases.append(dict(L=L, method=method, steps=BIG_T, repeats=repeats))
     if c["decode"]:
-        for method in ("floor_2row", "floor_1row", "floor_32row"):
-            cases.append(dict(L=first, method=method, steps=0, repeats=20 * repeats))
-        for method in ["eso_alpha0"] + ["hf_gpt2"] * peer + ["gpt2_vocab"]:
-            cases.append(dict(L=first, method=method, steps=BIG_T, repeats=repeats))
+        if peer:
+            cases.append(dict(L=first, method="hf_gpt2", steps=BIG_T, repeats=repeats))
         for k in numbers(c["parallel"], int, "parallel"):
-            cases.append(
-                dict(L=first, method=f"eso_T=L/{k}", steps=max(1, first // k), repeats=repeats)
-            )
+            steps = max(1, first // k)
+            cases.append(dict(L=first, method=f"eso_T=L/{k}", steps=steps, repeats=repeats))
         if c["compile"]:
             cases.append(dict(L=first, method="eso_compiled", steps=BIG_T, repeats=repeats))
-            steps = max(1, first // 16)
-            cases.append(dict(L=first, method="eso_compiled_T=L/16", steps=steps, repeats=repeats))
-    for L in Ls if c["table11"] else []:
-        for method in ("eso_cached", "ar", "mdlm", "eso_uncached"):
-            cases.append(dict(L=L, method=method, steps=BIG_T, repeats=repeats))
-    if c["decode"] and not c["table11"]:
-        cases.append(dict(L=first, method="eso_cached", steps=BIG_T, repeats=repeats))
-        cases.append(dict(L=first, method="ar", steps=BIG_T, repeats=repeats))
     if c["batch"]:
         batch = c["batch"]
         for T in numbers(c["batch_steps"], int, "batch_steps"):
@@ -464,47 +366,39 @@ def plan_cases(c, Ls, peer):
 
 
 def case_line(r):
-    """A sampling case's row of the table."""
-    spread = f"{r['mean']:.3f} +- {r['std']:.3f}" if "mean" in r else ""
+    """A sampling case's row of the table, with the paper's seconds beside Table 11's rows."""
+    spread = f"{r['mean']:.3f} +- {r['std']:.3f}"
     line = (
-        f"{r['L']:>6} {r['method']:<19} {r['nfe']:>6} {r['seconds']:>10.4f} {spread:>18} "
+        f"{r['L']:>6} {r['method']:<15} {r['nfe']:>6} {r['seconds']:>10.3f} {spread:>18} "
         f"{r['per_step_ms']:>8.2f} {r['peak_mb']:>8.0f}"
     )
+    paper = PAPER_TABLE_11.get(r["L"], {}).get(r["method"])
+    if paper is not None:
+        line += f"   paper {paper:g} s"
     if r.get("extrapolated"):
         line += f"   timed {r['steps_timed']} of {r['nfe']} steps, scaled linearly"
-    if "compile_s" in r:
-        line += (
-            f"   compiling {r['compile_s']:.1f} s once; step {r['step_over_floor']:.2f}x its "
-            f"floor: {r['floor_rows']}-row weight pass {r['floor_weights_ms']:.2f} ms + KV reads "
-            f"{r['floor_kv_ms']:.2f} ms"
-        )
+    if r["method"] == "eso_compiled":
+        line += f"   compiling: {r['warm_up_s'] - r['seconds']:.1f} s once"
     if "batch" in r:
-        line += f"   a batch of {r['batch']}: {r['seconds']:.2f} s"
+        line += f"   a batch of {r['batch']}"
     return line
 
 
-RATIOS = [
-    # name, numerator, denominator, key: Table 11's ratios first
-    ("mdlm_over_eso", "mdlm", "eso_cached", "seconds"),
-    ("eso_over_ar", "eso_cached", "ar", "seconds"),
-    ("eso_uncached_over_eso", "eso_uncached", "eso_cached", "seconds"),
-    ("step_over_2row_floor", "eso_cached", "floor_2row", "per_step_ms"),
-    ("eso_over_hf_gpt2", "eso_cached", "hf_gpt2", "seconds"),
-    ("compiled_over_eager", "eso_compiled", "eso_cached", "seconds"),
-    ("compiled_over_hf_gpt2", "eso_compiled", "hf_gpt2", "seconds"),
-]
-
-
-def ratios_at(results, L, ks):
-    """The ratios of one length's cases."""
-    t = {r["method"]: r for r in results if r["L"] == L}
-    pairs = RATIOS + [(f"nfe_L_over_T=L/{k}", "eso_cached", f"eso_T=L/{k}", "seconds") for k in ks]
-    out = {name: t[a][key] / t[b][key] for name, a, b, key in pairs if a in t and b in t}
-    if "gpt2_vocab" in t:
-        out["gpt2_vocab_sampling_share"] = t["gpt2_vocab"]["sampling_share"]
-    for method, r in t.items():
-        if "step_over_floor" in r:
-            out[f"{method}_over_floor"] = r["step_over_floor"]
+def ratios_at(results, L):
+    """Table 11's ratios at one length, ours and the paper's: each model's seconds over
+    Eso-LM's (and Eso-LM's over the AR limit's)."""
+    t = {r["method"]: r["seconds"] for r in results if r["L"] == L}
+    paper = PAPER_TABLE_11.get(L, {})
+    out = {}
+    for name in ("bd3_4", "bd3_16", "mdlm", "hf_gpt2", "eso_compiled"):
+        if name in t and "eso" in t:
+            out[f"{name}_over_eso"] = t[name] / t["eso"]
+            if name in paper:
+                out[f"paper_{name}_over_eso"] = paper[name] / paper["eso"]
+    if "eso" in t and "ar" in t:
+        out["eso_over_ar"] = t["eso"] / t["ar"]
+        if paper:
+            out["paper_eso_over_ar"] = paper["eso"] / paper["ar"]
     return out
 
 
@@ -535,19 +429,21 @@ def main(argv):
         c |= {k: v for k, v in PAPER_SHAPE.items() if k not in given}
     device = cli.device(c["device"])
     Ls = numbers(c["lengths"] or "1024,2048,8192", int, "lengths")
-    ks = numbers(c["parallel"], int, "parallel")
     alphas = numbers(c["train_alphas"], float, "train_alphas")
-    if not Ls or min(Ls) < 16 or c["repeats"] < 1 or c["train_batch"] < 2:
-        raise cli.UserError("lengths must be at least 16, repeats at least 1, train_batch 2")
+    if not Ls or min(Ls) % 16 or c["repeats"] < 1 or c["train_batch"] < 2:
+        raise cli.UserError(
+            "--lengths must be multiples of 16 (BD3-LM's blocks), --repeats at least 1, "
+            "--train_batch at least 2"
+        )
     peer = importlib.util.find_spec("transformers") is not None
     if not peer:
         print("# note: transformers is not installed (pip install transformers): no GPT-2 peer")
     env = environment(c, device)
     print(
-        f"# bench.py on {env['device']} ({env['name']}, {env['threads']} threads), torch "
-        f"{env['torch']}, model {env['model']}, {env['dtype']}, batch 1 unless said, nucleus off"
+        f"# paper/bench.py on {env['device']} ({env['name']}, {env['threads']} threads), torch "
+        f"{env['torch']}, model {env['model']}, {env['dtype']}; batch 1 unless said, nucleus off"
     )
-    header = f"{'L':>6} {'method':<19} {'NFE':>6} {'median s':>10} {'mean +- std s':>18}"
+    header = f"{'L':>6} {'method':<15} {'NFE':>6} {'median s':>10} {'mean +- std s':>18}"
     print(header + f" {'ms/step':>8} {'peak MB':>8}")
     results = []
     for case in plan_cases(c, Ls, peer):
@@ -556,24 +452,25 @@ def main(argv):
         print(case_line(r), flush=True)
     ratios = {}
     for L in Ls:
-        ratios[L] = ratios_at(results, L, ks)
+        ratios[L] = ratios_at(results, L)
         if ratios[L]:
             print(f"L={L}: " + ", ".join(f"{k} {v:.3g}" for k, v in ratios[L].items()), flush=True)
-    training = []  # the step time of each alpha_0, and as a multiple of the first one's
-    for a in alphas:
-        case = dict(L=c["train_length"], alpha_0=a, repeats=c["repeats"])
+    training = []
+    train_cases = [dict(L=c["train_length"], alpha_0=a, repeats=c["repeats"]) for a in alphas]
+    train_cases.append(dict(L=c["train_length"], block_len=4, repeats=c["repeats"]))
+    for case in train_cases:
         r = in_fresh_process(run_training, case, c)
         training.append(r)
-        base = training[0]["fast"]
-        line = (
-            f"training L={r['L']}, batch {c['train_batch']}, alpha_0={a}: {r['fast']:.3f} s/step "
-            f"({r['fast'] / base:.2f}x the first alpha_0; dense {r['dense']:.3f} s, "
-            f"{r['dense'] / base:.2f}x), n_skip {r['n_skip']}, {r['tokens_per_s']:,.0f} tokens/s, "
-            f"fast - dense: loss {r['loss_diff']:.1e}, grads {r['grad_diff']:.1e}"
-        )
-        if r["mfu"] is not None:
-            line += f", MFU {100 * r['mfu']:.1f}%"
-        print(line, flush=True)
+        line = f"training L={r['L']}, batch {c['train_batch']}, "
+        if "alpha_0" in r:
+            line += (
+                f"Eso-LM alpha_0={r['alpha_0']}: {r['fast']:.3f} s/step (dense {r['dense']:.3f} "
+                f"s), n_skip {r['n_skip']}, fast - dense: loss {r['loss_diff']:.1e}, grads "
+                f"{r['grad_diff']:.1e}"
+            )
+        else:
+            line += f"BD3-LM L'={r['block_len']}: {r['fast']:.3f} s/step"
+        print(line + f", {r['tokens_per_s']:,.0f} tokens/s", flush=True)
     record = {"env": env, "config": c, "sampling": results, "ratios": ratios}
     record["training"] = training
     if c["json"]:
@@ -582,4 +479,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, "paper/bench.py")
+    cli.run(main, "paper/bench.py", sys.argv[1:])

@@ -28,6 +28,7 @@ import json
 import math
 import re
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ import cli
 import eso
 from compiled import CompiledSampler
 from data.common import get_tokenizer, load_dataset
-from paper import formats, judge
+from paper import bd3lm, formats, judge
 
 # -----------------------------------------------------------------------------
 # Defaults: each is a flag, --key=value; the sampling ones are sample.py's (cli.SAMPLING).
@@ -147,20 +148,31 @@ def vocabulary_of(ckpt, enc):
 
 
 def draw(model, sampler, c, a0, steps, seed, ctx, device):
-    """(tokens (num_samples, L), nfe, the batches of rows): the samples sample.py draws for this
-    seed, batch by batch."""
+    """(tokens (num_samples, L), nfe, the batches of rows, seconds): the samples sample.py draws
+    for this seed, batch by batch, and the seconds spent drawing them. A BD3-LM (paper/bd3lm.py)
+    draws with its own sampler, steps per block."""
     generator = torch.Generator(device).manual_seed(seed)
     batches = []
     nfe = 0
+    cli.synchronize(device)
+    t0 = time.perf_counter()
     for start in range(0, c.num_samples, c.batch_size):
         n = min(c.batch_size, c.num_samples - start)
         with ctx:
-            plan = model.plan(n, steps, alpha_0=a0, block_order=c.block_order, generator=generator)
-            tokens, nfe = sampler.decode(
-                *plan, temperature=c.temperature, top_p=c.top_p, generator=generator
-            )
+            if isinstance(model, bd3lm.BD3LM):
+                tokens, nfe = model.generate(
+                    n, steps, temperature=c.temperature, top_p=c.top_p, generator=generator
+                )
+            else:
+                plan = model.plan(
+                    n, steps, alpha_0=a0, block_order=c.block_order, generator=generator
+                )
+                tokens, nfe = sampler.decode(
+                    *plan, temperature=c.temperature, top_p=c.top_p, generator=generator
+                )
         batches.append(tokens)
-    return torch.cat(batches), nfe, batches
+    cli.synchronize(device)
+    return torch.cat(batches), nfe, batches, time.perf_counter() - t0
 
 
 def main(argv):
@@ -182,6 +194,10 @@ def main(argv):
         return score_file(c, given, hf_judge)
     source = c.init_from or Path(c.out_dir) / "ckpt.pt"
     model, ckpt = formats.load(source, dev, alpha_0=c.alpha_0)
+    if ckpt.get("method") == "bd3lm":  # a baseline of paper/train_bd3lm.py
+        if c.alpha_0 is not None or c.compile:
+            raise cli.UserError("--alpha_0 and --compile are for Eso-LMs, not a BD3-LM")
+        model = bd3lm.BD3LM(model, ckpt["block_len"]).eval()
     enc = get_tokenizer(ckpt["tokenizer"], ckpt.get("vocab"))
     L = model.config.block_size
     a0 = model.config.alpha_0 if c.alpha_0 is None else c.alpha_0
@@ -201,9 +217,9 @@ def main(argv):
     runs = []
     pooled = [0.0, 0.0]  # the judge's NLL sum and counted tokens over every seed
     for seed in range(c.seed, c.seed + c.seeds):
-        tokens, nfe, batches = draw(model, sampler, c, a0, steps, seed, ctx, dev)
+        tokens, nfe, batches, seconds = draw(model, sampler, c, a0, steps, seed, ctx, dev)
         texts = [enc.decode(row.tolist()) for row in tokens]
-        run = {"seed": seed, "nfe": nfe, "blank": blank_share(texts)}
+        run = {"seed": seed, "nfe": nfe, "seconds": seconds, "blank": blank_share(texts)}
         run["entropy"] = judge.unigram_entropy(tokens)
         if vocab is not None:
             found3, n3 = word_share(texts, vocab, 3)
@@ -224,6 +240,7 @@ def main(argv):
             print(seed_line(run, corpus), flush=True)
     summary = summarize(runs, pooled, c)
     record = {"checkpoint": str(source), "alpha_0_train": model.config.alpha_0, "alpha_0": a0}
+    record |= {"method": ckpt.get("method", "eso"), "block_len": ckpt.get("block_len")}
     record |= {"steps": steps, "block_order": c.block_order, "temperature": c.temperature}
     record |= {"top_p": c.top_p, "num_samples": c.num_samples, "batch_size": c.batch_size}
     record |= {"judge": c.judge or c.ar_judge or None, **summary, "runs": runs}
@@ -239,7 +256,7 @@ def write_json(path, record):
 
 def seed_line(run, corpus):
     """One seed's scores, in words."""
-    parts = [f"seed {run['seed']}: NFE {run['nfe']}"]
+    parts = [f"seed {run['seed']}: NFE {run['nfe']}, {run['seconds']:.2f} s"]
     if "words3" in run:
         parts.append(
             f"words of 3+ letters {run['words3']:.1%} (of {run['n_words3']}), of 4+ letters "

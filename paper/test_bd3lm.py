@@ -349,3 +349,29 @@ def test_checkpoints_load_with_the_core_loader_and_as_bd3lm(tmp_path, tiny):
     checkpoint.save(plain, checkpoint.state(core, core.config, "bytes", 0))
     with pytest.raises(checkpoint.CheckpointError, match="not a BD3-LM checkpoint"):
         bd3lm.load(plain)
+
+
+def test_the_baselines_train_on_train_py_s_schedule_and_load_back(dataset, tmp_path, run):
+    """paper/train_bd3lm.py: its learning rate is train.py's at every step, for both schedules;
+    a tiny run writes a checkpoint of ours that loads back as the BD3-LM it trained."""
+    import types
+
+    import train
+    from paper import train_bd3lm
+
+    for schedule in ("cosine", "constant"):
+        c = types.SimpleNamespace(
+            learning_rate=1e-3, min_lr=1e-4, warmup_iters=7, max_iters=50, lr_schedule=schedule
+        )
+        assert [train_bd3lm.get_lr(i, c) for i in range(60)] == [
+            train.get_lr(i, c) for i in range(60)
+        ]
+    out = tmp_path / "bd3"
+    flags = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4"]
+    flags += ["--max_iters=4", "--eval_interval=2", "--eval_iters=1", "--log_interval=1"]
+    code, stdout, err = run(train_bd3lm, f"--dataset={dataset}", f"--out_dir={out}", *flags)
+    assert code == 0 and "BD3-LM L'=4" in stdout and "step 4: val NELBO" in stdout, err
+    model, ckpt = bd3lm.load(out / "ckpt.pt")
+    assert model.block_len == 4 and ckpt["iter_num"] == 4 and ckpt["method"] == "bd3lm"
+    code, _, err = run(train_bd3lm, f"--dataset={dataset}", f"--out_dir={out}", "--block_len=5")
+    assert code == 2 and "must divide" in err

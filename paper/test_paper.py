@@ -21,7 +21,7 @@ import cli
 import eso
 import sample
 from data import common
-from paper import bench, convert, evaluate, formats, judge, likelihood
+from paper import bd3lm, bench, convert, evaluate, formats, judge, likelihood
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -698,7 +698,7 @@ def test_evaluate_draws_what_sample_prints(trained, run):
     c, _ = cli.parse(evaluate.CONFIG, flags, "")
     c.batch_size = c.num_samples
     model, ckpt = formats.load(out / "ckpt.pt")
-    tokens, _, _ = evaluate.draw(
+    tokens, _, _, _ = evaluate.draw(
         model, model, c, model.config.alpha_0, 8, 3, cli.precision("cpu")[1], "cpu"
     )
     enc = common.get_tokenizer("bytes")
@@ -749,10 +749,16 @@ def test_the_authors_checkpoint_is_converted_sampled_scored_and_evaluated(
 # ========================================================================== paper/bench.py
 
 
-def test_bench_mdlm_attends_both_ways(monkeypatch, tiny):
-    """bench.py's MDLM case feeds the whole canvas with an all-True attention mask, our uncached
-    path the plain causal one."""
-    model = tiny(1.0, L=8)
+def test_bench_times_table_11s_models_at_nfe_about_l(monkeypatch, tiny):
+    """Table 11's protocol: each of the five samplers spends about L forwards (BD3-LM one more
+    a block, for its cache); MDLM's step is a bidirectional forward of the whole canvas."""
+    model = tiny(1.0, L=32)
+    c = {"seed": 0, "bd3_steps": 5000}
+    nfe = {}
+    for method in ("eso", "bd3_4", "bd3_16", "ar"):
+        case = {"method": method, "L": 32, "steps": bench.BIG_T}
+        nfe[method] = bench.sampler_of(case, c, model, "cpu")()
+    assert nfe == {"eso": 32, "bd3_4": 32 + 8, "bd3_16": 32 + 2, "ar": 32}
     seen = []
     real = eso.EsoLM.hidden
 
@@ -761,12 +767,10 @@ def test_bench_mdlm_attends_both_ways(monkeypatch, tiny):
         return real(self, idx, pos, attn_mask, cache)
 
     monkeypatch.setattr(eso.EsoLM, "hidden", spy)
-    nfe, timed = bench.uncached_steps(model, 8, 3, gen(0), bidirectional=True)
-    assert timed == 3 and nfe == 8 and len(seen) == 3
-    assert all(m.shape == (1, 1, 8, 8) and m.all() for m in seen)
-    seen.clear()
-    bench.uncached_steps(model, 8, 3, gen(0), bidirectional=False)
-    assert seen == [None, None, None]
+    mdlm = bd3lm.BD3LM(model, 32)
+    whole, timed = bench.mdlm_steps(mdlm, 3, gen(0))
+    assert timed == 3 and whole == 32 and len(seen) == 3
+    assert all(m.shape == (1, 1, 32, 32) and m.all() for m in seen)
 
 
 def py_main(script, *args):
