@@ -13,13 +13,11 @@ import argparse
 import difflib
 import os
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from checkpoint import CheckpointError
 from data.common import PrepareError
@@ -242,33 +240,6 @@ def start_distributed(name):
         backend = "nccl"
     dist.init_process_group(backend=backend)
     return rank, world, device_
-
-
-class Progress:
-    """Progress through `total` steps of long work: a bar on a terminal; off one (a log file, a
-    pipe), a line on stderr at every tenth of the way, with the seconds so far."""
-
-    def __init__(self, total, unit, enabled=True):
-        self.total = total
-        self.unit = unit
-        self.done = 0
-        self.start = time.time()
-        on_terminal = sys.stderr.isatty()
-        self.bar = tqdm(total=total, unit=unit, leave=False, disable=not (enabled and on_terminal))
-        self.lines = enabled and not on_terminal
-
-    def step(self):
-        self.done += 1
-        self.bar.update()
-        tenth = self.done * 10 // self.total
-        if self.lines and tenth > (self.done - 1) * 10 // self.total:
-            seconds = time.time() - self.start
-            print(
-                f"  {self.done:,} of {self.total:,} {self.unit}, {seconds:.0f} s", file=sys.stderr
-            )
-
-    def close(self):
-        self.bar.close()
 
 
 def run(main, prog, argv=None):

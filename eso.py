@@ -25,7 +25,8 @@ Words. Each is defined here and used in this one sense.
                 alpha_0 of x, and z_1 keeps almost nothing. Training draws t uniformly from
                 [T_EPS, 1]; sampling runs t from 1 down to 0.
   alpha_0       in training, the share of clean tokens in z_0. In sampling, about the share of
-                positions that the diffusion phase decodes; the sequential phase decodes the rest.
+                the masked positions that the diffusion phase decodes; the sequential phase
+                decodes the rest.
   sigma         an order: sigma[b, i] is the position decoded i-th in row b of a batch.
   decode order  a sequence laid out by sigma, each token still at its original position (the
                 rotary embeddings carry it). The code calls it sorted.
@@ -305,17 +306,19 @@ def sample_t(n, device, generator=None):
 
 def diffusion_order(masked, u):
     """sigma (B, L): clean positions first, then masked ones (masked (B, L) bool), each group
-    sorted by the keys u (B, L)."""
+    sorted by the keys u (B, L), which lie in [0, 1): a mask's key, 2 + u, sorts after every
+    clean one."""
     return torch.argsort(masked * 2.0 + u, dim=1)
 
 
-def sequential_order(decoded_last, u):
-    """sigma (B, L): the positions not in `decoded_last` (B, L) bool first, sorted by the keys
-    u; then those in it, left to right. In training: z_0's clean tokens, then its masks (the
-    sequential phase's positions)."""
-    L = decoded_last.size(1)
-    ascending = torch.arange(L, device=decoded_last.device) / L  # keys in [0, 1) by position
-    return diffusion_order(decoded_last, torch.where(decoded_last, ascending, u))
+def sequential_order(in_sequential_phase, u):
+    """sigma (B, L): first the positions that in_sequential_phase (B, L) bool leaves out, sorted
+    by the keys u in [0, 1); then the positions it marks, left to right, as the sequential phase
+    decodes them. In training: z_0's clean tokens, then its masks."""
+    L = in_sequential_phase.size(1)
+    ascending = torch.arange(L, device=in_sequential_phase.device) / L  # keys in [0, 1)
+    keys = torch.where(in_sequential_phase, ascending, u)
+    return diffusion_order(in_sequential_phase, keys)
 
 
 def unpermute(sorted_tokens, sigma):
@@ -391,26 +394,27 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
     """The sizes of the non-empty diffusion steps, in time order (Alg. 2), drawn without a loop
     over the T steps (the paper's speed protocol uses T = 1e6).
 
-    What it draws: each of the n_masked masks is decoded by the diffusion phase with probability
-    (alpha_0 - alpha_1) / (1 - alpha_1), and then at a step drawn uniformly from the T steps,
-    independently of the other masks. The masks not drawn are left to the sequential phase. The
-    sizes count how many masks each step decodes; sampling_order picks which. The rows of a batch
-    share the sizes.
+    What it draws: each of the n_masked masks joins the diffusion phase with probability
+    p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1), and then is decoded at a step drawn uniformly
+    from the T steps, independently of the other masks. The masks that do not join are left to
+    the sequential phase. The sizes count the masks of each step that has any, in step order
+    (unique sorts the steps); sampling_order picks which masks. The rows of a batch share the
+    sizes.
 
-    Why this is Alg. 2. Step i = 0..T-1 runs t from t_i = 1 - i/T to s_i = t_i - 1/T. It decodes
-    n ~ Binomial(remaining masks, p_i) masks, with p_i = (alpha_s - alpha_t) / (1 - alpha_t).
-    A binomial over the remaining masks is the same as each mask being decoded on its own with
-    probability p_i. So follow one mask. It survives step j with probability
-    1 - p_j = (1 - alpha_{s_j}) / (1 - alpha_{t_j}), and these factors telescope:
-        P(still masked at step i) = prod_{j<i} (1 - p_j) = (1 - alpha_{t_i}) / (1 - alpha_1),
-        P(decoded at step i) = (1 - alpha_{t_i}) / (1 - alpha_1) * p_i
-                             = (alpha_{s_i} - alpha_{t_i}) / (1 - alpha_1).
-    alpha is linear in t and the steps are equal, so this is the same for every step i. Summed
-    over the steps it gives the share above. The masks are exchangeable, so drawing the counts
-    here and the positions in sampling_order has the law of the step-by-step chain.
+    Why this is Alg. 2. Its step i (i = 0..T-1) runs time from t = 1 - i/T down to
+    s = t - 1/T, and decodes n ~ Binomial(remaining masks, p) of the masks, with
+    p = (alpha_s - alpha_t) / (1 - alpha_t). A binomial over the remaining masks is the same as
+    each mask being decoded at that step on its own with probability p. So follow one mask.
+    The chance that it survives a step is 1 - p = (1 - alpha_s) / (1 - alpha_t), and over the
+    steps before step i these factors telescope to (1 - alpha_t) / (1 - alpha_1), alpha_1 being
+    the schedule at t = 1. So the chance that it is decoded at step i is
+        (1 - alpha_t) / (1 - alpha_1) * p = (alpha_s - alpha_t) / (1 - alpha_1).
+    alpha is linear in t and the steps are equal, so this is the same for every step: each step
+    gets p_mdm / T. The masks are exchangeable, so drawing the counts here and the positions in
+    sampling_order has the law of the step-by-step chain.
 
-    The share is a hair less than alpha_0 (0.49975 for 0.5): the chain starts at t = 1 from all
-    masks, where the schedule itself would keep alpha_1 = EPS alpha_0 clean. Training and the
+    p_mdm is a hair less than alpha_0 (0.49975 for 0.5): the chain starts at t = 1 from all
+    masks, where the schedule itself keeps alpha_1 = EPS alpha_0 clean. Training and the
     likelihood use alpha_0 itself.
     """
     alpha_1 = alpha(1.0, alpha_0)
@@ -460,7 +464,8 @@ def block_streams(diffusion, n_streams, generator=None):
     S = 3 the streams are {p0, p3, p6}, {p1, p4, p7} and {p2, p5}. Each step decodes one stream,
     in random order, so no two tokens of a step are closer than S positions. The larger streams
     go first; among streams of one size, each row draws which step decodes which. At alpha_0 = 1
-    with S dividing L, step j decodes {j, j + S, ...}, as theirs does."""
+    with S dividing L, the steps decode the streams {r, r + S, ...}, r < S, as theirs do, each
+    row in an order of its own."""
     B, n = diffusion.shape
     S = n_streams
     big = n % S  # streams 0..big-1 hold one position more than the others
@@ -634,8 +639,8 @@ class EsoLM(nn.Module):
         masked = torch.rand(n, L, device=device, generator=generator) < 1 - self.config.alpha_0
         u = torch.rand(n, L, device=device, generator=generator)
         if self.config.variant == "A":
-            # clean tokens in position order, as the authors' code (A's clean block is
-            # bidirectional, so the loss is the same)
+            # Under A the clean tokens attend to each other both ways, so their order among
+            # themselves changes nothing: they go in position order, as the authors' code has it.
             u = torch.arange(L, device=device).expand(n, L) / L
         return masked, sequential_order(masked, u)
 
@@ -758,8 +763,9 @@ class EsoLM(nn.Module):
 
         steps: T (only T >> L, e.g. 1e6, gives about one token per step: steps are drawn
         independently). alpha_0: sampling-time alpha_0 (None = the model's); the model has no
-        time input, so any runs: a lower one leaves more to the sequential phase (better text,
-        more NFE). temperature, top_p: 1 and 1 sample the model's own distribution. canvas:
+        time input, so any runs, but it samples best near the alpha_0 it was trained at; a lower
+        one leaves more to the sequential phase (more NFE). temperature, top_p: 1 and 1 sample
+        the model's own distribution. canvas:
         (num_samples or 1, L), known tokens kept exactly and the mask id elsewhere (a prompt, an
         infilling template), as many masks in every row. block_order: see block_streams; the
         rest: decode.
@@ -869,15 +875,17 @@ class EsoLM(nn.Module):
 
     def cached_step(self, canvas, sigma, done, k, n_clean0, cache, feed):
         """One forward with the KV cache; returns the hidden states (B, k, C) of this step's k
-        masks. canvas[:, :done] is decoded; this step decodes slots [done, done + k).
+        masks. done counts the slots decoded before this step (canvas[:, :done]); this step
+        decodes the slots [done, done + k), and decode adds k to done after it.
 
-        Variant B decodes as an AR model with a cache does. The cache holds every token decoded
-        before the last step, in slots [0, cache.length). The step feeds the slots from there to
-        done + k: the tokens decoded at the last step (now clean), then this step's k masks,
-        causal in decode order. Then the cache keeps everything before done for good: each
-        token's keys and values are kept one step late, from the first forward that feeds it
-        clean. This is exact: a clean token's keys and values depend only on the tokens decoded
-        before it, which never change, and no later step reads a mask's.
+        Variant B decodes as an AR model with a cache does. Before the step, the cache holds
+        slots [0, cache.length): every token decoded before the last step. The step feeds the
+        slots from cache.length to done + k: the tokens the last step decoded, clean now, then
+        this step's k masks, causal in decode order. After it, the cache holds [0, done): the
+        last step's tokens join it, their keys and values written by this forward, the first
+        that feeds them clean. So a token's keys and values are kept one step late. This is
+        exact: a clean token's keys and values depend only on the tokens decoded before it,
+        which never change, and no later step reads a mask's.
 
         Variant A differs by an attention mask: its clean block, the first min(done, n_clean0)
         slots, attends both ways. While it grows (the diffusion phase), its keys and values
@@ -898,7 +906,7 @@ class EsoLM(nn.Module):
         start = cache.length  # the first slot fed: the cache holds the ones before it
         h = feed(canvas, sigma, start, done + k, clean_block, cache)  # (B, done + k - start, C)
         cache.length = keep
-        return h[:, done - start :]  # (B, k, C): this step's masks, the last k slots fed
+        return h[:, done - start :]  # (B, k, C): this step's masks, the last k of the slots fed
 
     def feed(self, canvas, sigma, lo, hi, clean_block, cache):
         """Hidden states (B, hi - lo, C) of the slots [lo, hi) of the decode-order canvas (B, L),
@@ -970,12 +978,15 @@ class EsoLM(nn.Module):
         through the sequential pattern gives all L factors: [all masks ; x sorted by sigma], in
         which each z slot sees itself and the true tokens before it, whichever phase it is in.
 
-        The model's p(x) is the mean of p(x | sigma) over a law of orders: a random subset of the
-        positions first (each position with probability alpha_0), in random order, then the rest
-        left to right. This is the sampler's law of orders, with alpha_0 where the sampler has
-        the hair less of unmask_schedule. So for K orders drawn from it, the mean of
-        p(x | sigma_k) estimates p(x) without bias, and by Jensen E[-log mean] >= -log p(x): an
-        upper bound, which gets tighter as K grows."""
+        The model's p(x) is the mean of p(x | sigma) over a law of orders: a random subset of
+        the positions first (each position with probability alpha_0), in random order, then the
+        rest left to right. This is the sampler's law when it decodes one token per step (T much
+        larger than L), with alpha_0 where the sampler has the hair less of unmask_schedule; a
+        sampler that decodes several tokens a step draws from another law. So for K orders drawn
+        from it, the mean of p(x | sigma_k) estimates p(x) without bias, and by Jensen
+        E[-log mean] >= -log p(x): an upper bound. Its gap shrinks as K grows (the bound of an
+        importance-weighted average, Burda et al. 2016): the mean of more orders varies less,
+        and -log of it is less biased."""
         # at alpha_0 = 0, A has no clean block: A = B
         if self.config.variant != "B" and self.config.alpha_0 > 0:
             raise ValueError(

@@ -42,7 +42,6 @@ import cli
 import eso
 from data import common
 from data.batches import Batches, get_batch, seeded
-from data.python_prose import prepare as python_prose
 
 # -----------------------------------------------------------------------------
 # Settings: each is a flag, --key=value; `python train.py --help` lists them with their notes.
@@ -150,6 +149,8 @@ def load_data(c, master, ddp):
     """(train, val, meta) of data/NAME; the default corpus is prepared on first use."""
     if c.dataset == "python_prose" and master and not common.is_prepared("python_prose"):
         print("data/python_prose is not prepared yet: preparing it now (a few seconds, once)")
+        from data.python_prose import prepare as python_prose  # only for this, once
+
         build = functools.partial(python_prose.prepare, "python_prose")
         common.prepare("python_prose", build, overwrite=True)
     if ddp:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 import cli
 import eso
@@ -129,7 +130,7 @@ def pass_totals(model, wins, chosen, batch_size, ctx, rank, world, num_orders, s
     diffusion_index = np.cumsum(is_diffusion) - 1  # d: the window's place among the diffusion ones
     totals = np.zeros(6)
     starts = list(range(0, len(chosen), batch_size))[rank::world]
-    progress = cli.Progress(len(starts), "batches", enabled=rank == 0)
+    progress = Progress(len(starts), "batches", enabled=rank == 0)
     for start in starts:
         rows = range(start, min(start + batch_size, len(chosen)))
         x = to_batch(wins[[chosen[j] for j in rows]], device)  # (len(rows), L)
@@ -175,6 +176,33 @@ def batch_terms(model, x, rows, chosen, is_diffusion, diffusion_index, seed):
         nll = model.sequential_nll(x[sequential_rows], torch.cat(masked), torch.cat(sigma))
         out[2:4] = [nll.item() * len(sequential_rows), len(sequential_rows)]
     return out
+
+
+class Progress:
+    """Progress through `total` steps of long work: a bar on a terminal; off one (a log file, a
+    pipe), a line on stderr at every tenth of the way, with the seconds so far."""
+
+    def __init__(self, total, unit, enabled=True):
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self.start = time.time()
+        on_terminal = sys.stderr.isatty()
+        self.bar = tqdm(total=total, unit=unit, leave=False, disable=not (enabled and on_terminal))
+        self.lines = enabled and not on_terminal
+
+    def step(self):
+        self.done += 1
+        self.bar.update()
+        tenth = self.done * 10 // self.total
+        if self.lines and tenth > (self.done - 1) * 10 // self.total:
+            seconds = time.time() - self.start
+            print(
+                f"  {self.done:,} of {self.total:,} {self.unit}, {seconds:.0f} s", file=sys.stderr
+            )
+
+    def close(self):
+        self.bar.close()
 
 
 def main(argv):

@@ -6,26 +6,38 @@
 #              (low_var, the paper's choice there), A at 0.25 and 1 (low_var). Logs ->
 #              results/runs/NAME.jsonl, wall-clock seconds -> results/runs/times.jsonl.
 #   table1     the paper's Table 1: a full validation pass of each (NELBO), and the IW bound at
-#              K = 1, 10, 100 (B models) -> results/table1.jsonl.
+#              K = 1, 10, 100 (B models): python -m paper.likelihood -> results/table1.jsonl.
 #   quality    Tables 13-15: the alpha_0 = 1, 0.25 and 0.0625 models sampled at alpha_0 1, 0.5, 0.25,
 #              T 16 to 1024, random and block order, 64 samples each, judged by the alpha_0 = 0 model
-#              (evaluate.py --ar_judge) -> results/quality.jsonl.
+#              (python -m paper.evaluate --ar_judge) -> results/quality.jsonl.
+#   frontier   the speed-quality frontier beside BD3-LMs and MDLM (Fig. 4, Table 15): seven models
+#              trained alike, sampled over NFE, judged by the AR one: python -m paper.frontier
+#              train, then sample -> results/frontier.jsonl.
+#   diffusion  the README's recipe for a model trained for diffusion (frontier's eso_1, alpha_0 = 1)
+#              sampled at alpha_0 = 1 at T = 16, 64, 1024, 5 seeds -> results/diffusion.jsonl.
 #   reference  the quality grid's yardsticks: the judge's own samples and windows of the validation
 #              text, scored alike -> results/reference.jsonl.
-#   default    what `python sample.py`, its --show_steps view and `python evaluate.py --seeds=21`
+#   default    what `python sample.py`, its --show_steps view and `python -m paper.evaluate --seeds=21`
 #              print for the default run -> results/default_*.
 #   zero_shot  Table 5's path end to end: a small GPT-2-token model trained on python_prose, scored on
 #              local copies of the eight zero-shot sets (results/zero_shot_fixtures.py) in a full pass
 #              -> results/zero_shot.jsonl. Needs GPT-2's BPE files and `datasets`.
-#   bench      `python bench.py` (Table 11's protocol, the decode cases, training) -> results/bench.json;
-#              `python bench.py --batch=16` (Table 13's time column) -> results/bench_batch.json.
+#   bench      `python -m paper.bench --lengths=1024,2048` (Table 11's five rows, the decode extras,
+#              training) -> results/bench.json; --batch=16 (Table 13's time column) ->
+#              results/bench_batch.json.
 #   figures    python -m results.figures: assets/*.png from the files above (needs matplotlib).
 # Run it on an otherwise idle machine: the seconds it records are the machine's. The side-by-side with
 # nanoGPT needs a clone of it and runs apart: python -m results.nanogpt.compare --publish.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-out/results}
-parts=${*:-train table1 quality reference default zero_shot bench figures}
+parts=${*:-train table1 quality reference default zero_shot frontier diffusion bench figures}
+json() {  # COMMAND...: run it with --json=FILE, and print FILE's record on one line
+    local file; file=$(mktemp)
+    "$@" --json="$file" > /dev/null
+    python -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$file"
+    rm -f "$file"
+}
 want() { [[ " $parts " == *" $1 "* ]]; }
 mkdir -p "$runs" results/runs
 
@@ -50,10 +62,10 @@ if want table1; then
     : > results/table1.jsonl
     for m in b0 b0.0625 b0.125 b0.25 b0.5 b1; do
         for K in 1 10 100; do
-            python train.py --eval_only=True --out_dir="$runs/$m" --num_orders=$K | tail -n 1 >> results/table1.jsonl
+            json python -m paper.likelihood --out_dir="$runs/$m" --num_orders=$K >> results/table1.jsonl
         done
     done
-    for m in a0.25 a1; do python train.py --eval_only=True --out_dir="$runs/$m" | tail -n 1 >> results/table1.jsonl; done
+    for m in a0.25 a1; do json python -m paper.likelihood --out_dir="$runs/$m" >> results/table1.jsonl; done
 fi
 if want quality; then
     : > results/quality.jsonl
@@ -61,23 +73,23 @@ if want quality; then
         for a in 1 0.5 0.25; do
             for T in 16 64 256 1024; do
                 for block in False True; do
-                    python evaluate.py --out_dir="$runs/$m" --ar_judge="$runs/b0" --alpha_0=$a --steps=$T --top_p=0.9 \
-                        --temperature=1 --num_samples=64 --block_order=$block --quiet=True >> results/quality.jsonl
+                    json python -m paper.evaluate --out_dir="$runs/$m" --ar_judge="$runs/b0" --alpha_0=$a --steps=$T \
+                        --top_p=0.9 --temperature=1 --num_samples=64 --block_order=$block >> results/quality.jsonl
                 done
             done
         done
     done
 fi
 if want reference; then
-    python evaluate.py --out_dir="$runs/b0" --ar_judge="$runs/b0" --alpha_0=0 --top_p=0.9 --temperature=1 \
-        --num_samples=64 --quiet=True > results/reference.jsonl
+    json python -m paper.evaluate --out_dir="$runs/b0" --ar_judge="$runs/b0" --alpha_0=0 --top_p=0.9 \
+        --temperature=1 --num_samples=64 > results/reference.jsonl
     python -m results.reference_text "$runs/b0/ckpt.pt" >> results/reference.jsonl
 fi
 if want default; then
     python sample.py --out_dir="$runs/b0.0625" --num_samples=8 > results/default_samples.txt
     python sample.py --out_dir="$runs/b0.0625" --show_steps=True --num_samples=1 --alpha_0=0.5 --steps=16 \
         > results/default_steps.txt
-    python evaluate.py --out_dir="$runs/b0.0625" --seeds=21 --quiet=True > results/default_eval.json
+    json python -m paper.evaluate --out_dir="$runs/b0.0625" --seeds=21 > results/default_eval.json
 fi
 if want zero_shot; then  # needs GPT-2's BPE files (tiktoken downloads them, or TIKTOKEN_CACHE_DIR) and datasets
     zs="$runs/zero_shot"
@@ -92,14 +104,24 @@ if want zero_shot; then  # needs GPT-2's BPE files (tiktoken downloads them, or 
         if [ "$set" != prose_gpt2 ]; then
             ESO_DATA_DIR="$zs/data" python data/prepare.py --dataset=$set --raw_dir="$zs/raw/$set" --block_size=64
         fi
-        ESO_DATA_DIR="$zs/data" python train.py --eval_only=True --out_dir="$zs/model" --dataset=$set \
-            | tail -n 1 >> results/zero_shot.jsonl
+        ESO_DATA_DIR="$zs/data" json python -m paper.likelihood --out_dir="$zs/model" --dataset=$set \
+            >> results/zero_shot.jsonl
     done
 fi
-if want bench; then
-    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python bench.py | tee results/bench.txt  # compiling from a cold cache
-    tail -n 1 results/bench.txt > results/bench.json && rm results/bench.txt
-    python bench.py --batch=16 --table11=False --decode=False --train_alphas= | tail -n 1 > results/bench_batch.json
+if want frontier; then
+    python -m paper.frontier train
+    python -m paper.frontier sample
+fi
+if want diffusion; then  # needs part frontier's eso_1 model
+    : > results/diffusion.jsonl
+    for T in 16 64 1024; do
+        json python -m paper.evaluate --out_dir=out/frontier/eso_1 --alpha_0=1 --steps=$T --seeds=5 \
+            >> results/diffusion.jsonl
+    done
+fi
+if want bench; then  # compiling from a cold cache
+    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python -m paper.bench --lengths=1024,2048 --json=results/bench.json
+    python -m paper.bench --batch=16 --table11=False --decode=False --train_alphas= --json=results/bench_batch.json
 fi
 if want figures; then
     python -m results.figures
