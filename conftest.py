@@ -68,20 +68,24 @@ def tiny():
     return make_tiny
 
 
+# the flags of a tiny training run
+TINY_FLAGS = [
+    "--n_layer=1",
+    "--n_head=2",
+    "--n_embd=32",
+    "--block_size=32",
+    "--batch_size=4",
+    "--eval_iters=2",
+    "--log_interval=1",
+    "--warmup_iters=2",
+    "--lr_schedule=constant",
+]
+
+
 @pytest.fixture
 def tiny_flags():
-    """The flags of a tiny training run."""
-    return [
-        "--n_layer=1",
-        "--n_head=2",
-        "--n_embd=32",
-        "--block_size=32",
-        "--batch_size=4",
-        "--eval_iters=2",
-        "--log_interval=1",
-        "--warmup_iters=2",
-        "--lr_schedule=constant",
-    ]
+    """The flags of a tiny training run (a fresh list: a test may extend it)."""
+    return list(TINY_FLAGS)
 
 
 @pytest.fixture
@@ -154,17 +158,7 @@ def trained(dataset, tmp_path_factory):
     judge, each by `python train.py` in its own process: their out_dirs."""
     out = tmp_path_factory.mktemp("run")
     judge = tmp_path_factory.mktemp("judge")
-    flags = [
-        "--n_layer=1",
-        "--n_head=2",
-        "--n_embd=32",
-        "--block_size=32",
-        "--batch_size=4",
-        "--eval_iters=2",
-        "--log_interval=1",
-        "--warmup_iters=2",
-        "--lr_schedule=constant",
-    ]
+    flags = TINY_FLAGS
     runs = [
         (out, ["--max_iters=6", "--eval_interval=3", "--ema=0.5"]),
         (judge, ["--alpha_0=0", "--max_iters=2", "--eval_interval=2"]),
@@ -250,3 +244,56 @@ def dynamo_eager(monkeypatch):
     monkeypatch.setattr(compiled, "KEY_BLOCK", 8)
     yield
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def prepare_cli(capsys):
+    """data/prepare.py's command line in this process: .run(args) -> (exit status, stdout,
+    stderr), and .refuses(args, message), which checks that it exits 2 with one line that says
+    message, and returns that line."""
+    import types
+
+    from data import prepare
+
+    def run(args):
+        capsys.readouterr()  # what the test printed before (progress bars) is not main's
+        try:
+            prepare.main(args)
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    def refuses(args, message):
+        code, _, err = run(args)
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert message in err, err
+        return err
+
+    return types.SimpleNamespace(run=run, refuses=refuses)
+
+
+@pytest.fixture
+def made_without_device():
+    """A TorchFunctionMode class that records the torch calls returning a tensor on the meta
+    device. Entered under torch.set_default_device("meta") with the model on the CPU: a tensor
+    created without device= lands on meta, and so does whatever is computed from it. (A crash
+    is no evidence: SDPA takes a meta attention mask beside CPU tensors without complaint.)"""
+    from torch.overrides import TorchFunctionMode
+
+    class MadeWithoutDevice(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            leaves = torch.utils._pytree.tree_leaves(out)
+            on_meta = [t for t in leaves if isinstance(t, torch.Tensor) and t.device.type == "meta"]
+            if on_meta:
+                self.calls.append(getattr(func, "__name__", str(func)))
+            return out
+
+    return MadeWithoutDevice

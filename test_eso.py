@@ -831,26 +831,8 @@ def test_static_windows_cover_the_chunk_in_a_few_sizes():
     assert len(sizes) <= 20
 
 
-class MadeWithoutDevice(TorchFunctionMode):
-    """Records every torch call that returns a tensor on the meta device. Entered under
-    torch.set_default_device("meta"), with the model on the CPU: a tensor created without
-    device= lands on meta, and so does whatever is computed from it. (A crash is no evidence:
-    SDPA takes a meta attention mask beside CPU tensors without complaint.)"""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        leaves = torch.utils._pytree.tree_leaves(out)
-        if any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in leaves):
-            self.calls.append(getattr(func, "__name__", str(func)))
-        return out
-
-
 @pytest.mark.parametrize("variant", ["B", "A"])
-def test_every_tensor_is_made_on_the_models_device(variant, tiny):
+def test_every_tensor_is_made_on_the_models_device(variant, tiny, made_without_device):
     """generate (cache on and off, random and block order, a prompt), a training step with
     backward, validation and the likelihood create nothing on torch's default device."""
     model = tiny(0.5, variant, big=False)
@@ -859,7 +841,7 @@ def test_every_tensor_is_made_on_the_models_device(variant, tiny):
     canvas[0, :3] = torch.tensor([1, 2, 3])
     torch.set_default_device("meta")
     try:
-        with MadeWithoutDevice() as spy:
+        with made_without_device() as spy:
             for kv_cache, block_order in itertools.product((True, False), (False, True)):
                 model.generate(
                     2,
@@ -1096,27 +1078,6 @@ def test_corrupt_checkpoints_are_named_without_a_sentence_cut_mid_word(tmp_path)
     assert "https://pytorch.org/docs/stable/gen" not in message and "there is a high" not in message
 
 
-def run_main(args, capsys):
-    """data/prepare.py's main in this process -> (exit status, stdout, stderr)."""
-    capsys.readouterr()  # what the test printed before (progress bars) is not main's
-    try:
-        prepare.main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def expect_one_line_error(args, capsys, message):
-    """data/prepare.py ARGS exits 2 with one line that says `message`; returns that line."""
-    code, _, err = run_main(args, capsys)
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert message in err, err
-    return err
-
-
 def test_prepare_writes_tokens_that_decode_back_to_the_text(data_dir, tmp_path):
     src = tmp_path / "a.txt"
     paragraphs = [
@@ -1158,7 +1119,7 @@ def test_prepare_writes_tokens_that_decode_back_to_the_text(data_dir, tmp_path):
         ("noname", "needs --name"),
     ],
 )
-def test_prepare_rejects_bad_input_with_one_line(data_dir, tmp_path, capsys, case, msg):
+def test_prepare_rejects_bad_input_with_one_line(data_dir, tmp_path, case, msg, prepare_cli):
     f = tmp_path / "in.txt"
     contents = {"empty": b"  \n", "latin1": "caf\xe9".encode("latin1"), "short": b"hi\n\nyou"}
     f.write_bytes(contents.get(case, b"x"))
@@ -1167,7 +1128,7 @@ def test_prepare_rejects_bad_input_with_one_line(data_dir, tmp_path, capsys, cas
     args = ["--input", str(target)]
     if name:
         args += ["--name", name]
-    expect_one_line_error(args, capsys, msg)
+    prepare_cli.refuses(args, msg)
     assert not (data_dir / f"bad-{case}").exists()  # nothing half-written
 
 
@@ -1206,7 +1167,9 @@ def test_prepare_interrupted_says_so(data_dir, monkeypatch, capsys):
     assert capsys.readouterr().err == "data/prepare.py: error: interrupted; nothing was written\n"
 
 
-def test_data_dir_comes_from_the_environment_and_the_flag(tmp_path, data_dir, monkeypatch, capsys):
+def test_data_dir_comes_from_the_environment_and_the_flag(
+    tmp_path, data_dir, monkeypatch, prepare_cli
+):
     assert common.data_root() == data_dir
     assert common.dataset_dir("x") == data_dir / "x"
     monkeypatch.delenv("ESO_DATA_DIR")
@@ -1214,8 +1177,8 @@ def test_data_dir_comes_from_the_environment_and_the_flag(tmp_path, data_dir, mo
     src = tmp_path / "a.txt"
     src.write_text("\n\n".join(f"Paragraph {i} of some words, enough of them." for i in range(200)))
     elsewhere = tmp_path / "elsewhere"
-    code, out, err = run_main(
-        ["--input", str(src), "--name", "mine", f"--data_dir={elsewhere}"], capsys
+    code, out, err = prepare_cli.run(
+        ["--input", str(src), "--name", "mine", f"--data_dir={elsewhere}"]
     )
     assert code == 0, err
     assert common.is_prepared("mine", elsewhere)

@@ -123,29 +123,6 @@ def token_dtype(enc):
 # ----------------------------------------------------------------------------- writing a dataset
 
 
-def read_text(path):
-    """The UTF-8 text of one user file, or a one-line error naming it and the fix."""
-    p = Path(path)
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except OSError as e:
-        if p.is_dir():
-            message = f"{path} is a folder: name the text files in it (for example {path}/*.txt)"
-        elif not p.exists():
-            message = f"{path}: no such file"
-        else:
-            message = f"{path}: cannot read it ({e.strerror}); check its permissions"
-        raise PrepareError(message) from None
-    except UnicodeDecodeError as e:
-        raise PrepareError(
-            f"{path} is not UTF-8 text (bad byte at offset {e.start}): convert it, "
-            f"e.g. iconv -f latin1 -t utf-8 {path} > {p.stem}.utf8.txt"
-        ) from None
-    if not text.strip():
-        raise PrepareError(f"{path} is empty: give a file with text in it")
-    return text
-
-
 def write_dataset(docs, out, enc, source, val_fraction):
     """Tokenize local documents into out/{train,val}.bin and out/meta.json; returns the metadata.
     Documents follow one another, each followed by a separator (<|endoftext|> for gpt2, a blank

@@ -22,27 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EOT = 256  # the stand-in GPT-2's <|endoftext|> (the gpt2 fixture's)
 
 
-def run_main(args, capsys):
-    """data/prepare.py's main in this process -> (exit status, stdout, stderr)."""
-    capsys.readouterr()  # what the test printed before (progress bars) is not main's
-    try:
-        prepare.main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def expect_one_line_error(args, capsys, message):
-    """data/prepare.py ARGS exits 2 with one line that says `message`; returns that line."""
-    code, _, err = run_main(args, capsys)
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert message in err, err
-    return err
-
-
 EOT = 256  # the stand-in GPT-2's <|endoftext|>
 
 
@@ -293,7 +272,7 @@ def test_lm1b_reads_its_tar_gz_in_archive_order(data_dir, tmp_path):
 
 
 def test_lm1b_offline_without_a_vocabulary_names_the_file_to_fetch(
-    data_dir, tmp_path, monkeypatch, capsys
+    data_dir, tmp_path, monkeypatch, prepare_cli
 ):
     lm1b_release(tmp_path / "raw")
 
@@ -302,7 +281,7 @@ def test_lm1b_offline_without_a_vocabulary_names_the_file_to_fetch(
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     args = ["--dataset=lm1b", f"--raw_dir={tmp_path / 'raw'}"]
-    err = expect_one_line_error(args, capsys, wordpiece.BERT_VOCAB_URL)
+    err = prepare_cli.refuses(args, wordpiece.BERT_VOCAB_URL)
     assert "--tokenizer=PATH/vocab.txt" in err
     assert not common.dataset_dir("lm1b").exists()
 
@@ -360,14 +339,12 @@ def test_openwebtext_holds_out_its_last_documents(data_dir, tmp_path, gpt2):
     assert common.load_dataset("openwebtext", 8)[1].shape == (len(val),)
 
 
-def test_openwebtext_refuses_a_raw_dir_without_its_21_tars(data_dir, tmp_path, gpt2, capsys):
+def test_openwebtext_refuses_a_raw_dir_without_its_21_tars(data_dir, tmp_path, gpt2, prepare_cli):
     owt_tars(tmp_path / "owt")
     (tmp_path / "owt" / "urlsf_subset07.tar").unlink()
     args = ["--dataset=openwebtext", f"--raw_dir={tmp_path / 'owt'}"]
-    expect_one_line_error(args, capsys, "no urlsf_subset07.tar")
-    expect_one_line_error(
-        ["--dataset=openwebtext", f"--raw_dir={tmp_path / 'nope'}"], capsys, "no such file"
-    )
+    prepare_cli.refuses(args, "no urlsf_subset07.tar")
+    prepare_cli.refuses(["--dataset=openwebtext", f"--raw_dir={tmp_path / 'nope'}"], "no such file")
     assert not common.dataset_dir("openwebtext").exists()
 
 
@@ -471,45 +448,43 @@ def test_grouping_is_per_batch_of_1000_documents_within_each_shard(data_dir, tmp
 
 
 def test_zero_shot_sources_refuse_bad_input_with_one_line(
-    data_dir, tmp_path, gpt2, monkeypatch, capsys
+    data_dir, tmp_path, gpt2, monkeypatch, prepare_cli
 ):
     save_dataset(tmp_path / "saved", "test", "text", {}, ["a b c"] * 50)
-    expect_one_line_error(
-        ["--dataset=ptb", f"--raw_dir={tmp_path / 'saved'}"], capsys, "no 'validation' split"
+    prepare_cli.refuses(
+        ["--dataset=ptb", f"--raw_dir={tmp_path / 'saved'}"], "no 'validation' split"
     )
-    expect_one_line_error(
+    prepare_cli.refuses(
         ["--dataset=ag_news", f"--raw_dir={tmp_path / 'saved'}", "--val_docs=5"],
-        capsys,
         "unrecognized arguments: --val_docs=5",
     )
-    expect_one_line_error(["--dataset=lambada", f"--raw_dir={tmp_path}"], capsys, "no such file")
+    prepare_cli.refuses(["--dataset=lambada", f"--raw_dir={tmp_path}"], "no such file")
     import datasets
 
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach the Hub\nsecond line")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    expect_one_line_error(["--dataset=wikitext103"], capsys, "--raw_dir=DIR")
+    prepare_cli.refuses(["--dataset=wikitext103"], "--raw_dir=DIR")
     monkeypatch.setitem(sys.modules, "datasets", None)
-    expect_one_line_error(
+    prepare_cli.refuses(
         ["--dataset=ptb", f"--raw_dir={tmp_path / 'saved'}"],
-        capsys,
         "--dataset=ptb needs the `datasets` package: pip install datasets",
     )
     for name in ("ptb", "ag_news", "lambada", "wikitext103"):
         assert not common.dataset_dir(name).exists()
 
 
-def test_a_missing_tokenizers_package_is_one_line(data_dir, tmp_path, monkeypatch, capsys):
+def test_a_missing_tokenizers_package_is_one_line(data_dir, tmp_path, monkeypatch, prepare_cli):
     write_vocab(tmp_path / "vocab.txt")
     root = lm1b_release(tmp_path / "raw")
     monkeypatch.setitem(sys.modules, "tokenizers", None)
     args = ["--dataset=lm1b", f"--raw_dir={root}", f"--tokenizer={tmp_path / 'vocab.txt'}"]
-    expect_one_line_error(args, capsys, "needs the `tokenizers` package: pip install tokenizers")
+    prepare_cli.refuses(args, "needs the `tokenizers` package: pip install tokenizers")
     assert not common.dataset_dir("lm1b").exists()
 
 
-def test_flags_that_do_not_apply_are_refused(data_dir, tmp_path, capsys):
+def test_flags_that_do_not_apply_are_refused(data_dir, tmp_path, prepare_cli):
     """Each recipe takes its own flags: another's is refused in one line, and --help lists every
     dataset, and with --dataset the flags of its recipe."""
     src = tmp_path / "a.txt"
@@ -525,10 +500,10 @@ def test_flags_that_do_not_apply_are_refused(data_dir, tmp_path, capsys):
         (["--dataset=openwebtext", "--shards=0"], "--shards must be at least 1"),
     ]
     for args, message in cases:
-        expect_one_line_error(args, capsys, message)
-    code, out, _ = run_main(["--help"], capsys)
+        prepare_cli.refuses(args, message)
+    code, out, _ = prepare_cli.run(["--help"])
     assert code == 0
     for dataset in prepare.RECIPES:
         assert f"  {dataset} " in out
-    code, out, _ = run_main(["--dataset=openwebtext", "--help"], capsys)
+    code, out, _ = prepare_cli.run(["--dataset=openwebtext", "--help"])
     assert code == 0 and "--val_docs" in out and "--val_fraction" not in out

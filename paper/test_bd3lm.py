@@ -9,7 +9,6 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 import checkpoint
 import eso
@@ -297,30 +296,13 @@ def test_many_steps_decode_one_token_per_step_one_step_a_block_per_step(block_le
     assert nfe == n_blocks
 
 
-class MadeWithoutDevice(TorchFunctionMode):
-    """Records the torch calls that return a tensor on the meta device: entered under
-    torch.set_default_device("meta") with the model on the CPU, a tensor made without device=
-    lands there."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        leaves = torch.utils._pytree.tree_leaves(out)
-        if any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in leaves):
-            self.calls.append(getattr(func, "__name__", str(func)))
-        return out
-
-
 @pytest.mark.parametrize("block_len", [4, 16])
-def test_every_tensor_is_made_on_the_models_device(block_len, tiny):
+def test_every_tensor_is_made_on_the_models_device(block_len, tiny, made_without_device):
     model = BD3LM(tiny(L=16, big=False), block_len)
     x = torch.randint(0, 11, (2, 16), generator=gen(0))
     torch.set_default_device("meta")
     try:
-        with MadeWithoutDevice() as spy:
+        with made_without_device() as spy:
             for kv_cache in (True, False):
                 model.generate(2, 3, top_p=0.9, kv_cache=kv_cache, generator=gen(1))
             model.train()
