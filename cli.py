@@ -19,6 +19,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+# Imported before any init_process_group (start_distributed), for a clean exit under load.
+# DistributedDataParallel imports torch.distributed.nn on first use, and that module's functions
+# take group=group.WORLD as a default argument, which Python evaluates once, at import. Imported
+# after init, those defaults hold the process group for good, so destroy_process_group (run)
+# cannot free it, and its gloo worker threads live on into interpreter shutdown. On a busy
+# machine one of them may not yet have dropped the last barrier's work, which holds a Python
+# tensor; dropping it needs the GIL, the finalizing interpreter ends that thread, and the process
+# aborts: "terminate called without an active exception". Imported first, the defaults are None,
+# and destroy_process_group frees the group, joining those threads while Python still runs.
+import torch.distributed.nn  # noqa: F401
+
 from checkpoint import CheckpointError
 from data.common import PrepareError
 

@@ -543,8 +543,12 @@ def main(argv):
                         f"caught {signal.Signals(sig).name} at step {iter_num}: saved "
                         f"{ckpt_path}; continue with --init_from=resume"
                     )
+                if ddp:  # leave together, once the first process has saved
+                    dist.barrier()
                 return 128 + sig
     bar.close()
+    if ddp:  # leave together, once the first process has saved
+        dist.barrier()
     if master:
         print(
             f"done: {iter_num} iterations, best val NELBO {best_val:.4f} (perplexity "
