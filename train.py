@@ -350,11 +350,11 @@ def main(argv):
     if ckpt is not None:
         same_vocabulary = config.vocab_size == meta["vocab_size"]
         same_tokenizer = ckpt["tokenizer"] == meta["tokenizer"]
-    if ckpt is not None and not (same_vocabulary and same_tokenizer):
-        raise cli.UserError(
-            f"data/{c.dataset} uses {meta['tokenizer']} ({meta['vocab_size']} ids) but the "
-            f"checkpoint was trained with {ckpt['tokenizer']} ({config.vocab_size} ids)"
-        )
+        if not (same_vocabulary and same_tokenizer):
+            raise cli.UserError(
+                f"data/{c.dataset} uses {meta['tokenizer']} ({meta['vocab_size']} ids) but the "
+                f"checkpoint was trained with {ckpt['tokenizer']} ({config.vocab_size} ids)"
+            )
     if 0 < config.batch_split < 1 and c.batch_size < 2:
         raise cli.UserError(
             f"--batch_size must be at least 2 when batch_split is {config.batch_split} (both "
@@ -375,7 +375,9 @@ def main(argv):
         ema_model = copy.deepcopy(model).requires_grad_(False)
         if ckpt and ckpt.get("ema"):
             ema_model.load_state_dict(ckpt["ema"])
-    eval_model = ema_model or model
+    eval_model = model  # what validation scores: the EMA weights, when there are some
+    if ema_model is not None:
+        eval_model = ema_model
     accum = -(-c.gradient_accumulation_steps // world)  # micro-batches per process
     iter_num = 0
     best_val = float("inf")
