@@ -78,15 +78,25 @@ def save(path, state):
         ) from None
 
 
-def load(path, device="cpu", ema=True):
+def load(path, device="cpu", ema=True, method="eso"):
     """(model, checkpoint dict) of a file written by train.py, on `device`, in eval mode, with the
-    EMA weights when it has them (ema=False: the raw ones)."""
+    EMA weights when it has them (ema=False: the raw ones). method: the model the file must hold,
+    "eso" (train.py's); the paper's baselines (paper/bd3lm.py) hold another on the same
+    transformer; None takes any."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint")
     if not path.is_file():
         raise CheckpointError(missing(path))
     ckpt = read_pickle(path, device)
+    held = "eso"
+    if isinstance(ckpt, dict):
+        held = ckpt.get("method", "eso")
+    if method is not None and held != method:
+        raise CheckpointError(
+            f"{path} holds a {held} model, not an Eso-LM: sample and score it with "
+            f"{paper_ring(f'python -m paper.evaluate --init_from={path}')}"
+        )
     return model_from(ckpt, path, device, ema)
 
 
@@ -99,10 +109,9 @@ def paper_ring(command):
 
 
 def missing(path):
-    """What to say of a checkpoint that is not there: the command that makes it. A name like
-    owner/model that is no file and in no folder here may be meant as a Hugging Face hub id."""
-    hub_like = len(path.parts) == 2 and not path.suffix and not path.parent.exists()
-    if hub_like:
+    """What to say of a checkpoint that is not there: the command that makes it, or, for a name
+    that looks like a Hugging Face hub id, the one that converts it."""
+    if looks_like_hub_id(path):
         convert = paper_ring(f"python -m paper.convert {path} --alpha_0=A")
         return (
             f"no file or folder {path}; for an authors' Hugging Face model, convert it: {convert}"
@@ -110,8 +119,18 @@ def missing(path):
     return f"no checkpoint at {path}: train one with `python train.py --out_dir={path.parent}`"
 
 
+def looks_like_hub_id(source):
+    """Whether source reads as owner/name and names nothing here. A name with a file suffix
+    (out/ckpt.pt) or in a folder that exists (out/missing) is a missing file, not a hub id."""
+    path = Path(source)
+    parts = str(source).split("/")
+    if len(parts) != 2 or not all(parts):
+        return False
+    return not path.suffix and not path.exists() and not path.parent.exists()
+
+
 def model_from(ckpt, path, device="cpu", ema=True):
-    """(model, ckpt) from a checkpoint dict of ours (or one that reference.py made)."""
+    """(model, ckpt) from a checkpoint dict of ours (or one that paper/formats.py made)."""
     need = {"model", "config", "tokenizer", "iter_num"}
     if not isinstance(ckpt, dict) or not need <= set(ckpt):
         missing = "a dict"

@@ -28,7 +28,8 @@ import torch.distributed as dist
 # tensor; dropping it needs the GIL, the finalizing interpreter ends that thread, and the process
 # aborts: "terminate called without an active exception". Imported first, the defaults are None,
 # and destroy_process_group frees the group, joining those threads while Python still runs.
-import torch.distributed.nn  # noqa: F401
+if dist.is_available():
+    import torch.distributed.nn  # noqa: F401
 
 from checkpoint import CheckpointError
 from data.common import PrepareError

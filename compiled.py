@@ -62,6 +62,10 @@ class CompiledSampler:
         """EsoLM.generate(num_samples, steps, ...) through the compiled step: its plan, then
         decode. kw: plan's alpha_0, canvas and block_order, and decode's own."""
         plan_keys = {"alpha_0", "canvas", "block_order"}
+        alpha_0 = kw.get("alpha_0")
+        if alpha_0 is None:
+            alpha_0 = self.model.config.alpha_0
+        eso.check_sampling_args(steps, alpha_0, kw.get("temperature", 1.0), kw.get("top_p", 1.0))
         plan_kw = {key: value for key, value in kw.items() if key in plan_keys}
         decode_kw = {key: value for key, value in kw.items() if key not in plan_keys}
         plan = self.model.plan(num_samples, steps, generator=generator, **plan_kw)

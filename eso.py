@@ -107,7 +107,7 @@ class EsoConfig:
     # "elbo", or "low_var" (diffusion weight 1 in training; the paper's OWT choice at alpha_0 = 1)
     loss_type: str = "elbo"
     batch_split: float | None = None  # kappa; None = the paper's
-    # biases in the LayerNorms, the MLP and the head (the authors' models, reference.py)
+    # biases in the LayerNorms, the MLP and the head (the authors' models, paper/formats.py)
     bias: bool = False
 
     def __post_init__(self):

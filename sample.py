@@ -52,6 +52,8 @@ CONFIG = dict(
     quiet=(False, "print only the summary line"),
     **cli.SYSTEM,  # device, dtype
 )
+# the flags that other commands now take
+MOVED = {"preset": "the paper's sampling settings are a preset file: @paper/presets/samples.txt"}
 SPAN = re.compile(r"(\{\{.*?\}\})")  # a {{...}} span, well formed or not
 GOOD_SPAN = re.compile(r"\{\{([0-9]+)\}\}")
 HOLE = "░"  # how --show_steps draws a position still masked (unlike "_", not in the text)
@@ -174,9 +176,6 @@ def read_text(c):
     except (OSError, UnicodeDecodeError) as e:
         why = getattr(e, "strerror", None) or e
         raise cli.UserError(f"cannot read {path} ({why}): give a readable UTF-8 file") from None
-
-
-MOVED = {"preset": "the paper's sampling settings are a preset file: @paper/presets/samples.txt"}
 
 
 def main(argv):

@@ -1236,6 +1236,9 @@ def test_the_core_stands_alone_and_nothing_stands_on_a_script():
         name = path.relative_to(ROOT)
         if not path.name.startswith("test_") and path.name != "conftest.py":
             imports = re.search(rf"^\s*(from|import) ({scripts})\b", text, re.M)
+            rings = f"{scripts}|likelihood|convert|frontier|train_bd3lm"
+            if not imports:
+                imports = re.search(rf"^\s*from paper import .*\b({rings})\b", text, re.M)
             assert not imports, name
             assert not re.search(r"\beso\.\w+ = ", text), name  # no patching of eso
         assert not re.search(r"sys\.path\.(insert|append)", text), name
@@ -1598,12 +1601,31 @@ def test_unwritable_output_short_corpus_and_evaluation_sets_fail_before_training
     )
     assert code == 2 and "fewer than one training sequence" in err
     assert not (tmp_path / "o" / "ckpt.pt").exists()
-    real_load = common.load_dataset
-
-    def evaluation_set(*a, **k):
-        splits = real_load(*a, **k)
-        return splits[0], splits[1], splits[2] | {"train_tokens": 0}
-
-    monkeypatch.setattr(common, "load_dataset", evaluation_set)
+    # an evaluation set, as the zero-shot recipes write one: val.bin and no train.bin tokens
+    source = common.dataset_dir(dataset)
+    evalset = common.dataset_dir("evalset")
+    evalset.mkdir(exist_ok=True)
+    meta = json.loads((source / "meta.json").read_text())
+    meta |= {"eval_only": True, "val_split": "test", "train_tokens": 0}
+    (evalset / "train.bin").write_bytes(b"")
+    (evalset / "val.bin").write_bytes((source / "val.bin").read_bytes())
+    (evalset / "meta.json").write_text(json.dumps(meta))
+    args = ["--dataset=evalset", "--max_iters=1"]
     code, _, err = run(train, *args, f"--out_dir={tmp_path / 'p'}", *tiny_flags)
     assert code == 2 and "is an evaluation set" in err
+
+
+def test_a_weights_only_or_foreign_method_checkpoint_is_refused_in_one_line(tmp_path, run, tiny):
+    """A checkpoint that holds weights but no training state (a converted one) is not resumed,
+    and one of another model on the same transformer (the paper's BD3-LM) is not sampled as an
+    Eso-LM: each in one line, naming what to do instead."""
+    model = tiny(0.5, L=32, V=256, big=False)
+    for name, extra in (("weights", {}), ("bd3lm", {"method": "bd3lm", "block_len": 4})):
+        state = checkpoint.state(model, model.config, "bytes", 0, dataset="corpus", **extra)
+        (tmp_path / name).mkdir()
+        checkpoint.save(tmp_path / name / "ckpt.pt", state)
+    code, _, err = run(train, f"--out_dir={tmp_path / 'weights'}", "--init_from=resume")
+    assert code == 2 and "no training state to resume" in err and err.count("\n") == 1
+    code, _, err = run(sample, f"--out_dir={tmp_path / 'bd3lm'}")
+    assert code == 2 and "holds a bd3lm model" in err and "paper.evaluate" in err
+    assert err.count("\n") == 1

@@ -110,10 +110,11 @@ CONFIG = dict(
 )
 # the flags that other commands now take
 MOVED = {
-    "eval_only": "a full validation pass is python -m paper.likelihood",
-    "num_orders": "the IW bound is python -m paper.likelihood --num_orders=K",
-    "eval_windows": "python -m paper.likelihood --eval_windows=N",
-    "preset": "the paper's runs are preset files: python train.py @paper/presets/owt.txt",
+    "eval_only": "a full validation pass is " + checkpoint.paper_ring("python -m paper.likelihood"),
+    "num_orders": "the IW bound is " + checkpoint.paper_ring("python -m paper.likelihood"),
+    "eval_windows": checkpoint.paper_ring("python -m paper.likelihood --eval_windows=N"),
+    "preset": "the paper's runs are preset files: "
+    + checkpoint.paper_ring("python train.py @paper/presets/owt.txt"),
 }
 MODEL_KEYS = [f.name for f in fields(eso.EsoConfig) if f.name != "vocab_size"]
 # the settings that a resume takes from the command line, not from the checkpoint
@@ -155,13 +156,7 @@ def load_data(c, master, ddp):
         common.prepare("python_prose", build, overwrite=True)
     if ddp:
         dist.barrier()
-    train_data, val, meta = common.load_dataset(c.dataset, c.block_size)
-    if meta.get("train_tokens", 0) == 0:
-        raise cli.UserError(
-            f"data/{c.dataset} is an evaluation set (it has no training split): score a model "
-            "on it with python -m paper.likelihood"
-        )
-    return train_data, val, meta
+    return common.load_dataset(c.dataset, c.block_size, require_train=True)
 
 
 def get_lr(it, c):
@@ -383,6 +378,11 @@ def main(argv):
     best_val = float("inf")
     train_seconds = 0.0  # spent training (not evaluating)
     if c.init_from == "resume":
+        if "optimizer" not in ckpt:
+            raise cli.UserError(
+                f"{ckpt_path} holds weights but no training state to resume: start from its "
+                f"weights with --init_from={ckpt_path} and another --out_dir"
+            )
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
@@ -415,13 +415,16 @@ def main(argv):
 
     # the loop: evaluate and save every eval_interval iterations and at the end, log every
     # log_interval, and on a signal finish the iteration, save and stop
-    if master:  # fail now, not after hours of training
+    if master:  # fail now, not after hours of training: write and remove a file there
+        probe = out_dir / f".write-test-{os.getpid()}"
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
+            probe.touch()
+            probe.unlink()
         except OSError as e:
-            raise cli.UserError(f"cannot write to --out_dir {out_dir} ({e.strerror})") from None
-        if not os.access(out_dir, os.W_OK):
-            raise cli.UserError(f"cannot write to --out_dir {out_dir}: pick a writable folder")
+            raise cli.UserError(
+                f"cannot write to --out_dir {out_dir} ({e.strerror}): pick a writable folder"
+            ) from None
     if c.init_from == "resume" and iter_num >= c.max_iters:
         res = estimate_loss(eval_model, eval_forward, val, c, ctx, rank, world)
         if master:

@@ -292,7 +292,7 @@ def load_dataset(name, block_size=0, require_train=False, data_dir=None):
     if require_train and meta.get("eval_only"):
         raise PrepareError(
             f"data/{name} is an evaluation set (val.bin from its {meta['val_split']} split, no "
-            "train.bin): the paper trains on openwebtext and evaluates on it zero-shot"
+            f"train.bin): score a model on it with python -m paper.likelihood --dataset={name}"
         )
     if "windows" not in meta:
         for split, tokens in zip(("train", "val"), splits):

@@ -285,7 +285,7 @@ def state(model, tokenizer, iter_num, **extra):
 def load(path, device="cpu", ema=True):
     """(BD3LM, checkpoint dict) of a file that state and checkpoint.save wrote: the core's
     loader builds the EsoLM (with its EMA weights when it has them), wrapped here."""
-    net, ckpt = checkpoint.load(path, device, ema)
+    net, ckpt = checkpoint.load(path, device, ema, method=None)
     if ckpt.get("method") != "bd3lm":
         raise checkpoint.CheckpointError(
             f"{path} is not a BD3-LM checkpoint (its method is {ckpt.get('method')!r}); load "

@@ -345,7 +345,10 @@ def plan_cases(c, Ls, peer):
     cases = []
     first = Ls[0]
     repeats = c["repeats"]
-    for L in Ls if c["table11"] else []:
+    table11_lengths = []
+    if c["table11"]:
+        table11_lengths = Ls
+    for L in table11_lengths:
         for method in ("eso", "bd3_4", "bd3_16", "mdlm", "ar"):
             cases.append(dict(L=L, method=method, steps=BIG_T, repeats=repeats))
     if c["decode"]:
@@ -479,4 +482,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, "paper/bench.py", sys.argv[1:])
+    cli.run(main, "python -m paper.bench", sys.argv[1:])

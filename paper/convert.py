@@ -24,9 +24,27 @@ CONFIG = dict(
 )
 
 
+def split_source(argv):
+    """(the sources, the flags) of argv: a flag is --key=value, or --key then its value."""
+    sources = []
+    flags = []
+    takes_value = False
+    for arg in argv:
+        if takes_value:
+            flags.append(arg)
+            takes_value = False
+        elif arg.startswith("--"):
+            flags.append(arg)
+            takes_value = "=" not in arg and arg not in ("--help", "-h")
+        elif arg == "-h":
+            flags.append(arg)
+        else:
+            sources.append(arg)
+    return sources, flags
+
+
 def main(argv):
-    sources = [a for a in argv if not a.startswith("-")]
-    flags = [a for a in argv if a.startswith("-")]
+    sources, flags = split_source(argv)
     c, _ = cli.parse(CONFIG, flags, __doc__)
     if len(sources) != 1:
         raise cli.UserError("give one source: a .ckpt file, a Hugging Face folder or a hub id")
@@ -47,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, "paper/convert.py", sys.argv[1:])
+    cli.run(main, "python -m paper.convert", sys.argv[1:])

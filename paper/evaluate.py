@@ -176,7 +176,10 @@ def draw(model, sampler, c, a0, steps, seed, ctx, device):
 
 
 def main(argv):
-    c, given = cli.parse(CONFIG, argv, __doc__)
+    moved = {
+        "preset": "the paper's sampling settings are a preset file: @paper/presets/samples.txt"
+    }
+    c, given = cli.parse(CONFIG, argv, __doc__, moved=moved)
     if c.batch_size is None:
         c.batch_size = c.num_samples
     dev = cli.device(c.device)
@@ -319,4 +322,4 @@ def score_file(c, given, hf_judge):
 
 
 if __name__ == "__main__":
-    cli.run(main, "paper/evaluate.py")
+    cli.run(main, "python -m paper.evaluate")

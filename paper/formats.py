@@ -471,16 +471,6 @@ def download(repo_id):
         ) from None
 
 
-def looks_like_hub_id(source):
-    """Whether source reads as owner/name and names nothing here. A name with a file suffix
-    (out/ckpt.pt) or in a folder that exists (out/missing) is a missing file, not a hub id."""
-    path = Path(source)
-    parts = str(source).split("/")
-    if len(parts) != 2 or not all(parts):
-        return False
-    return not path.suffix and not path.exists() and not path.parent.exists()
-
-
 # -----------------------------------------------------------------------------
 # Any of them
 
@@ -493,10 +483,10 @@ def load(source, device="cpu", ema=True, alpha_0=None):
     path = Path(source)
     if path.is_dir() and (path / "config.json").is_file():
         ckpt = hugging_face(path, alpha_0, device)
-    elif looks_like_hub_id(source):
+    elif checkpoint.looks_like_hub_id(source):
         ckpt = hugging_face(download(str(source)), alpha_0, device)
     elif not path.is_file() or is_ours(path):
-        return checkpoint.load(path, device, ema)  # its message says what is missing
+        return checkpoint.load(path, device, ema, method=None)  # it names what is missing
     else:
         ckpt = lightning(path, device)
     return checkpoint.model_from(ckpt, path, device, ema)

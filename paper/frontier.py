@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 
 import cli
-from paper import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = Path("out/frontier")
@@ -76,7 +75,8 @@ def sample():
         if alpha_0 is not None:
             flags.append(f"--alpha_0={alpha_0}")
         scores = RUNS / "cell.json"
-        evaluate.main([*flags, *SAMPLING, f"--json={scores}"])
+        command = [sys.executable, "-m", "paper.evaluate", *flags, *SAMPLING, f"--json={scores}"]
+        subprocess.run(command, cwd=ROOT, check=True)
         result = json.loads(scores.read_text())
         run = result["runs"][0]
         cell = {"model": name, "alpha_0": alpha_0, "steps": steps, "nfe": run["nfe"]}
@@ -115,4 +115,4 @@ if __name__ == "__main__":
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(__doc__.strip())
         sys.exit(0)
-    cli.run(main, "paper/frontier.py", sys.argv[1:])
+    cli.run(main, "python -m paper.frontier", sys.argv[1:])

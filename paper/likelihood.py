@@ -215,6 +215,11 @@ def main(argv):
     _, ctx = cli.precision(device, c.dtype)
     source = c.init_from or Path(c.out_dir) / "ckpt.pt"
     model, ckpt = formats.load(source, device, alpha_0=c.alpha_0)  # the EMA weights, if any
+    if ckpt.get("method", "eso") != "eso":
+        raise cli.UserError(
+            f"{source} holds a {ckpt['method']} model: the full pass scores an Eso-LM's NELBO "
+            "(a BD3-LM's validation NELBO is in its log.jsonl)"
+        )
     config = model.config
     if c.num_orders and config.variant != "B" and config.alpha_0 > 0:
         raise cli.UserError(
@@ -245,8 +250,15 @@ def main(argv):
         )
     t0 = time.time()
     res = full_pass(model, wins, chosen, c.batch_size, ctx, rank, world, c.num_orders, c.seed)
-    if rank != 0:
-        return 0
+    if rank == 0:
+        report(res, c, time.time() - t0, source, ckpt, dataset)
+    if world > 1:  # leave together, once the first process has written
+        dist.barrier()
+    return 0
+
+
+def report(res, c, seconds, source, ckpt, dataset):
+    """The pass's numbers on stdout, and with --json in that file."""
     print(
         f"  NELBO {res['nelbo']:.4f} nats/token (diffusion {res['diffusion']:.4f} + sequential "
         f"{res['sequential']:.4f}), perplexity {res['ppl']:.2f}"
@@ -256,13 +268,13 @@ def main(argv):
             f"  IW bound (K={c.num_orders}) {res['iw_bound']:.4f} nats/token, perplexity "
             f"{res['iw_ppl']:.2f}"
         )
-    print(f"  {time.time() - t0:.1f} s")
+    print(f"  {seconds:.1f} s")
     if c.json:
+        config = ckpt["config"]
         summary = {"checkpoint": str(source), "step": ckpt["iter_num"], "dataset": dataset}
-        summary |= {"alpha_0": config.alpha_0, "variant": config.variant, **res}
+        summary |= {"alpha_0": config["alpha_0"], "variant": config["variant"], **res}
         Path(c.json).write_text(json.dumps(summary, indent=1) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
-    cli.run(main, "paper/likelihood.py", sys.argv[1:])
+    cli.run(main, "python -m paper.likelihood", sys.argv[1:])

@@ -778,3 +778,11 @@ def py_main(script, *args):
     command = [sys.executable, f"{script}.py", *map(str, args)]
     r = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
     return r.returncode, r.stdout, r.stderr
+
+
+def test_convert_takes_its_flags_in_either_form():
+    assert convert.split_source(["model.ckpt", "--out", "x/ckpt.pt", "--alpha_0=1"]) == (
+        ["model.ckpt"],
+        ["--out", "x/ckpt.pt", "--alpha_0=1"],
+    )
+    assert convert.split_source(["--out=x", "a", "b"]) == (["a", "b"], ["--out=x"])

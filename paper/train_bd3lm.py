@@ -93,8 +93,12 @@ def main(argv):
     c, _ = cli.parse(CONFIG, argv, __doc__)
     device = cli.device(c.device)
     c.dtype, ctx = cli.precision(device, c.dtype)
-    if c.batch_size < 1 or c.max_iters < 0 or c.eval_interval < 1 or c.eval_iters < 1:
-        raise cli.UserError("--batch_size, --eval_interval and --eval_iters must be at least 1")
+    if c.batch_size < 1 or c.eval_interval < 1 or c.eval_iters < 1 or c.log_interval < 1:
+        raise cli.UserError(
+            "--batch_size, --eval_interval, --eval_iters and --log_interval must be at least 1"
+        )
+    if c.max_iters < 0:
+        raise cli.UserError("--max_iters must not be negative")
     out_dir = Path(c.out_dir)
     train_data, val, meta = common.load_dataset(c.dataset, c.block_size)
     config = eso.EsoConfig(
@@ -119,39 +123,45 @@ def main(argv):
         weight_decay=c.weight_decay,
         fused=device.type == "cuda",
     )
+    scaler = torch.amp.GradScaler("cuda", enabled=c.dtype == "float16")  # as train.py's
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = "MDLM" if model.n_blocks == 1 else f"BD3-LM L'={c.block_len}"
+    name = f"BD3-LM L'={c.block_len}"
+    if model.n_blocks == 1:
+        name = "MDLM"
     params = model.transformer.num_params() / 1e6
     print(f"{name}: {params:.2f}M parameters, L={c.block_size}, {model.n_blocks} block(s)")
     batches = Batches(len(train_data), c.block_size, c.batch_size, c.seed, "windows" in meta)
-    log = open(out_dir / "log.jsonl", "w")
     t0 = time.time()
     best_val = float("inf")
-    for it in range(c.max_iters + 1):
-        if (it % c.eval_interval == 0 and it > 0) or it == c.max_iters:
-            nelbo = estimate_loss(model, val, c, ctx)
-            best_val = min(best_val, nelbo)
-            print(f"step {it}: val NELBO {nelbo:.4f}, perplexity {math.exp(nelbo):.2f}", flush=True)
-            log.write(json.dumps({"iter": it, "val": {"nelbo": nelbo}}) + "\n")
-        if it == c.max_iters:
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = get_lr(it, c)
-        x = get_batch(train_data, batches.offsets(it), c.block_size, device)
-        torch.manual_seed(hash((c.seed, it, 0)) % 2**63)  # dropout's draws, as train.py's
-        with ctx:
-            loss, _ = model.loss(x, seeded(device, c.seed, it, 0, 1))
-        if not math.isfinite(loss.item()):
-            raise cli.UserError(f"loss is {loss.item()} at step {it}: try a lower --learning_rate")
-        loss.backward()
-        if c.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if (it + 1) % c.log_interval == 0:
-            record = {"iter": it + 1, "loss": loss.item(), "train_s": round(time.time() - t0, 3)}
-            log.write(json.dumps(record) + "\n")
-    log.close()
+    with open(out_dir / "log.jsonl", "w") as log:
+        for it in range(c.max_iters + 1):
+            if (it % c.eval_interval == 0 and it > 0) or it == c.max_iters:
+                nelbo = estimate_loss(model, val, c, ctx)
+                best_val = min(best_val, nelbo)
+                ppl = math.exp(min(nelbo, 700))
+                print(f"step {it}: val NELBO {nelbo:.4f}, perplexity {ppl:.2f}", flush=True)
+                log.write(json.dumps({"iter": it, "val": {"nelbo": nelbo}}) + "\n")
+            if it == c.max_iters:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = get_lr(it, c)
+            x = get_batch(train_data, batches.offsets(it), c.block_size, device)
+            torch.manual_seed(hash((c.seed, it, 0)) % 2**63)  # dropout's draws, as train.py's
+            with ctx:
+                loss, _ = model.loss(x, seeded(device, c.seed, it, 0, 1))
+            value = loss.item()
+            if not math.isfinite(value):
+                raise cli.UserError(f"loss is {value} at step {it}: try a lower --learning_rate")
+            scaler.scale(loss).backward()
+            if c.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if (it + 1) % c.log_interval == 0:
+                record = {"iter": it + 1, "loss": value, "train_s": round(time.time() - t0, 3)}
+                log.write(json.dumps(record) + "\n")
     extra = dict(dataset=c.dataset, eos=meta.get("eos"), best_val_loss=best_val)
     extra |= dict(train_config=vars(c), train_seconds=time.time() - t0)
     state = bd3lm.state(model, meta["tokenizer"], c.max_iters, **extra)
@@ -161,4 +171,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, "paper/train_bd3lm.py", sys.argv[1:])
+    cli.run(main, "python -m paper.train_bd3lm", sys.argv[1:])

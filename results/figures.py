@@ -110,15 +110,16 @@ def quality(plt):
 
 
 def speed(plt):
-    """Table 11's protocol (batch 1, T = 1e6): seconds per sequence against L for each method;
-    and, at the first L, seconds against NFE for the cached sampler."""
+    """Table 11's protocol (batch 1, NFE ~ L): seconds per sequence against L for its five
+    samplers; and, at the first L, seconds against NFE for Eso-LM's cached sampler."""
     bench = json.loads((HERE / "bench.json").read_text())
     cases = bench["sampling"]
     fig, (by_length, by_nfe) = plt.subplots(1, 2, figsize=(13, 4.8))
     methods = (
-        ("mdlm", "x-", "MDLM's cost (bidirectional, all L tokens every step)"),
-        ("eso_uncached", "+-", "Eso-LM without its cache"),
-        ("eso_cached", "o-", "Eso-LM (B), KV cache"),
+        ("mdlm", "x-", "MDLM (one bidirectional block, all L tokens every step)"),
+        ("bd3_4", "v-", "BD3-LM, L' = 4"),
+        ("bd3_16", "d-", "BD3-LM, L' = 16"),
+        ("eso", "o-", "Eso-LM (B), KV cache"),
         ("ar", "^-", "the AR limit (one-row decode)"),
     )
     for method, style, label in methods:
@@ -132,12 +133,12 @@ def speed(plt):
     by_length.legend(fontsize=8)
     first = min(c["L"] for c in cases)
     at_first = [c for c in cases if c["L"] == first and c["nfe"]]
-    eager = [c for c in at_first if c["method"] == "eso_cached" or c["method"].startswith("eso_T")]
+    eager = [c for c in at_first if c["method"] == "eso" or c["method"].startswith("eso_T")]
     by_nfe.plot(*zip(*sorted((c["nfe"], c["seconds"]) for c in eager)), "o-", label="KV cache")
-    compiled = [c for c in at_first if c["method"].startswith("eso_compiled")]
+    compiled = [c for c in at_first if c["method"] == "eso_compiled"]
     if compiled:
         points = sorted((c["nfe"], c["seconds"]) for c in compiled)
-        by_nfe.plot(*zip(*points), "s-", label="KV cache, compiled")
+        by_nfe.plot(*zip(*points), "s", label="KV cache, compiled")
     by_nfe.set_xscale("log")
     by_nfe.set_yscale("log")
     by_nfe.set_xlabel(f"NFE (T = L/64 ... 1e6), L = {first}")
@@ -145,6 +146,48 @@ def speed(plt):
     by_nfe.legend(fontsize=8)
     env = bench["env"]
     fig.suptitle(f"Sampling speed, {env['model']}, {env['name']}, {env['threads']} threads")
+    return fig
+
+
+def frontier(plt):
+    """The speed-quality frontier (python -m paper.frontier): generative perplexity against NFE
+    and against seconds, one line per model, the AR model's own samples as the reference."""
+    cells = jsonl("frontier.jsonl")
+    fig, (by_nfe, by_seconds) = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    lines = [
+        ("mdlm", None, "x-", "MDLM"),
+        ("bd3_4", None, "v-", "BD3-LM L' = 4"),
+        ("bd3_16", None, "d-", "BD3-LM L' = 16"),
+        ("eso_1", 1.0, "o-", "Eso-LM alpha_0 = 1"),
+        ("eso_0.25", 0.25, "s-", "Eso-LM alpha_0 = 0.25"),
+        ("eso_0.125", 0.125, "P-", "Eso-LM alpha_0 = 0.125"),
+    ]
+    for model, alpha_0, style, label in lines:
+        mine = [c for c in cells if c["model"] == model and c["alpha_0"] == alpha_0]
+        for ax, key in ((by_nfe, "nfe"), (by_seconds, "seconds")):
+            points = sorted((c[key], c["gen_ppl"]) for c in mine)
+            if points:
+                ax.plot(*zip(*points), style, label=label)
+    remark = [c for c in cells if c["model"] == "eso_1" and c["alpha_0"] != 1.0]
+    for ax, key in ((by_nfe, "nfe"), (by_seconds, "seconds")):
+        points = sorted((c[key], c["gen_ppl"]) for c in remark)
+        if points:
+            ax.plot(
+                *zip(*points), "o", mfc="none", color="C3", label="alpha_0 = 1 model, sampled lower"
+            )
+    ar = [c for c in cells if c["model"] == "ar"]
+    for ax in (by_nfe, by_seconds):
+        if ar:
+            ax.axhline(ar[0]["gen_ppl"], ls=":", color="k", label="AR (the judge's own samples)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    by_nfe.set_xlabel("NFE (transformer forwards per sample)")
+    by_seconds.set_xlabel("seconds for 64 samples")
+    by_nfe.set_ylabel("generative perplexity per byte (judge: the AR model)")
+    by_nfe.legend(fontsize=8)
+    fig.suptitle(
+        "The speed-quality frontier: 7 models of 0.85M parameters, L = 128, 64 samples each"
+    )
     return fig
 
 
@@ -204,6 +247,7 @@ def main():
         ("likelihood", likelihood, "table1.jsonl"),
         ("quality", quality, "quality.jsonl"),
         ("speed", speed, "bench.json"),
+        ("frontier", frontier, "frontier.jsonl"),
         ("curve", curve, "runs/b0.0625.jsonl"),
         ("nanogpt", nanogpt, "nanogpt_compare.json"),
     ):

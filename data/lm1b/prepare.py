@@ -164,7 +164,7 @@ def prepare(name, out, args):
     """Build out/ from LM1B's release (downloaded into out/raw without --raw_dir)."""
     protocol = PROTOCOLS[name]
     wrapping.check_arguments(protocol, args)
-    if args.tokenizer is not None and name != "lm1b":
+    if args.tokenizer not in (None, "gpt2") and name != "lm1b":
         raise PrepareError(f"--dataset={name} is tokenized with gpt2, as in the paper")
     download_dir = out / "raw"
     raw_dir = wrapping.raw_dir(args)
