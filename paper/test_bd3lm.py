@@ -317,10 +317,14 @@ def test_every_tensor_is_made_on_the_models_device(block_len, tiny, made_without
 
 
 def test_checkpoints_load_with_the_core_loader_and_as_bd3lm(tmp_path, tiny):
+    """A BD3-LM file is ours in format: the core loader reads its transformer when asked for any
+    method, refuses it in one line when asked for an Eso-LM, and bd3lm.load reads it whole."""
     model = BD3LM(tiny(L=16), 4)
     path = tmp_path / "ckpt.pt"
     checkpoint.save(path, bd3lm.state(model, "bytes", 7, best_val_loss=1.5))
-    core, ckpt = checkpoint.load(path)
+    with pytest.raises(checkpoint.CheckpointError, match="holds a bd3lm model, not an Eso-LM"):
+        checkpoint.load(path)
+    core, ckpt = checkpoint.load(path, method=None)
     assert ckpt["method"] == "bd3lm" and ckpt["block_len"] == 4 and ckpt["iter_num"] == 7
     loaded, _ = bd3lm.load(path)
     assert isinstance(core, eso.EsoLM) and loaded.block_len == 4
