@@ -14,8 +14,9 @@ Words. Each is defined here and used in this one sense.
   [MASK]        one more token id, after the vocabulary's.
   z             a copy of x in which some positions hold [MASK] (they are masked) and the others
                 hold x's tokens (they are clean). In code, `masked` (B, L) bool marks them.
-  attention     which token may attend to which: True = may attend. Code names that end in
-  mask          attn_mask are attention masks; "a mask" alone is a [MASK] token.
+  attention mask  which token may attend to which: True = may attend. The names ending in
+                attn_mask, and the builders prefix_lm_mask and sequential_mask, are attention
+                masks. "A mask" alone is a [MASK] token.
   phases        sampling runs a diffusion phase, then a sequential phase. The diffusion phase
                 (MDM: masked diffusion model) decodes a random subset of the positions, several
                 per step. The sequential phase (AR: autoregressive) decodes all the others, one
@@ -34,7 +35,9 @@ Words. Each is defined here and used in this one sense.
   T, NFE        T is the number of steps of the diffusion schedule; empty steps cost nothing.
                 NFE is the number of transformer forwards a sampler spends.
   NELBO         negative evidence lower bound: an upper bound on -log p(x) (eq. 7). It is the
-                sum of two terms, described where they are computed (section 6).
+                sum of two terms, described where they are computed (section 6). As computed
+                here and in MDLM's code it leaves out two slivers: times t below T_EPS, and the
+                prior term at t = 1 (see diffusion_nll).
   kappa         the share of a batch's rows that estimate the diffusion term; the other rows
                 estimate the sequential term.
   zero masking  the model never predicts [MASK]: its output layer has no [MASK] row.
@@ -352,7 +355,9 @@ def sequential_mask(x_attn_mask):
 
     z slot i -> itself and x slots j < i (the clean tokens and the true tokens to its left);
     x slot i -> as x_attn_mask (causal; variant A: plus its clean block);
-    nothing attends to a z slot but itself. The outputs of the z half are the predictions."""
+    nothing attends to a z slot but itself. The outputs of the z half at its masks are the
+    predictions; its clean slots only keep the two halves the same length (section 7 drops
+    them)."""
     L = x_attn_mask.size(-1)
     i = torch.arange(L, device=x_attn_mask.device)
     z_to_z = i[:, None] == i[None, :]  # (L, L): the diagonal
@@ -401,21 +406,22 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
     (unique sorts the steps); sampling_order picks which masks. The rows of a batch share the
     sizes.
 
-    Why this is Alg. 2. Its step i (i = 0..T-1) runs time from t = 1 - i/T down to
-    s = t - 1/T, and decodes n ~ Binomial(remaining masks, p) of the masks, with
-    p = (alpha_s - alpha_t) / (1 - alpha_t). A binomial over the remaining masks is the same as
-    each mask being decoded at that step on its own with probability p. So follow one mask.
-    The chance that it survives a step is 1 - p = (1 - alpha_s) / (1 - alpha_t), and over the
-    steps before step i these factors telescope to (1 - alpha_t) / (1 - alpha_1), alpha_1 being
-    the schedule at t = 1. So the chance that it is decoded at step i is
-        (1 - alpha_t) / (1 - alpha_1) * p = (alpha_s - alpha_t) / (1 - alpha_1).
-    alpha is linear in t and the steps are equal, so this is the same for every step: each step
-    gets p_mdm / T. The masks are exchangeable, so drawing the counts here and the positions in
-    sampling_order has the law of the step-by-step chain.
+    Why this is Alg. 2. Alg. 2 starts at t = 1 with every position masked and walks time down
+    to 0 in T equal steps. At the step from time t to s = t - 1/T it decodes each remaining mask
+    with probability p = (alpha_s - alpha_t) / (1 - alpha_t), each on its own (its binomial
+    count says the same). Follow one mask through the steps:
+      - it is still masked when a step begins with probability (1 - alpha_t) / (1 - alpha_1),
+        the product of the earlier steps' factors (1 - alpha_s) / (1 - alpha_t), which cancel
+        in pairs;
+      - so it is decoded at that step with probability (alpha_s - alpha_t) / (1 - alpha_1);
+      - alpha is linear in t, so alpha_s - alpha_t is the same at every step: each step gets
+        p_mdm / T, and p_mdm is the sum over the T steps.
+    The masks are exchangeable, so drawing the counts here and the positions in sampling_order
+    has the law of the step-by-step chain.
 
-    p_mdm is a hair less than alpha_0 (0.49975 for 0.5): the chain starts at t = 1 from all
-    masks, where the schedule itself keeps alpha_1 = EPS alpha_0 clean. Training and the
-    likelihood use alpha_0 itself.
+    The schedule's alpha_1 = EPS alpha_0 is not quite 0, while Alg. 2 starts from all masks:
+    dividing by 1 - alpha_1 accounts for it, and leaves p_mdm a hair below alpha_0 (0.49975 for
+    0.5). Training and the likelihood use alpha_0 itself.
     """
     alpha_1 = alpha(1.0, alpha_0)
     p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1)  # 1 exactly at alpha_0 = 1
@@ -679,10 +685,16 @@ class EsoLM(nn.Module):
         (B, L) bool (z_t), sigma (B, L) with the clean tokens first.
 
         The term is MDLM's continuous-time bound on the diffusion phase (Sahoo et al. 2024):
-            E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ],
-        without, as theirs, the prior term at t = 1. The transformer reads z_t in decode order
-        under a plain causal mask: the i-th mask sees the clean tokens and the i - 1 masks before
-        it, which is what a sampler step that decodes several masks at once feeds."""
+            E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ].
+        Like MDLM's code, it leaves out two slivers. The prior term at t = 1 is dropped: there
+        alpha_1 = EPS alpha_0 keeps almost nothing clean. And t is drawn from [T_EPS, 1], not
+        [0, 1], which drops a slice of width T_EPS of the integral.
+
+        The transformer reads z_t in decode order under a plain causal mask: the i-th mask sees
+        the clean tokens and the i - 1 masks before it, which is what a sampler step that decodes
+        several masks at once feeds. A mask carries no token, only its position, so each
+        prediction is still a function of z_t (and of the order): the bound holds for every
+        order, and so for their mean."""
         B, L = x.shape
         z = torch.where(masked, self.mask_id, x)
         # (B, L) each, in decode order
@@ -761,8 +773,9 @@ class EsoLM(nn.Module):
         """Sample (num_samples, L) tokens: (tokens, nfe), tokens without the mask id, nfe the
         forwards spent: plan, then decode.
 
-        steps: T (only T >> L, e.g. 1e6, gives about one token per step: steps are drawn
-        independently). alpha_0: sampling-time alpha_0 (None = the model's); the model has no
+        steps: T, the steps of the diffusion schedule. Each mask picks its step at random, so
+        some steps get several masks; about one token a step takes T much larger than L (the
+        paper uses 1e6). alpha_0: sampling-time alpha_0 (None = the model's); the model has no
         time input, so any runs, but it samples best near the alpha_0 it was trained at; a lower
         one leaves more to the sequential phase (more NFE). temperature, top_p: 1 and 1 sample
         the model's own distribution. canvas:
@@ -976,14 +989,17 @@ class EsoLM(nn.Module):
         Fix an order sigma and decode one token per step along it. Then
         p(x | sigma) = prod_l p(x_sigma(l) | x_sigma(<l)), and one forward of both halves
         through the sequential pattern gives all L factors: [all masks ; x sorted by sigma], in
-        which each z slot sees itself and the true tokens before it, whichever phase it is in.
+        which each z slot sees its own [MASK] and the true tokens before it. That is what the
+        sampler feeds for the token it decodes alone at a step, in either phase: a diffusion
+        token decoded alone sees no other mask.
 
         The model's p(x) is the mean of p(x | sigma) over a law of orders: a random subset of
         the positions first (each position with probability alpha_0), in random order, then the
         rest left to right. This is the sampler's law when it decodes one token per step (T much
         larger than L), with alpha_0 where the sampler has the hair less of unmask_schedule; a
-        sampler that decodes several tokens a step draws from another law. So for K orders drawn
-        from it, the mean of p(x | sigma_k) estimates p(x) without bias, and by Jensen
+        sampler that decodes several tokens a step draws from another law. The orders are drawn
+        from this law itself, so each importance weight is just p(x | sigma_k). For K orders, the
+        mean of p(x | sigma_k) estimates p(x) without bias, and by Jensen
         E[-log mean] >= -log p(x): an upper bound. Its gap shrinks as K grows (the bound of an
         importance-weighted average, Burda et al. 2016): the mean of more orders varies less,
         and -log of it is less biased."""
@@ -1111,12 +1127,13 @@ def fast_sequential_logprobs(model, x, masked, sigma, n_skip=None):
 
 
 def sample_tokens_float32(logits, temperature=1.0, top_p=1.0, generator=None):
-    """sample_tokens without float64 (MPS): an inverse CDF in float32, summed from the smallest
-    probability up, so that each partial sum is as small as the mass summed so far and a token's
-    share is off by at most 2^-24 of it; with the 2^-24 resolution of a float32 uniform, each
-    token is drawn with its probability to within about 2^-23. Summed largest first, every token
-    below 2^-25 would add nothing to a running sum near 1 and never be drawn, whatever mass the
-    tail holds in all."""
+    """sample_tokens without float64 (MPS): an inverse CDF in float32.
+
+    The probabilities are summed from the smallest up. Then a small token is added to a small
+    running sum, and keeps its share to float32's precision. Summed largest first, every token
+    below 2^-25 would add nothing to a running sum near 1 and never be drawn, however much mass
+    the tail holds in all. With a float32 uniform, each token is drawn with its probability to
+    within about 2^-23."""
     logits = top_p_filter(logits.float() / temperature, top_p)
     probs, order = logits.softmax(-1).sort(dim=-1)  # (..., V) ascending: the tail first
     cdf = probs.cumsum(-1)
@@ -1133,7 +1150,9 @@ LEGEND = """\
 How to read it: each grid is an attention mask in decode order, one row per query and one
 column per key, both labelled token + position (M = [MASK]); '█' = the row may attend to the
 column, '·' = it may not. A sampler step "feeds" a chunk, "keeps" the clean tokens whose keys and
-values the cache holds from then on, and "decodes" new tokens (C3 = the token at position 3)."""
+values the cache holds from then on, and "decodes" new tokens (C3 = the token at position 3).
+In the sequential term's grids, the z rows of clean tokens (C3 A1 F6) are computed but never
+scored: only the masks' rows predict, and section 7's fast path leaves the clean rows out."""
 
 
 def print_grid(title, labels, mask):
