@@ -13,8 +13,9 @@
 #   frontier   the speed-quality frontier beside BD3-LMs and MDLM (Fig. 4, Table 15): seven models
 #              trained alike, sampled over NFE, judged by the AR one: python -m paper.frontier
 #              train, then sample -> results/frontier.jsonl.
-#   diffusion  the README's recipe for a model trained for diffusion (frontier's eso_1, alpha_0 = 1)
-#              sampled at alpha_0 = 1 at T = 16, 64, 1024, 5 seeds -> results/diffusion.jsonl.
+#   diffusion  the README's "A model for diffusion": the default model (b0.0625) and one trained for
+#              diffusion (frontier's eso_1, alpha_0 = 1), both sampled at alpha_0 = 1 at T = 16, 64,
+#              1024, 5 seeds -> results/diffusion.jsonl.
 #   reference  the quality grid's yardsticks: the judge's own samples and windows of the validation
 #              text, scored alike -> results/reference.jsonl.
 #   default    what `python sample.py`, its --show_steps view and `python -m paper.evaluate --seeds=21`
@@ -112,11 +113,13 @@ if want frontier; then
     python -m paper.frontier train
     python -m paper.frontier sample
 fi
-if want diffusion; then  # needs part frontier's eso_1 model
+if want diffusion; then  # the default model and part frontier's eso_1 (trained at alpha_0 = 1) at alpha_0 = 1
     : > results/diffusion.jsonl
-    for T in 16 64 1024; do
-        json python -m paper.evaluate --out_dir=out/frontier/eso_1 --alpha_0=1 --steps=$T --seeds=5 \
-            >> results/diffusion.jsonl
+    for model in "$runs/b0.0625" out/frontier/eso_1; do
+        for T in 16 64 1024; do
+            json python -m paper.evaluate --out_dir="$model" --alpha_0=1 --steps=$T --seeds=5 \
+                >> results/diffusion.jsonl
+        done
     done
 fi
 if want bench; then  # compiling from a cold cache
