@@ -14,8 +14,9 @@
 #              trained alike, sampled over NFE, judged by the AR one: python -m paper.frontier
 #              train, then sample -> results/frontier.jsonl.
 #   diffusion  the README's "A model for diffusion": the default model (b0.0625) and one trained for
-#              diffusion (frontier's eso_1, alpha_0 = 1), both sampled at alpha_0 = 1 at T = 16, 64,
-#              1024, 5 seeds -> results/diffusion.jsonl.
+#              diffusion (frontier's eso_1, alpha_0 = 1), both sampled at alpha_0 = 1: the word shares
+#              at T = 16, 64, 1024 (5 seeds, the default sampling), then the AR judge's gen PPL at
+#              T = 16, 64, 1e6 (64 samples, nucleus 0.9, temperature 1) -> results/diffusion.jsonl.
 #   reference  the quality grid's yardsticks: the judge's own samples and windows of the validation
 #              text, scored alike -> results/reference.jsonl.
 #   default    what `python sample.py`, its --show_steps view and `python -m paper.evaluate --seeds=21`
@@ -24,7 +25,7 @@
 #              local copies of the eight zero-shot sets (results/zero_shot_fixtures.py) in a full pass
 #              -> results/zero_shot.jsonl. Needs GPT-2's BPE files and `datasets`.
 #   bench      `python -m paper.bench --lengths=1024,2048` (Table 11's five rows, the decode extras,
-#              training) -> results/bench.json; --batch=16 (Table 13's time column) ->
+#              training) -> results/bench.json; L = 8192, one run a case -> results/bench_8192.json; --batch=16 (Table 13's time column) ->
 #              results/bench_batch.json.
 #   figures    python -m results.figures: assets/*.png from the files above (needs matplotlib).
 # Run it on an otherwise idle machine: the seconds it records are the machine's. The side-by-side with
@@ -121,9 +122,16 @@ if want diffusion; then  # the default model and part frontier's eso_1 (trained 
                 >> results/diffusion.jsonl
         done
     done
+    for model in "$runs/b0.0625" out/frontier/eso_1; do
+        for T in 16 64 1000000; do
+            json python -m paper.evaluate --out_dir="$model" --ar_judge=out/frontier/ar --alpha_0=1 --steps=$T \
+                --num_samples=64 --top_p=0.9 --temperature=1 --quiet=True >> results/diffusion.jsonl
+        done
+    done
 fi
 if want bench; then  # compiling from a cold cache
     TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python -m paper.bench --lengths=1024,2048 --json=results/bench.json
+    python -m paper.bench --lengths=8192 --repeats=1 --decode=False --train_alphas= --json=results/bench_8192.json
     python -m paper.bench --batch=16 --table11=False --decode=False --train_alphas= --json=results/bench_batch.json
 fi
 if want figures; then
