@@ -396,8 +396,8 @@ def check_sampling_args(steps, alpha_0, temperature, top_p):
 
 
 def unmask_schedule(n_masked, steps, alpha_0, generator, device):
-    """The sizes of the non-empty diffusion steps, in time order (Alg. 2), drawn without a loop
-    over the T steps (the paper's speed protocol uses T = 1e6).
+    """The sizes of the non-empty diffusion steps, in the order they run (Alg. 2), drawn without
+    a loop over the T steps (the paper's speed protocol uses T = 1e6).
 
     What it draws: each of the n_masked masks joins the diffusion phase with probability
     p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1), and then is decoded at a step drawn uniformly
@@ -406,16 +406,18 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
     (unique sorts the steps); sampling_order picks which masks. The rows of a batch share the
     sizes.
 
-    Why this is Alg. 2. Alg. 2 starts at t = 1 with every position masked and walks time down
-    to 0 in T equal steps. At the step from time t to s = t - 1/T it decodes each remaining mask
-    with probability p = (alpha_s - alpha_t) / (1 - alpha_t), each on its own (its binomial
-    count says the same). Follow one mask through the steps:
-      - it is still masked when a step begins with probability (1 - alpha_t) / (1 - alpha_1),
-        the product of the earlier steps' factors (1 - alpha_s) / (1 - alpha_t), which cancel
-        in pairs;
-      - so it is decoded at that step with probability (alpha_s - alpha_t) / (1 - alpha_1);
-      - alpha is linear in t, so alpha_s - alpha_t is the same at every step: each step gets
-        p_mdm / T, and p_mdm is the sum over the T steps.
+    Why this is Alg. 2. Alg. 2 starts at time 1 with every position masked and walks time down
+    to 0 in T equal steps, t_0 = 1 > t_1 > ... > t_T = 0. Its step k, from t_{k-1} to t_k,
+    decodes each remaining mask with probability (alpha(t_k) - alpha(t_{k-1})) / (1 -
+    alpha(t_{k-1})), each on its own (its binomial count says the same). Follow one mask:
+      - it is still masked when step k begins with probability (1 - alpha(t_{k-1})) / (1 -
+        alpha_1): the product over the earlier steps j < k of their survival factors
+        (1 - alpha(t_j)) / (1 - alpha(t_{j-1})), in which each numerator cancels the next
+        denominator;
+      - so step k decodes it with probability (alpha(t_k) - alpha(t_{k-1})) / (1 - alpha_1);
+      - alpha is linear in t, so that difference is the same at every step: each step gets
+        p_mdm / T, and p_mdm is the sum over the T steps. Step index 0 here is the first step
+        run, at time 1.
     The masks are exchangeable, so drawing the counts here and the positions in sampling_order
     has the law of the step-by-step chain.
 
@@ -590,7 +592,7 @@ class EsoLM(nn.Module):
     def logits(self, h):
         """Float32 logits (..., V) of h. bf16 logits (the head under autocast) move probabilities
         by percents: with no gradient taken (sampling, likelihoods, validation) the head runs in
-        float32; training's, faster, not."""
+        float32. Training's head stays in the autocast dtype, which is faster."""
         if torch.is_grad_enabled():
             return self.lm_head(h).float()
         with torch.autocast(h.device.type, enabled=False):
@@ -692,8 +694,9 @@ class EsoLM(nn.Module):
 
         The transformer reads z_t in decode order under a plain causal mask: the i-th mask sees
         the clean tokens and the i - 1 masks before it, which is what a sampler step that decodes
-        several masks at once feeds. A mask carries no token, only its position, so each
-        prediction is still a function of z_t (and of the order): the bound holds for every
+        several masks at once feeds. Does seeing earlier masks break the bound? No: a mask carries
+        no token, only its position, so for a fixed order each prediction is still a function of
+        z_t alone, a valid denoiser. MDLM's bound holds for any denoiser, so it holds for every
         order, and so for their mean."""
         B, L = x.shape
         z = torch.where(masked, self.mask_id, x)
@@ -777,8 +780,9 @@ class EsoLM(nn.Module):
         some steps get several masks; about one token a step takes T much larger than L (the
         paper uses 1e6). alpha_0: sampling-time alpha_0 (None = the model's); the model has no
         time input, so any runs, but it samples best near the alpha_0 it was trained at; a lower
-        one leaves more to the sequential phase (more NFE). temperature, top_p: 1 and 1 sample
-        the model's own distribution. canvas:
+        one leaves more to the sequential phase, which spends one NFE a token (so more NFE,
+        unless T is already much larger than L). temperature, top_p: at 1 and 1 the samples
+        follow the model's own distribution. canvas:
         (num_samples or 1, L), known tokens kept exactly and the mask id elsewhere (a prompt, an
         infilling template), as many masks in every row. block_order: see block_streams; the
         rest: decode.
@@ -996,9 +1000,11 @@ class EsoLM(nn.Module):
         The model's p(x) is the mean of p(x | sigma) over a law of orders: a random subset of
         the positions first (each position with probability alpha_0), in random order, then the
         rest left to right. This is the sampler's law when it decodes one token per step (T much
-        larger than L), with alpha_0 where the sampler has the hair less of unmask_schedule; a
-        sampler that decodes several tokens a step draws from another law. The orders are drawn
-        from this law itself, so each importance weight is just p(x | sigma_k). For K orders, the
+        larger than L), up to p_mdm: the sampler puts each position in the subset with
+        unmask_schedule's p_mdm, a hair below alpha_0. A sampler that decodes several tokens a
+        step draws from another law. The orders are drawn from this law itself: the proposal is
+        the prior over orders, so each importance weight p(x, sigma_k) / q(sigma_k) is just
+        p(x | sigma_k). For K orders, the
         mean of p(x | sigma_k) estimates p(x) without bias, and by Jensen
         E[-log mean] >= -log p(x): an upper bound. Its gap shrinks as K grows (the bound of an
         importance-weighted average, Burda et al. 2016): the mean of more orders varies less,
@@ -1052,12 +1058,12 @@ class SequentialPattern:
         group_starts = range(0, L - n_skip, self.GROUP)
         self.z_sizes = [min(self.GROUP, L - n_skip - a) for a in group_starts]  # z slots per group
         # Slots are decode-order slots 0..L-1 (z slot s is token L + s - n_skip of the fed
-        # tensor). Group c's last z slot; it sees the x slots before it:
+        # tensor). Each group c has a last z slot, and its queries see the x slots before it:
         last_slots = [n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)]
         # the x slots, in pieces [0, last[0]), [last[0], last[1]), ..., [last[-1], L)
         self.x_sizes = [e - s for s, e in zip([0] + last_slots, last_slots + [L])]
         # e.g. L = 6, n_skip = 2, GROUP = 2: z groups (2, 3), (4, 5); last slots 3, 5;
-        # x pieces [0, 3), [3, 5), [5, 6)
+        # x pieces [0, 3), [3, 5), [5, 6); the last piece is fed but no group reads it
         # group c: its z queries against [x slots < last[c] ; its own z keys]
         self.group_attn_masks = []
         for size, last in zip(self.z_sizes, last_slots):
