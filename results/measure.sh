@@ -25,8 +25,8 @@
 #              local copies of the eight zero-shot sets (results/zero_shot_fixtures.py) in a full pass
 #              -> results/zero_shot.jsonl. Needs GPT-2's BPE files and `datasets`.
 #   bench      `python -m paper.bench --lengths=1024,2048` (Table 11's five rows, the decode extras,
-#              training) -> results/bench.json; L = 8192, one run a case -> results/bench_8192.json; --batch=16 (Table 13's time column) ->
-#              results/bench_batch.json.
+#              training) -> results/bench.json; L = 8192, one run a case -> results/bench_8192.json;
+#              --batch=16 (Table 13's time column) -> results/bench_batch.json.
 #   figures    python -m results.figures: assets/*.png from the files above (needs matplotlib).
 # Run it on an otherwise idle machine: the seconds it records are the machine's. The side-by-side with
 # nanoGPT needs a clone of it and runs apart: python -m results.nanogpt.compare --publish.
