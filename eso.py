@@ -727,9 +727,10 @@ class EsoLM(nn.Module):
             E_{z_0} [ sum over masked l of  -log p(x_l | clean tokens of z_0, x at masked l' < l) ].
         Why two halves, [z_0 ; x] in decode order, and not a shift by one as in GPT? The sampler
         predicts the token at position l from a [MASK] token at position l, so training must do
-        the same. That slot cannot also hold x_l for the later slots to read: it would see its
-        own answer. So the true tokens come from a second half. The z slot of l sees itself and
-        the x slots before it: the clean tokens, and x at the masked positions left of l.
+        the same. The later slots must read the true x_l, but the slot at l cannot hold it:
+        the prediction at l would then read the token it predicts. So the true tokens come from
+        a second half. The z slot of l sees itself and the x slots before it: the clean tokens,
+        and x at the masked positions left of l.
         dense=True: the plain path; else section 7's fast one, the same numbers."""
         B, L = x.shape
         logp = self.sequential_logprobs(x, masked, sigma, dense, n_skip)
