@@ -150,10 +150,11 @@ def load_data(c, master, ddp):
     """(train, val, meta) of data/NAME; the default corpus is prepared on first use."""
     if c.dataset == "python_prose" and master and not common.is_prepared("python_prose"):
         print("data/python_prose is not prepared yet: preparing it now (a few seconds, once)")
-        from data.python_prose import prepare as python_prose  # only for this, once
+        from data import writing  # only for this, once
+        from data.python_prose import prepare as python_prose
 
         build = functools.partial(python_prose.prepare, "python_prose")
-        common.prepare("python_prose", build, overwrite=True)
+        writing.prepare("python_prose", build, overwrite=True)
     if ddp:
         dist.barrier()
     return common.load_dataset(c.dataset, c.block_size, require_train=True)

@@ -11,10 +11,11 @@ Each dataset's recipe is one file, found by the dataset's name:
   data/openwebtext/prepare.py   openwebtext, the paper's training set
   data/lm1b/prepare.py          lm1b, and lm1b_gpt2 (its test split in GPT-2 BPE, for Table 5)
   data/zero_shot/prepare.py     ptb, wikitext2, wikitext103, lambada, ag_news, pubmed, arxiv
-They stand on data/common.py, and the paper's datasets also on data/wrapping.py (the authors'
-cutting into windows). Local text (--input) is a stream of documents, each followed by a blank
-line (bytes) or <|endoftext|> (gpt2). Files are written under temporary names, meta.json last:
-an interrupted run leaves nothing half-written.
+They stand on data/common.py (paths, tokenizers) and data/writing.py (writing the files), and the
+paper's datasets also on data/wrapping.py (the authors' cutting into windows). Local text
+(--input) is a stream of documents, each followed by a blank line (bytes) or <|endoftext|> (gpt2).
+Files are written under temporary names, meta.json last: an interrupted run leaves nothing
+half-written.
 """
 
 import argparse
@@ -30,7 +31,7 @@ if __package__ in (None, ""):
     # package's modules are imported from the folder above it, as `python -m data.prepare` does.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from data import common  # noqa: E402
+from data import common, writing  # noqa: E402
 from data.common import PrepareError  # noqa: E402
 
 # dataset name -> (its recipe's module, what it is)
@@ -82,7 +83,7 @@ def prepare_local(out, inputs, args):
     docs = [p for text in texts for p in re.split(r"\n\s*\n", text) if p.strip()]
     enc = common.get_tokenizer(args.tokenizer)
     source = "files: " + ", ".join(map(str, inputs))
-    return common.write_dataset(docs, out, enc, source, args.val_fraction)
+    return writing.write_dataset(docs, out, enc, source, args.val_fraction)
 
 
 def parser_for(dataset, local, recipe):
@@ -134,7 +135,7 @@ def prepare(argv):
     else:
         build = functools.partial(recipe.prepare, args.dataset, args=args)
     name = args.name or args.dataset
-    return common.prepare(name, build, args.overwrite, args.data_dir)
+    return writing.prepare(name, build, args.overwrite, args.data_dir)
 
 
 def main(argv=None):
@@ -149,7 +150,7 @@ def main(argv=None):
     except PrepareError as e:
         print(f"data/prepare.py: error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(common.summary(out, meta, time.time() - t0))
+    print(writing.summary(out, meta, time.time() - t0))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from data import common
-from data.common import PrepareError, download, finish, token_dtype
+from data.common import PrepareError
+from data.writing import download, finish, token_dtype
 
 GROUP_DOCS = 1000  # datasets.Dataset.map's default batch_size: the documents _group_texts sees
 

@@ -18,7 +18,8 @@ import tarfile
 from pathlib import Path
 
 from data import wrapping
-from data.common import PrepareError, archive_files, download
+from data.common import PrepareError
+from data.writing import archive_files, download
 
 LM1B_ROOT = "1-billion-word-language-modeling-benchmark-r13output"
 

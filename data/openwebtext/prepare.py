@@ -15,7 +15,8 @@ import re
 import tarfile
 
 from data import common, wrapping
-from data.common import PrepareError, archive_files, download
+from data.common import PrepareError
+from data.writing import archive_files, download
 
 OWT_URL = "https://huggingface.co/datasets/Skylion007/openwebtext/resolve/main/subsets/urlsf_subset{:02d}.tar"
 

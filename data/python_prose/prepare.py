@@ -16,7 +16,7 @@ import sysconfig
 from pathlib import Path
 
 from data import common
-from data.common import write_dataset
+from data.writing import write_dataset
 
 
 def stdlib_docstrings():

@@ -13,8 +13,9 @@ import json
 import re
 
 from data import common, wrapping
-from data.common import PrepareError, download, import_optional
+from data.common import PrepareError, import_optional
 from data.lm1b.prepare import apply_rules, lm1b_detokenize
+from data.writing import download
 
 LAMBADA_URL = "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"
 
