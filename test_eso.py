@@ -1252,6 +1252,24 @@ def test_the_core_stands_alone_and_nothing_stands_on_a_script():
     assert "_dynamo.config" not in source and "lambda" not in source
 
 
+def test_a_training_run_imports_the_core_alone(py, dataset, tiny_flags, tmp_path):
+    """python train.py, on a prepared dataset, loads the core's modules and no others of the
+    project: no ring, no recipe and no dataset writer."""
+    report = (
+        "import atexit, json, runpy, sys\n"
+        "atexit.register(lambda: print(json.dumps(sorted(sys.modules))))\n"
+        "sys.argv = ['train.py', *sys.argv[1:]]\n"
+        "runpy.run_path('train.py', run_name='__main__')\n"
+    )
+    flags = [f"--dataset={dataset}", "--max_iters=0", f"--out_dir={tmp_path}", *tiny_flags]
+    r = py("-c", report, *flags)
+    assert r.returncode == 0, r.stderr
+    loaded = set(json.loads(r.stdout.strip().splitlines()[-1]))
+    ours = {p.stem for p in ROOT.glob("*.py")} | {"data", "paper", "results"}
+    project = {m for m in loaded if m.split(".")[0] in ours}
+    assert project == {"checkpoint", "cli", "eso", "data", "data.common", "data.batches"}
+
+
 def test_cli_errors_are_one_line_and_help_lists_every_default(run, capsys, py):
     for args, msg in [
         (["--max_iter=3"], "did you mean --max_iters"),
