@@ -58,6 +58,8 @@ diffusion term).
   3 1 6 4 5 2 under a plain causal mask. The M slots predict D, E and B from the clean tokens
   and the masks before them.
   Sequential term, sigma = (3, 1, 6, 2, 4, 5): the clean tokens, then the masks left to right.
+  (Variant A sorts its clean tokens by position, 1 3 6: they see each other both ways, so their
+  order changes nothing. Its printed grids show (1, 3, 6, 2, 4, 5).)
   The transformer reads two halves at the same positions: z_0 in decode order, C A F M M M, and
   x, C A F B D E. The M at position 4 sees itself and the x slots before it, C A F B: the clean
   tokens and the true tokens to its left. It predicts D.
@@ -243,7 +245,8 @@ class Attention(nn.Module):
         B, n, C = x.shape  # n tokens
         qkv = self.qkv(x).view(B, n, 3, self.n_head, C // self.n_head)
         qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, nh, n, hd)
-        # rotary on q and k (not v), before k enters the cache
+        # rotary on q and k (not v), before k enters the cache: qkv[:2] is q and k stacked,
+        # (2, B, nh, n, hd), so one call turns both and unpacking splits them
         q, k = apply_rotary(qkv[:2], cos, sin)
         v = qkv[2]
         if cache is not None:
@@ -353,11 +356,20 @@ def sequential_mask(x_attn_mask):
     """(B or 1, 1, 2L, 2L) attention mask over [z_0 sorted ; x sorted] (eq. 26-32, Fig. 9), from
     the x half's own attention mask x_attn_mask (B or 1, 1, L, L), a prefix_lm_mask.
 
-    z slot i -> itself and x slots j < i (the clean tokens and the true tokens to its left);
-    x slot i -> as x_attn_mask (causal; variant A: plus its clean block);
-    nothing attends to a z slot but itself. The outputs of the z half at its masks are the
-    predictions; its clean slots only keep the two halves the same length (section 7 drops
-    them)."""
+    The rules:
+      z slot i -> itself and x slots j < i (the clean tokens and the true tokens to its left);
+      x slot i -> as x_attn_mask (causal; variant A: plus its clean block);
+      nothing attends to a z slot but itself.
+    For variant B and L = 3 (1 = may attend; `python eso.py` prints the grids for L = 6):
+             z0 z1 z2  x0 x1 x2
+        z0    1  .  .   .  .  .
+        z1    .  1  .   1  .  .
+        z2    .  .  1   1  1  .
+        x0    .  .  .   1  .  .
+        x1    .  .  .   1  1  .
+        x2    .  .  .   1  1  1
+    The outputs of the z half at its masks are the predictions. Its clean slots only keep the
+    two halves the same length (section 7 drops them)."""
     L = x_attn_mask.size(-1)
     i = torch.arange(L, device=x_attn_mask.device)
     z_to_z = i[:, None] == i[None, :]  # (L, L): the diagonal
@@ -396,15 +408,20 @@ def check_sampling_args(steps, alpha_0, temperature, top_p):
 
 
 def unmask_schedule(n_masked, steps, alpha_0, generator, device):
-    """The sizes of the non-empty diffusion steps, in the order they run (Alg. 2), drawn without
-    a loop over the T steps (the paper's speed protocol uses T = 1e6).
+    """The sizes of the non-empty diffusion steps, in the order they run (Alg. 2). They are drawn
+    without a loop over the T steps, because the paper's speed protocol uses T = 1e6.
 
-    What it draws: each of the n_masked masks joins the diffusion phase with probability
-    p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1), and then is decoded at a step drawn uniformly
-    from the T steps, independently of the other masks. The masks that do not join are left to
-    the sequential phase. The sizes count the masks of each step that has any, in step order
-    (unique sorts the steps); sampling_order picks which masks. The rows of a batch share the
-    sizes.
+    What it draws. Each of the n_masked masks joins the diffusion phase with probability p_mdm,
+    about alpha_0 (see the last paragraph). A mask that joins is decoded at one of the T steps,
+    drawn uniformly and independently of the other masks. The masks that do not join are left to
+    the sequential phase. The sizes count the masks of each step that has any, in step order.
+    sampling_order then picks which masks those are. The rows of a batch share the sizes.
+
+    An example: n_masked = 4, steps T = 2, alpha_0 = 0.5. Each mask joins with probability about
+    0.5. Say two masks join:
+      both draw step 1          sizes [2]      one diffusion step of 2 tokens, then 2 sequential
+      they draw steps 0 and 1   sizes [1, 1]   two diffusion steps of 1, then 2 sequential
+    and if no mask joins, sizes is [] and the sequential phase decodes all 4.
 
     Why this is Alg. 2. Alg. 2 starts at time 1 with every position masked and walks time down
     to 0 in T equal steps, t_0 = 1 > t_1 > ... > t_T = 0. Its step k, from t_{k-1} to t_k,
@@ -421,9 +438,9 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
     The masks are exchangeable, so drawing the counts here and the positions in sampling_order
     has the law of the step-by-step chain.
 
-    The schedule's alpha_1 = EPS alpha_0 is not quite 0, while Alg. 2 starts from all masks:
-    dividing by 1 - alpha_1 accounts for it, and leaves p_mdm a hair below alpha_0 (0.49975 for
-    0.5). Training and the likelihood use alpha_0 itself.
+    p_mdm against alpha_0. The schedule's alpha_1 = EPS alpha_0 is not quite 0, while Alg. 2
+    starts from all masks. Dividing by 1 - alpha_1 accounts for it, and leaves p_mdm a hair below
+    alpha_0 (0.49975 for 0.5). Training and the likelihood use alpha_0 itself.
     """
     alpha_1 = alpha(1.0, alpha_0)
     p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1)  # 1 exactly at alpha_0 = 1
@@ -450,7 +467,8 @@ def sampling_order(known, sizes, block_order=False, generator=None):
     B, L = known.shape
     n_diffusion = sum(sizes)
     positions = torch.arange(L, device=known.device)
-    # (B, L): the known positions ascending, then the masked ones ascending
+    # (B, L): the known positions ascending, then the masked ones ascending. A known position
+    # gets the key position - L, below every masked position's key, so it sorts first.
     base = torch.argsort(torch.where(known, positions - L, positions), dim=1)
     n_known = int(known[0].sum())
     masked_positions = base[:, n_known:]  # (B, N), ascending
@@ -485,7 +503,9 @@ def block_streams(diffusion, n_streams, generator=None):
     step_of_stream = torch.cat([large_first, small_next], 1)  # (B, S)
     stream = torch.arange(n, device=device) % S  # (n,): the stream of the j-th position from left
     step = step_of_stream[:, stream]  # (B, n): the step that decodes it
-    # order the positions by step, and within a step at random: one integer key per position
+    # One sort does two things. The key is step * n + within_step, with within_step < n, so
+    # sorting by it groups the positions by step, in step order, and shuffles each step's own
+    # positions (by within_step).
     within_step = random_permutations(B, n, device, generator)  # (B, n), values < n
     key = step * n + within_step
     ascending = diffusion.sort(1).values
@@ -689,15 +709,19 @@ class EsoLM(nn.Module):
         The term is MDLM's continuous-time bound on the diffusion phase (Sahoo et al. 2024):
             E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ].
         Like MDLM's code, it leaves out two slivers. The prior term at t = 1 is dropped: there
-        alpha_1 = EPS alpha_0 keeps almost nothing clean. And t is drawn from [T_EPS, 1], not
-        [0, 1], which drops a slice of width T_EPS of the integral.
+        alpha_1 = EPS alpha_0 keeps almost nothing clean. And t is drawn uniformly from
+        [T_EPS, 1], not [0, 1]: the estimate is the integral over [T_EPS, 1], divided by
+        1 - T_EPS.
 
         The transformer reads z_t in decode order under a plain causal mask: the i-th mask sees
-        the clean tokens and the i - 1 masks before it, which is what a sampler step that decodes
-        several masks at once feeds. Does seeing earlier masks break the bound? No: a mask carries
-        no token, only its position, so for a fixed order each prediction is still a function of
-        z_t alone, a valid denoiser. MDLM's bound holds for any denoiser, so it holds for every
-        order, and so for their mean."""
+        the clean tokens and the i - 1 masks before it. That is what a sampler step that decodes
+        several masks at once feeds. Does seeing earlier masks break the bound? No. A mask
+        carries no token, only its position. So for a fixed order sigma the predictions are a
+        function of z_t alone: a valid denoiser. MDLM's bound holds for any denoiser, so for each
+        sigma it bounds -log p_sigma(x), where p_sigma is MDLM's reverse process with that
+        denoiser. By Jensen, the mean of these bounds over sigma bounds -log of the mean of
+        p_sigma(x). That mixture is the model this term is about. EsoLM.likelihood bounds a
+        different model, and its docstring compares the two."""
         B, L = x.shape
         z = torch.where(masked, self.mask_id, x)
         # (B, L) each, in decode order
@@ -869,6 +893,7 @@ class EsoLM(nn.Module):
         a chunk of slots through it (EsoLM.feed). The compiled sampler (compiled.py) calls it with
         a cache and a feed of its own."""
         L = self.config.block_size
+        # every row holds as many masks (generate checks it), so row 0 counts for all
         n_known = int((canvas[0] != self.mask_id).sum())
         n_clean0 = n_known + sum(sizes)  # the clean tokens of z_0: known and diffusion tokens
         sizes = list(sizes) + [1] * (L - n_clean0)  # the sequential phase: one token per step
@@ -914,7 +939,14 @@ class EsoLM(nn.Module):
         What each step feeds, and what the cache holds after it:
           B, every step                           slots [cache.length, done + k)   [0, done)
           A, while done < n_clean0 (diffusion)    slots [0, done + k)              nothing
-          A, from then on                         as B"""
+          A, its first sequential step            slots [0, done + 1)              [0, done)
+          A, from then on                         as B
+        A's first sequential step follows B's rule too: its cache is empty (cache.length = 0),
+        so it feeds every slot, and keeps the clean block and all tokens decoded so far.
+
+        The names below, on the worked example's step 3 (B): the cache holds slots 0, 1 (C3 A1),
+        so start = cache.length = 2; done = 3 and k = 1. The step feeds slots [2, 4), F6 M2, sets
+        keep = 3, and returns the hidden states from slot done on: h[:, done - start:], the M2."""
         clean_block = 0  # slots that attend both ways (variant A)
         keep = done  # after this step the cache holds slots [0, keep)
         if self.config.variant == "A":
@@ -991,26 +1023,31 @@ class EsoLM(nn.Module):
         """The importance-weighted (IW) bound on the NLL of x (B, L), in nats per token
         (Thm 3.1 and B.4).
 
-        Fix an order sigma and decode one token per step along it. Then
-        p(x | sigma) = prod_l p(x_sigma(l) | x_sigma(<l)), and one forward of both halves
-        through the sequential pattern gives all L factors: [all masks ; x sorted by sigma], in
-        which each z slot sees its own [MASK] and the true tokens before it. That is what the
-        sampler feeds for the token it decodes alone at a step, in either phase: a diffusion
-        token decoded alone sees no other mask.
+        Which model it is about: the sampler that decodes one token per step (T much larger than
+        L). Its diffusion phase decodes a random subset of the positions, each position in it
+        with probability alpha_0, in random order. Its sequential phase decodes the rest, left to
+        right. Each token is decoded alone: it sees the tokens decoded before it and its own
+        [MASK], and no other mask. (The sampler puts a position in the subset with
+        unmask_schedule's p_mdm, a hair below alpha_0; this bound uses alpha_0. A sampler that
+        decodes several tokens a step draws from another law.)
 
-        The model's p(x) is the mean of p(x | sigma) over a law of orders: a random subset of
-        the positions first (each position with probability alpha_0), in random order, then the
-        rest left to right. This is the sampler's law when it decodes one token per step (T much
-        larger than L), up to p_mdm: the sampler puts each position in the subset with
-        unmask_schedule's p_mdm, a hair below alpha_0. A sampler that decodes several tokens a
-        step draws from another law. The orders are drawn from this law itself: the proposal is
-        the prior over orders, so each importance weight p(x, sigma_k) / q(sigma_k) is just
-        p(x | sigma_k). For K orders, the
-        mean of p(x | sigma_k) estimates p(x) without bias, and by Jensen
-        E[-log mean] >= -log p(x): an upper bound. Its gap shrinks as K grows (the bound of an
-        importance-weighted average, Burda et al. 2016): the mean of more orders varies less,
-        and -log of it is less biased."""
-        # at alpha_0 = 0, A has no clean block: A = B
+        The training NELBO is about a nearby but different model. Its diffusion term lets a mask
+        see the masks sorted before it, as a step that decodes several tokens does (see
+        diffusion_nll). So the two numbers bound -log p(x) under two models that share the
+        weights, and they need not agree.
+
+        One order in one forward. Fix an order sigma. Then
+        p(x | sigma) = prod_l p(x_sigma(l) | x_sigma(<l)), and one forward of both halves through
+        the sequential pattern gives all L factors: [all masks ; x sorted by sigma], in which each
+        z slot sees its own [MASK] and the true tokens before it.
+
+        The bound. The model's p(x) is the mean of p(x | sigma) over the law of orders above.
+        This draws K = num_orders orders from that law itself: the proposal is the prior over
+        orders, so each importance weight p(x, sigma_k) / q(sigma_k) is just p(x | sigma_k). The
+        mean of the K values p(x | sigma_k) estimates p(x) without bias. By Jensen,
+        E[-log mean] >= -log p(x): an upper bound. Its gap shrinks as K grows (Burda et al.
+        2016): the mean of more orders varies less, so -log of it is less biased."""
+        # at alpha_0 = 0 every position is sequential, so A's clean block is empty: A = B
         if self.config.variant != "B" and self.config.alpha_0 > 0:
             raise ValueError(
                 "the one-forward any-order bound needs variant B (or alpha_0 = 0): under variant "
@@ -1045,7 +1082,8 @@ class SequentialPattern:
       z slot i -> x slots j < i, and itself: groups of GROUP z queries, each against the x slots
                   before its last query and its own z keys (a size x size block of z-to-z
                   scores, of which the attention mask keeps the diagonal).
-    x comes first, so every group's x keys are a leading piece of the x half (x_sizes cuts it).
+    The dense path lays out [z ; x]; this one puts x first, [x ; z], so that every group's x keys
+    are a leading piece of the x half (x_sizes cuts it).
     Nothing attends to a z slot but itself, so leaving some out changes no other output: the z
     slots before n_skip, clean in every row (clean tokens come first), are not fed; clean ones
     after it are, and the loss zeroes them."""
