@@ -433,8 +433,9 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
         denominator;
       - so step k decodes it with probability (alpha(t_k) - alpha(t_{k-1})) / (1 - alpha_1);
       - alpha is linear in t, so that difference is the same at every step: each step gets
-        p_mdm / T, and p_mdm is the sum over the T steps. Step index 0 here is the first step
-        run, at time 1.
+        p_mdm / T, and p_mdm is the sum over the T steps.
+    The code numbers the steps from 0: its step j = 0..T-1 is Alg. 2's step k = j + 1, and
+    step 0 is the first one run, at time 1.
     The masks are exchangeable, so drawing the counts here and the positions in sampling_order
     has the law of the step-by-step chain.
 
@@ -486,10 +487,13 @@ def block_streams(diffusion, n_streams, generator=None):
     prompt and T: (the diffusion positions (B, n) in the order decoded, the step sizes).
 
     The diffusion positions, in ascending order, are dealt into S = n_streams streams (the
-    number of non-empty diffusion steps): the r-th goes to stream r mod S. For p0 < ... < p7 and
-    S = 3 the streams are {p0, p3, p6}, {p1, p4, p7} and {p2, p5}. Each step decodes one stream,
-    in random order, so no two tokens of a step are closer than S positions. The larger streams
-    go first; among streams of one size, each row draws which step decodes which. At alpha_0 = 1
+    number of non-empty diffusion steps): the r-th goes to stream r mod S. Each step decodes one
+    stream, in random order, so no two tokens of a step are closer than S positions. The larger
+    streams go first; among streams of one size, each row draws which step decodes which.
+    For p0 < ... < p7 and S = 3 the streams are {p0, p3, p6}, {p1, p4, p7} and {p2, p5}: the
+    first two are the big ones (8 mod 3 = 2 streams hold one position more), so the sizes are
+    [3, 3, 2]. Each row decodes its two big streams first, in an order of its own, then
+    {p2, p5}. At alpha_0 = 1
     with S dividing L, the steps decode the streams {r, r + S, ...}, r < S, as theirs do, each
     row in an order of its own."""
     B, n = diffusion.shape
@@ -715,13 +719,18 @@ class EsoLM(nn.Module):
 
         The transformer reads z_t in decode order under a plain causal mask: the i-th mask sees
         the clean tokens and the i - 1 masks before it. That is what a sampler step that decodes
-        several masks at once feeds. Does seeing earlier masks break the bound? No. A mask
-        carries no token, only its position. So for a fixed order sigma the predictions are a
-        function of z_t alone: a valid denoiser. MDLM's bound holds for any denoiser, so for each
-        sigma it bounds -log p_sigma(x), where p_sigma is MDLM's reverse process with that
-        denoiser. By Jensen, the mean of these bounds over sigma bounds -log of the mean of
-        p_sigma(x). That mixture is the model this term is about. EsoLM.likelihood bounds a
-        different model, and its docstring compares the two."""
+        several masks at once feeds. Does seeing earlier masks break the bound? No. The order
+        comes from random keys u, drawn apart from z_t: sigma = diffusion_order(masked, u). Fix
+        u. A mask carries no token, only its position, so the predictions at the masks are a
+        function of z_t alone: a denoiser f_u. MDLM's bound holds for any denoiser, so for each u
+        it bounds -log p_u(x), where p_u is MDLM's reverse process run with f_u. By Jensen, the
+        mean of these bounds over u bounds -log of the mean of p_u(x).
+
+        That mixture over u is the model this term is about. It is close to the sampler's model,
+        not the same. Its denoiser lets a mask see the masks sorted before it, and it sorts the
+        clean tokens by u; the sampler sorts them by when they were decoded. EsoLM.likelihood
+        bounds the sampler's own model (one token per step), and its docstring compares the
+        two."""
         B, L = x.shape
         z = torch.where(masked, self.mask_id, x)
         # (B, L) each, in decode order
@@ -755,7 +764,8 @@ class EsoLM(nn.Module):
         the prediction at l would then read the token it predicts. So the true tokens come from
         a second half. The z slot of l sees itself and the x slots before it: the clean tokens,
         and x at the masked positions left of l.
-        dense=True: the plain path; else section 7's fast one, the same numbers."""
+        dense=True: the plain path; else section 7's fast one, the same numbers
+        (without dropout)."""
         B, L = x.shape
         logp = self.sequential_logprobs(x, masked, sigma, dense, n_skip)
         return -(logp * masked.gather(1, sigma)).sum() / (B * L)
@@ -944,6 +954,10 @@ class EsoLM(nn.Module):
         A's first sequential step follows B's rule too: its cache is empty (cache.length = 0),
         so it feeds every slot, and keeps the clean block and all tokens decoded so far.
 
+        Variant A on the worked example (n_clean0 = 3): step 1 feeds slots [0, 2) and step 2
+        feeds [0, 3), keeping nothing; step 3, the first sequential one, feeds [0, 4) and keeps
+        [0, 3); step 4 feeds [3, 5), as B does.
+
         The names below, on the worked example's step 3 (B): the cache holds slots 0, 1 (C3 A1),
         so start = cache.length = 2; done = 3 and k = 1. The step feeds slots [2, 4), F6 M2, sets
         keep = 3, and returns the hidden states from slot done on: h[:, done - start:], the M2."""
@@ -1031,10 +1045,10 @@ class EsoLM(nn.Module):
         unmask_schedule's p_mdm, a hair below alpha_0; this bound uses alpha_0. A sampler that
         decodes several tokens a step draws from another law.)
 
-        The training NELBO is about a nearby but different model. Its diffusion term lets a mask
-        see the masks sorted before it, as a step that decodes several tokens does (see
-        diffusion_nll). So the two numbers bound -log p(x) under two models that share the
-        weights, and they need not agree.
+        The training NELBO is about a nearby but different model (see diffusion_nll). Its
+        diffusion term's denoiser lets a mask see the masks sorted before it, and sorts the clean
+        tokens by random keys, not by when they were decoded. So the two numbers bound -log p(x)
+        under two models that share the weights, and they need not agree.
 
         One order in one forward. Fix an order sigma. Then
         p(x | sigma) = prod_l p(x_sigma(l) | x_sigma(<l)), and one forward of both halves through
@@ -1070,7 +1084,9 @@ class EsoLM(nn.Module):
 
 # -----------------------------------------------------------------------------
 # 7. Making it fast. Each fast path computes what a plain path above computes, and a test binds
-# them. (The compiled sampler, compile machinery with process-wide state, is in compiled.py.)
+# them: the same numbers for the sequential term (without dropout, which the two paths draw
+# differently), the same distribution for sample_tokens_float32. (The compiled sampler, compile
+# machinery with process-wide state, is in compiled.py.)
 
 
 class SequentialPattern:
