@@ -59,7 +59,7 @@ diffusion term).
   and the masks before them.
   Sequential term, sigma = (3, 1, 6, 2, 4, 5): the clean tokens, then the masks left to right.
   (Variant A sorts its clean tokens by position, 1 3 6: they see each other both ways, so their
-  order changes nothing. Its printed grids show (1, 3, 6, 2, 4, 5).)
+  order changes nothing. Its printed sequential-term grid shows (1, 3, 6, 2, 4, 5).)
   The transformer reads two halves at the same positions: z_0 in decode order, C A F M M M, and
   x, C A F B D E. The M at position 4 sees itself and the x slots before it, C A F B: the clean
   tokens and the true tokens to its left. It predicts D.
@@ -712,18 +712,23 @@ class EsoLM(nn.Module):
 
         The term is MDLM's continuous-time bound on the diffusion phase (Sahoo et al. 2024):
             E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ].
-        Like MDLM's code, it leaves out two slivers. The prior term at t = 1 is dropped: there
-        alpha_1 = EPS alpha_0 keeps almost nothing clean. And t is drawn uniformly from
+        Like MDLM's code, it leaves out two slivers. The prior term at t = 1 is dropped. z_1
+        keeps each token with probability alpha_1 = EPS alpha_0. Against a prior that keeps as
+        many, each a uniformly random token, the term is alpha_1 log V nats per token (3.5e-4
+        for the defaults). Against the all-mask start of the sampler it is, strictly, infinite,
+        as it is in MDLM, whose schedule also keeps alpha_1 = EPS. And t is drawn uniformly from
         [T_EPS, 1], not [0, 1]: the estimate is the integral over [T_EPS, 1], divided by
         1 - T_EPS.
 
         The transformer reads z_t in decode order under a plain causal mask: the i-th mask sees
-        the clean tokens and the i - 1 masks before it. That is what a sampler step that decodes
-        several masks at once feeds. Does seeing earlier masks break the bound? No. The order
+        the clean tokens and the i - 1 masks before it. A sampler step that decodes several masks
+        feeds something like it: there a mask sees the masks of its own step before it, but not
+        the masks left to later steps. Does seeing earlier masks break the bound? No. The order
         comes from random keys u, drawn apart from z_t: sigma = diffusion_order(masked, u). Fix
         u. A mask carries no token, only its position, so the predictions at the masks are a
-        function of z_t alone: a denoiser f_u. MDLM's bound holds for any denoiser, so for each u
-        it bounds -log p_u(x), where p_u is MDLM's reverse process run with f_u. By Jensen, the
+        function of z_t alone: a denoiser f_u. MDLM's bound holds for any denoiser. So for each u
+        the NELBO with f_u (this term plus the sequential term) bounds -log p_u(x), where p_u is
+        the model whose diffusion phase is MDLM's reverse process run with f_u. By Jensen, the
         mean of these bounds over u bounds -log of the mean of p_u(x).
 
         That mixture over u is the model this term is about. It is close to the sampler's model,
