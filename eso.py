@@ -357,7 +357,9 @@ def sequential_mask(x_attn_mask):
     the x half's own attention mask x_attn_mask (B or 1, 1, L, L), a prefix_lm_mask.
 
     The rules:
-      z slot i -> itself and x slots j < i (the clean tokens and the true tokens to its left);
+      z slot i -> itself and x slots j < i (the clean tokens and the true tokens to its left,
+                  since sequential_order puts the clean tokens first, then the masks left to
+                  right);
       x slot i -> as x_attn_mask (causal; variant A: plus its clean block);
       nothing attends to a z slot but itself.
     For variant B and L = 3 (1 = may attend; `python eso.py` prints the grids for L = 6):
@@ -412,7 +414,7 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
     without a loop over the T steps, because the paper's speed protocol uses T = 1e6.
 
     What it draws. Each of the n_masked masks joins the diffusion phase with probability p_mdm,
-    about alpha_0 (see the last paragraph). A mask that joins is decoded at one of the T steps,
+    about alpha_0 (see below). A mask that joins is decoded at one of the T steps,
     drawn uniformly and independently of the other masks. The masks that do not join are left to
     the sequential phase. The sizes count the masks of each step that has any, in step order.
     sampling_order then picks which masks those are. The rows of a batch share the sizes.
@@ -422,6 +424,11 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
       both draw step 1          sizes [2]      one diffusion step of 2 tokens, then 2 sequential
       they draw steps 0 and 1   sizes [1, 1]   two diffusion steps of 1, then 2 sequential
     and if no mask joins, sizes is [] and the sequential phase decodes all 4.
+
+    p_mdm against alpha_0. Alg. 2 starts from all masks, but the schedule's alpha_1 = EPS alpha_0
+    is not quite 0. So the chain's probabilities below are divided by 1 - alpha_1, the share
+    masked at time 1, and p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1) lies a hair below alpha_0
+    (0.49975 for 0.5). Training and the likelihood use alpha_0 itself.
 
     Why this is Alg. 2. Alg. 2 starts at time 1 with every position masked and walks time down
     to 0 in T equal steps, t_0 = 1 > t_1 > ... > t_T = 0. Its step k, from t_{k-1} to t_k,
@@ -438,10 +445,6 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
     step 0 is the first one run, at time 1.
     The masks are exchangeable, so drawing the counts here and the positions in sampling_order
     has the law of the step-by-step chain.
-
-    p_mdm against alpha_0. The schedule's alpha_1 = EPS alpha_0 is not quite 0, while Alg. 2
-    starts from all masks. Dividing by 1 - alpha_1 accounts for it, and leaves p_mdm a hair below
-    alpha_0 (0.49975 for 0.5). Training and the likelihood use alpha_0 itself.
     """
     alpha_1 = alpha(1.0, alpha_0)
     p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1)  # 1 exactly at alpha_0 = 1
@@ -936,7 +939,8 @@ class EsoLM(nn.Module):
         masks. done counts the slots decoded before this step (canvas[:, :done]); this step
         decodes the slots [done, done + k), and decode adds k to done after it.
 
-        Variant B decodes as an AR model with a cache does. Before the step, the cache holds
+        Variant B decodes as an AR model with a cache does. cache.length counts the slots the
+        cache holds; each step sets it after its forward. Before the step, the cache holds
         slots [0, cache.length): every token decoded before the last step. The step feeds the
         slots from cache.length to done + k: the tokens the last step decoded, clean now, then
         this step's k masks, causal in decode order. After it, the cache holds [0, done): the
