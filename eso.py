@@ -303,7 +303,7 @@ def alpha(t, alpha_0):
 
 
 def sample_t(n, device, generator=None):
-    """n stratified times in [T_EPS, 1]: (u + i) / n, i < n, mapped onto it (the authors call
+    """n stratified times in [T_EPS, 1): (u + i) / n, i < n, mapped onto it (the authors call
     them antithetic)."""
     u = torch.rand(1, device=device, generator=generator)
     t = (u + torch.arange(n, device=device)) / n  # < 1: one time in each of n equal strata
@@ -496,9 +496,8 @@ def block_streams(diffusion, n_streams, generator=None):
     For p0 < ... < p7 and S = 3 the streams are {p0, p3, p6}, {p1, p4, p7} and {p2, p5}: the
     first two are the big ones (8 mod 3 = 2 streams hold one position more), so the sizes are
     [3, 3, 2]. Each row decodes its two big streams first, in an order of its own, then
-    {p2, p5}. At alpha_0 = 1
-    with S dividing L, the steps decode the streams {r, r + S, ...}, r < S, as theirs do, each
-    row in an order of its own."""
+    {p2, p5}. At alpha_0 = 1 with S dividing L, the steps decode the streams {r, r + S, ...},
+    r < S, as the authors' code does, each row in an order of its own."""
     B, n = diffusion.shape
     S = n_streams
     big = n % S  # streams 0..big-1 hold one position more than the others
@@ -541,9 +540,9 @@ def top_p_filter(logits, top_p):
 
 def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
     """One token per row of logits (..., V) from softmax(logits / temperature), cut to the top-p
-    nucleus, by Gumbel-max in float64, as the paper: float32 Gumbel noise is capped near 16.6
-    (its uniforms have 24 bits), which starves the tail of a large vocabulary. Without float64
-    (MPS): sample_tokens_float32 (section 7).
+    nucleus, by Gumbel-max in float64, as the authors' code does: float32 Gumbel noise is capped
+    near 16.6 (its uniforms have 24 bits), which starves the tail of a large vocabulary. Without
+    float64 (MPS): sample_tokens_float32 (section 7).
 
     Temperature 0 is the limit of a sharper and sharper softmax: greedy decoding, the most likely
     token of each row, with no random draw."""
@@ -718,10 +717,10 @@ class EsoLM(nn.Module):
         Like MDLM's code, it leaves out two slivers. The prior term at t = 1 is dropped. z_1
         keeps each token with probability alpha_1 = EPS alpha_0. Against a prior that keeps as
         many, each a uniformly random token, the term is alpha_1 log V nats per token (3.5e-4
-        for the defaults). Against the all-mask start of the sampler it is, strictly, infinite,
-        as it is in MDLM, whose schedule also keeps alpha_1 = EPS. And t is drawn uniformly from
-        [T_EPS, 1], not [0, 1]: the estimate is the integral over [T_EPS, 1], divided by
-        1 - T_EPS.
+        at train.py's alpha_0 = 0.0625 with V = 256 bytes). Against the all-mask start of the
+        sampler it is, strictly, infinite, as it is in MDLM, whose schedule also keeps
+        alpha_1 = EPS. And t is drawn uniformly from [T_EPS, 1], not [0, 1]: the estimate is the
+        integral over [T_EPS, 1], divided by 1 - T_EPS.
 
         The transformer reads z_t in decode order under a plain causal mask: the i-th mask sees
         the clean tokens and the i - 1 masks before it. A sampler step that decodes several masks
@@ -729,9 +728,11 @@ class EsoLM(nn.Module):
         the masks left to later steps. Does seeing earlier masks break the bound? No. The order
         comes from random keys u, drawn apart from z_t: sigma = diffusion_order(masked, u). Fix
         u. A mask carries no token, only its position, so the predictions at the masks are a
-        function of z_t alone: a denoiser f_u. MDLM's bound holds for any denoiser. So for each u
-        the NELBO with f_u (this term plus the sequential term) bounds -log p_u(x), where p_u is
-        the model whose diffusion phase is MDLM's reverse process run with f_u. By Jensen, the
+        function of z_t (and of the fixed u): a denoiser f_u. MDLM's bound holds for any
+        denoiser. So for each u the NELBO with f_u (this term plus the sequential term) bounds
+        -log p_u(x), where p_u is the model whose diffusion phase is MDLM's reverse process run
+        with f_u. (The sequential rows draw keys of their own. The NELBO is a sum of the two
+        terms' expectations, so fixing both sets of keys gives the same argument.) By Jensen, the
         mean of these bounds over u bounds -log of the mean of p_u(x).
 
         That mixture over u is the model this term is about. It is close to the sampler's model,
