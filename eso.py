@@ -24,7 +24,7 @@ Words. Each is defined here and used in this one sense.
   t, z_t        diffusion time, in [0, 1]. z_t keeps each token of x with probability
                 alpha_t = alpha_0 (1 - (1 - EPS) t), with EPS = 1e-3. So z_0 keeps a share
                 alpha_0 of x, and z_1 keeps almost nothing. Training draws t uniformly from
-                [T_EPS, 1]; sampling runs t from 1 down to 0.
+                [T_EPS, 1); sampling runs t from 1 down to 0.
   alpha_0       in training, the share of clean tokens in z_0. In sampling, about the share of
                 the masked positions that the diffusion phase decodes; the sequential phase
                 decodes the rest.
@@ -90,7 +90,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 EPS = 1e-3  # alpha_t = alpha_0 (1 - (1 - EPS) t): the authors' schedule (alpha_1 = EPS alpha_0)
-T_EPS = 1e-3  # training draws t from [T_EPS, 1]
+T_EPS = 1e-3  # training draws t from [T_EPS, 1)
 
 
 # -----------------------------------------------------------------------------
@@ -426,9 +426,9 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
     and if no mask joins, sizes is [] and the sequential phase decodes all 4.
 
     p_mdm against alpha_0. Alg. 2 starts from all masks, but the schedule's alpha_1 = EPS alpha_0
-    is not quite 0. So the chain's probabilities below are divided by 1 - alpha_1, the share
-    masked at time 1, and p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1) lies a hair below alpha_0
-    (0.49975 for 0.5). Training and the likelihood use alpha_0 itself.
+    is not quite 0. So in the chain described next, each probability is measured against
+    1 - alpha_1, the share masked at time 1, and p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1)
+    lies a hair below alpha_0 (0.49975 for 0.5). Training and the likelihood use alpha_0 itself.
 
     Why this is Alg. 2. Alg. 2 starts at time 1 with every position masked and walks time down
     to 0 in T equal steps, t_0 = 1 > t_1 > ... > t_T = 0. Its step k, from t_{k-1} to t_k,
@@ -542,7 +542,7 @@ def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
     """One token per row of logits (..., V) from softmax(logits / temperature), cut to the top-p
     nucleus, by Gumbel-max in float64, as the authors' code does: float32 Gumbel noise is capped
     near 16.6 (its uniforms have 24 bits), which starves the tail of a large vocabulary. Without
-    float64 (MPS): sample_tokens_float32 (section 7).
+    float64 (MPS): sample_tokens_float32, below, draws from the same distribution.
 
     Temperature 0 is the limit of a sharper and sharper softmax: greedy decoding, the most likely
     token of each row, with no random draw."""
@@ -553,6 +553,23 @@ def sample_tokens(logits, temperature=1.0, top_p=1.0, generator=None):
     logits = top_p_filter(logits.double() / temperature, top_p)  # (..., V)
     u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
     return (logits - torch.log(-torch.log(u))).argmax(-1)
+
+
+def sample_tokens_float32(logits, temperature=1.0, top_p=1.0, generator=None):
+    """sample_tokens without float64 (MPS): an inverse CDF in float32.
+
+    The probabilities are summed from the smallest up. Then a small token is added to a small
+    running sum, and keeps its share to float32's precision. Summed largest first, every token
+    below 2^-25 would add nothing to a running sum near 1 and never be drawn, however much mass
+    the tail holds in all. With a float32 uniform, each token is drawn with its probability to
+    within about 2^-23."""
+    logits = top_p_filter(logits.float() / temperature, top_p)
+    probs, order = logits.softmax(-1).sort(dim=-1)  # (..., V) ascending: the tail first
+    cdf = probs.cumsum(-1)
+    u = 1 - torch.rand(*logits.shape[:-1], 1, device=logits.device, generator=generator)  # (0, 1]
+    first = (cdf < u * cdf[..., -1:]).sum(-1, keepdim=True)  # the first token whose cdf >= u
+    first = first.clamp(max=logits.size(-1) - 1)
+    return order.gather(-1, first).squeeze(-1)
 
 
 # -----------------------------------------------------------------------------
@@ -715,11 +732,12 @@ class EsoLM(nn.Module):
         The term is MDLM's continuous-time bound on the diffusion phase (Sahoo et al. 2024):
             E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ].
         Like MDLM's code, it leaves out two slivers. The prior term at t = 1 is dropped. z_1
-        keeps each token with probability alpha_1 = EPS alpha_0. Against a prior that keeps as
-        many, each a uniformly random token, the term is alpha_1 log V nats per token (3.5e-4
+        keeps each token with probability alpha_1 = EPS alpha_0. Take a prior that keeps each
+        position clean with that same probability alpha_1, and fills it with a uniformly random
+        token: against it, the term is alpha_1 log V nats per token (3.5e-4
         at train.py's alpha_0 = 0.0625 with V = 256 bytes). Against the all-mask start of the
         sampler it is, strictly, infinite, as it is in MDLM, whose schedule also keeps
-        alpha_1 = EPS. And t is drawn uniformly from [T_EPS, 1], not [0, 1]: the estimate is the
+        alpha_1 = EPS. And t is drawn uniformly from [T_EPS, 1), not [0, 1): the estimate is the
         integral over [T_EPS, 1], divided by 1 - T_EPS.
 
         The transformer reads z_t in decode order under a plain causal mask: the i-th mask sees
@@ -821,15 +839,16 @@ class EsoLM(nn.Module):
         forwards spent: plan, then decode.
 
         steps: T, the steps of the diffusion schedule. Each mask picks its step at random, so
-        some steps get several masks; about one token a step takes T much larger than L (the
-        paper uses 1e6). alpha_0: sampling-time alpha_0 (None = the model's); the model has no
-        time input, so any runs, but it samples best near the alpha_0 it was trained at; a lower
-        one leaves more to the sequential phase, which spends one NFE a token (so more NFE,
-        unless T is already much larger than L). temperature, top_p: at 1 and 1 the samples
-        follow the model's own distribution. canvas:
-        (num_samples or 1, L), known tokens kept exactly and the mask id elsewhere (a prompt, an
-        infilling template), as many masks in every row. block_order: see block_streams; the
-        rest: decode.
+        some steps get several masks. Most steps hold one token once T is much larger than L,
+        and all of them once T is much larger than L^2 (the paper uses 1e6).
+        alpha_0: sampling-time alpha_0 (None = the model's). The model has no time input, so any
+        runs, but it samples best near the alpha_0 it was trained at. A lower one leaves more to
+        the sequential phase, which spends one NFE a token: so more NFE, unless T is already
+        much larger than L.
+        temperature, top_p: at 1 and 1 the samples follow the model's own distribution.
+        canvas: (num_samples or 1, L), known tokens kept exactly and the mask id elsewhere (a
+        prompt, an infilling template), as many masks in every row.
+        block_order: see block_streams. The rest: see decode.
         """
         alpha_0 = self.config.alpha_0 if alpha_0 is None else alpha_0
         steps = check_sampling_args(steps, alpha_0, temperature, top_p)
@@ -961,8 +980,8 @@ class EsoLM(nn.Module):
           A, while done < n_clean0 (diffusion)    slots [0, done + k)              nothing
           A, its first sequential step            slots [0, done + 1)              [0, done)
           A, from then on                         as B
-        A's first sequential step follows B's rule too: its cache is empty (cache.length = 0),
-        so it feeds every slot, and keeps the clean block and all tokens decoded so far.
+        A's first sequential step is B's rule applied to an empty cache: cache.length = 0, so it
+        feeds every slot, and keeps the clean block and all tokens decoded so far.
 
         Variant A on the worked example (n_clean0 = 3): step 1 feeds slots [0, 2) and step 2
         feeds [0, 3), keeping nothing; step 3, the first sequential one, feeds [0, 4) and keeps
@@ -1093,10 +1112,9 @@ class EsoLM(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# 7. Making it fast. Each fast path computes what a plain path above computes, and a test binds
-# them: the same numbers for the sequential term (without dropout, which the two paths draw
-# differently), the same distribution for sample_tokens_float32. (The compiled sampler, compile
-# machinery with process-wide state, is in compiled.py.)
+# 7. Making it fast. The fast path computes what the plain path above computes (the same
+# numbers, without dropout, which the two paths draw differently), and a test binds them. (The
+# compiled sampler, compile machinery with process-wide state, is in compiled.py.)
 
 
 class SequentialPattern:
@@ -1195,23 +1213,6 @@ def fast_sequential_logprobs(model, x, masked, sigma, n_skip=None):
     logp = F.log_softmax(model.logits(h), dim=-1)
     logp_x = logp.gather(-1, x_sorted[:, n_skip:, None]).squeeze(-1)  # (B, L - n_skip)
     return F.pad(logp_x, (n_skip, 0))  # (B, L): 0 at the skipped slots
-
-
-def sample_tokens_float32(logits, temperature=1.0, top_p=1.0, generator=None):
-    """sample_tokens without float64 (MPS): an inverse CDF in float32.
-
-    The probabilities are summed from the smallest up. Then a small token is added to a small
-    running sum, and keeps its share to float32's precision. Summed largest first, every token
-    below 2^-25 would add nothing to a running sum near 1 and never be drawn, however much mass
-    the tail holds in all. With a float32 uniform, each token is drawn with its probability to
-    within about 2^-23."""
-    logits = top_p_filter(logits.float() / temperature, top_p)
-    probs, order = logits.softmax(-1).sort(dim=-1)  # (..., V) ascending: the tail first
-    cdf = probs.cumsum(-1)
-    u = 1 - torch.rand(*logits.shape[:-1], 1, device=logits.device, generator=generator)  # (0, 1]
-    first = (cdf < u * cdf[..., -1:]).sum(-1, keepdim=True)  # the first token whose cdf >= u
-    first = first.clamp(max=logits.size(-1) - 1)
-    return order.gather(-1, first).squeeze(-1)
 
 
 # -----------------------------------------------------------------------------
