@@ -37,7 +37,7 @@ Words. Each is defined here and used in this one sense.
   NELBO         negative evidence lower bound: an upper bound on -log p(x) (eq. 7). It is the
                 sum of two terms, described where they are computed (section 6). As computed
                 here and in MDLM's code it leaves out two slivers: times t below T_EPS, and the
-                prior term at t = 1 (see diffusion_nll).
+                prior term at t = 1 (section 7.2).
   kappa         the share of a batch's rows that estimate the diffusion term; the other rows
                 estimate the sequential term.
   zero masking  the model never predicts [MASK]: its output layer has no [MASK] row.
@@ -75,8 +75,9 @@ diffusion term).
   "one step late". The last token decoded is never fed.
 
 Read top to bottom: 1 config; 2 the transformer and its KV cache; 3 noise schedule and orders;
-4 attention patterns; 5 sampling pieces; 6 the model: loss, sampler, likelihood; 7 making it
-fast (each fast path beside the plain one it equals, and a test binds them); 8 `python eso.py`.
+4 attention patterns; 5 sampling pieces; 6 the model: loss, sampler, likelihood; 7 why it is
+right: the arguments behind sections 5 and 6, which a first reading may skip; 8 making it fast
+(each fast path beside the plain one it equals, and a test binds them); 9 `python eso.py`.
 """
 
 import itertools
@@ -253,7 +254,7 @@ class Attention(nn.Module):
             # the keys are the cache's first slots, as many as the attention mask has columns
             k, v = cache.update(layer, k, v, n_keys=attn_mask.size(-1))
         p = self.dropout if self.training else 0.0
-        if isinstance(attn_mask, SequentialPattern):  # the sequential term's fast path (section 7)
+        if isinstance(attn_mask, SequentialPattern):  # the sequential term's fast path (section 8)
             y = attn_mask.attend(q, k, v, p)
         else:
             is_causal = attn_mask is None
@@ -371,7 +372,7 @@ def sequential_mask(x_attn_mask):
         x1    .  .  .   1  1  .
         x2    .  .  .   1  1  1
     The outputs of the z half at its masks are the predictions. Its clean slots only keep the
-    two halves the same length (section 7 drops them)."""
+    two halves the same length (section 8 drops them)."""
     L = x_attn_mask.size(-1)
     i = torch.arange(L, device=x_attn_mask.device)
     z_to_z = i[:, None] == i[None, :]  # (L, L): the diagonal
@@ -414,8 +415,8 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
     without a loop over the T steps, because the paper's speed protocol uses T = 1e6.
 
     What it draws. Each of the n_masked masks joins the diffusion phase with probability p_mdm,
-    about alpha_0 (see below). A mask that joins is decoded at one of the T steps,
-    drawn uniformly and independently of the other masks. The masks that do not join are left to
+    about alpha_0 (see below). A mask that joins is decoded at one of the T steps, drawn uniformly
+    and independently of the other masks. The masks that do not join are left to
     the sequential phase. The sizes count the masks of each step that has any, in step order.
     sampling_order then picks which masks those are. The rows of a batch share the sizes.
 
@@ -425,26 +426,10 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
       they draw steps 0 and 1   sizes [1, 1]   two diffusion steps of 1, then 2 sequential
     and if no mask joins, sizes is [] and the sequential phase decodes all 4.
 
-    p_mdm against alpha_0. Alg. 2 starts from all masks, but the schedule's alpha_1 = EPS alpha_0
-    is not quite 0. So in the chain described next, each probability is measured against
-    1 - alpha_1, the share masked at time 1, and p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1)
-    lies a hair below alpha_0 (0.49975 for 0.5). Training and the likelihood use alpha_0 itself.
-
-    Why this is Alg. 2. Alg. 2 starts at time 1 with every position masked and walks time down
-    to 0 in T equal steps, t_0 = 1 > t_1 > ... > t_T = 0. Its step k, from t_{k-1} to t_k,
-    decodes each remaining mask with probability (alpha(t_k) - alpha(t_{k-1})) / (1 -
-    alpha(t_{k-1})), each on its own (its binomial count says the same). Follow one mask:
-      - it is still masked when step k begins with probability (1 - alpha(t_{k-1})) / (1 -
-        alpha_1): the product over the earlier steps j < k of their survival factors
-        (1 - alpha(t_j)) / (1 - alpha(t_{j-1})), in which each numerator cancels the next
-        denominator;
-      - so step k decodes it with probability (alpha(t_k) - alpha(t_{k-1})) / (1 - alpha_1);
-      - alpha is linear in t, so that difference is the same at every step: each step gets
-        p_mdm / T, and p_mdm is the sum over the T steps.
-    The code numbers the steps from 0: its step j = 0..T-1 is Alg. 2's step k = j + 1, and
-    step 0 is the first one run, at time 1.
-    The masks are exchangeable, so drawing the counts here and the positions in sampling_order
-    has the law of the step-by-step chain.
+    p_mdm against alpha_0. p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1) lies a hair below alpha_0
+    (0.49975 for 0.5), because the schedule's alpha_1 = EPS alpha_0 is not quite 0. Training and
+    the likelihood use alpha_0 itself. Section 7.1 shows that these draws have the law of Alg. 2's
+    step-by-step chain.
     """
     alpha_1 = alpha(1.0, alpha_0)
     p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1)  # 1 exactly at alpha_0 = 1
@@ -701,7 +686,7 @@ class EsoLM(nn.Module):
         The first rows (as many as draws.t holds) estimate the diffusion term, the rest the
         sequential term. Each part is a sum over masked tokens divided by all tokens of its rows,
         and the loss is their sum: an estimate of the per-token NELBO (with loss_type elbo, which
-        validation always uses). dense=True: the sequential term's plain path (section 7 holds
+        validation always uses). dense=True: the sequential term's plain path (section 8 holds
         the fast one)."""
         B = x.size(0)
         n_diff = draws.t.size(0)
@@ -731,33 +716,13 @@ class EsoLM(nn.Module):
 
         The term is MDLM's continuous-time bound on the diffusion phase (Sahoo et al. 2024):
             E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ].
-        Like MDLM's code, it leaves out two slivers. The prior term at t = 1 is dropped. z_1
-        keeps each token with probability alpha_1 = EPS alpha_0. Take a prior that keeps each
-        position clean with that same probability alpha_1, and fills it with a uniformly random
-        token: against it, the term is alpha_1 log V nats per token (3.5e-4
-        at train.py's alpha_0 = 0.0625 with V = 256 bytes). Against the all-mask start of the
-        sampler it is, strictly, infinite, as it is in MDLM, whose schedule also keeps
-        alpha_1 = EPS. And t is drawn uniformly from [T_EPS, 1), not [0, 1): the estimate is the
-        integral over [T_EPS, 1], divided by 1 - T_EPS.
+        Like MDLM's code, it leaves out two slivers: the prior term at t = 1, and times below
+        T_EPS (section 7.2 says how small they are).
 
         The transformer reads z_t in decode order under a plain causal mask: the i-th mask sees
-        the clean tokens and the i - 1 masks before it. A sampler step that decodes several masks
-        feeds something like it: there a mask sees the masks of its own step before it, but not
-        the masks left to later steps. Does seeing earlier masks break the bound? No. The order
-        comes from random keys u, drawn apart from z_t: sigma = diffusion_order(masked, u). Fix
-        u. A mask carries no token, only its position, so the predictions at the masks are a
-        function of z_t (and of the fixed u): a denoiser f_u. MDLM's bound holds for any
-        denoiser. So for each u the NELBO with f_u (this term plus the sequential term) bounds
-        -log p_u(x), where p_u is the model whose diffusion phase is MDLM's reverse process run
-        with f_u. (The sequential rows draw keys of their own. The NELBO is a sum of the two
-        terms' expectations, so fixing both sets of keys gives the same argument.) By Jensen, the
-        mean of these bounds over u bounds -log of the mean of p_u(x).
-
-        That mixture over u is the model this term is about. It is close to the sampler's model,
-        not the same. Its denoiser lets a mask see the masks sorted before it, and it sorts the
-        clean tokens by u; the sampler sorts them by when they were decoded. EsoLM.likelihood
-        bounds the sampler's own model (one token per step), and its docstring compares the
-        two."""
+        the clean tokens and the i - 1 masks before it. Section 7.3 shows that the bound holds
+        all the same, and section 7.4 names the model it bounds: close to the sampler's, not the
+        same one."""
         B, L = x.shape
         z = torch.where(masked, self.mask_id, x)
         # (B, L) each, in decode order
@@ -791,7 +756,7 @@ class EsoLM(nn.Module):
         the prediction at l would then read the token it predicts. So the true tokens come from
         a second half. The z slot of l sees itself and the x slots before it: the clean tokens,
         and x at the masked positions left of l.
-        dense=True: the plain path; else section 7's fast one, the same numbers
+        dense=True: the plain path; else section 8's fast one, the same numbers
         (without dropout)."""
         B, L = x.shape
         logp = self.sequential_logprobs(x, masked, sigma, dense, n_skip)
@@ -801,7 +766,7 @@ class EsoLM(nn.Module):
         """log p(x at each slot) (B, L), in decode order, from one forward of both halves
         [z_0 ; x] through sequential_mask: the outputs of the z half predict.
 
-        dense=False takes section 7's fast path, fast_sequential_logprobs, which computes the
+        dense=False takes section 8's fast path, fast_sequential_logprobs, which computes the
         same numbers with less work (n_skip: what it may leave out)."""
         if not dense:
             return fast_sequential_logprobs(self, x, masked, sigma, n_skip)
@@ -1074,10 +1039,8 @@ class EsoLM(nn.Module):
         unmask_schedule's p_mdm, a hair below alpha_0; this bound uses alpha_0. A sampler that
         decodes several tokens a step draws from another law.)
 
-        The training NELBO is about a nearby but different model (see diffusion_nll). Its
-        diffusion term's denoiser lets a mask see the masks sorted before it, and sorts the clean
-        tokens by random keys, not by when they were decoded. So the two numbers bound -log p(x)
-        under two models that share the weights, and they need not agree.
+        The training NELBO bounds a nearby but different model that shares the weights, so the
+        two numbers need not agree (section 7.4).
 
         One order in one forward. Fix an order sigma. Then
         p(x | sigma) = prod_l p(x_sigma(l) | x_sigma(<l)), and one forward of both halves through
@@ -1112,7 +1075,61 @@ class EsoLM(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# 7. Making it fast. The fast path computes what the plain path above computes (the same
+# 7. Why it is right: the arguments behind sections 5 and 6
+#
+# The docstrings above say what each function computes. These four arguments say why that is
+# the paper's method. A first reading may skip them.
+#
+# 7.1 unmask_schedule draws the step sizes of Alg. 2.
+# Alg. 2 starts at time 1 with every position masked. It walks time down to 0 in T equal steps,
+# t_0 = 1 > t_1 > ... > t_T = 0. Its step k, from t_{k-1} to t_k, decodes each remaining mask
+# on its own with probability (alpha(t_k) - alpha(t_{k-1})) / (1 - alpha(t_{k-1})). The
+# schedule's alpha_1 = EPS alpha_0 is not quite 0, so the start is measured against
+# 1 - alpha_1, the share masked at time 1. Follow one mask:
+#   - it is still masked when step k begins with probability (1 - alpha(t_{k-1})) / (1 - alpha_1):
+#     the product of the earlier steps' survival factors (1 - alpha(t_j)) / (1 - alpha(t_{j-1})),
+#     in which each numerator cancels the next denominator;
+#   - so step k decodes it with probability (alpha(t_k) - alpha(t_{k-1})) / (1 - alpha_1);
+#   - alpha is linear in t, so this difference is the same at every step: each step gets
+#     p_mdm / T, and the T steps together get p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1).
+# So each mask, on its own, joins the diffusion phase with probability p_mdm and is decoded at a
+# step drawn uniformly from the T: what unmask_schedule draws. Its step j = 0..T-1 is Alg. 2's
+# step k = j + 1 (step 0 runs first, at time 1). The masks are exchangeable, so drawing the counts
+# there and the positions in sampling_order gives the chain's law.
+#
+# 7.2 What the NELBO leaves out, and how much.
+# The prior term at t = 1 is dropped. z_1 keeps each token with probability alpha_1 = EPS alpha_0.
+# Take a prior that keeps each position clean with that same probability alpha_1 and fills it
+# with a uniformly random token: against it, the term is alpha_1 log V nats per token (3.5e-4 at
+# train.py's alpha_0 = 0.0625 with V = 256 bytes). Against the sampler's all-mask start it is,
+# strictly, infinite, as it is in MDLM, whose schedule also keeps alpha_1 = EPS alpha_0. And t is
+# drawn uniformly from [T_EPS, 1), not [0, 1): the estimate is the integral over [T_EPS, 1],
+# divided by 1 - T_EPS.
+#
+# 7.3 The diffusion term is a bound, although its masks see masks.
+# In diffusion_nll the i-th mask in decode order sees the clean tokens and the i - 1 masks before
+# it. A sampler step that decodes several masks is like it, but there a mask sees only the masks
+# of its own step before it, not the masks left to later steps. Seeing the earlier masks does not
+# break the bound. The order comes from random keys u, drawn apart from z_t:
+# sigma = diffusion_order(masked, u). Fix u. A mask carries no token, only its position, so the
+# predictions at the masks are a function of z_t (given the fixed u): a denoiser f_u. MDLM's bound
+# holds for any denoiser. So for each u, the NELBO with f_u (the diffusion term plus the
+# sequential term) bounds -log p_u(x), where p_u is the model whose diffusion phase is MDLM's
+# reverse process run with f_u. The sequential rows draw keys of their own. The NELBO is a sum of
+# the two terms' expectations, so fixing both sets of keys gives the same argument. By Jensen,
+# the mean of these bounds over u bounds -log of the mean of p_u(x).
+#
+# 7.4 Which model each number is about.
+# The NELBO bounds that mixture over u. In its diffusion phase a mask sees the masks sorted before
+# it, and the clean tokens are sorted by u. EsoLM.likelihood bounds the sampler that decodes one
+# token per step. There each token sees the tokens decoded before it and its own [MASK], and no
+# other mask, and the clean tokens are sorted by when they were decoded. The two models share the
+# weights but not the law, so the two numbers need not agree. A sampler that decodes several
+# tokens a step draws from a third law.
+
+
+# -----------------------------------------------------------------------------
+# 8. Making it fast. The fast path computes what the plain path above computes (the same
 # numbers, without dropout, which the two paths draw differently), and a test binds them. (The
 # compiled sampler, compile machinery with process-wide state, is in compiled.py.)
 
@@ -1216,7 +1233,7 @@ def fast_sequential_logprobs(model, x, masked, sigma, n_skip=None):
 
 
 # -----------------------------------------------------------------------------
-# 8. `python eso.py`: the worked example of the docstring, from the functions above
+# 9. `python eso.py`: the worked example of the docstring, from the functions above
 
 LEGEND = """\
 How to read it: each grid is an attention mask in decode order, one row per query and one
@@ -1224,7 +1241,7 @@ column per key, both labelled token + position (M = [MASK]); '█' = the row may
 column, '·' = it may not. A sampler step "feeds" a chunk, "keeps" the clean tokens whose keys and
 values the cache holds from then on, and "decodes" new tokens (C3 = the token at position 3).
 In the sequential term's grids, the z rows of clean tokens (C3 A1 F6) are computed but never
-scored: only the masks' rows predict, and section 7's fast path leaves the clean rows out."""
+scored: only the masks' rows predict, and section 8's fast path leaves the clean rows out."""
 
 
 def print_grid(title, labels, mask):
