@@ -34,7 +34,8 @@ Words. Each is defined here and used in this one sense.
   slot          an index in decode order; "before" means at an earlier slot.
   T, NFE        T is the number of steps of the diffusion schedule; empty steps cost nothing.
                 NFE is the number of transformer forwards a sampler spends.
-  NELBO         negative evidence lower bound: an upper bound on -log p(x) (eq. 7). It is the
+  NELBO         negative evidence lower bound: an upper bound on -log p(x) (eq. 7), for a model
+                close to the sampler's (section 7.4). It is the
                 sum of two terms, described where they are computed (section 6). As computed
                 here and in MDLM's code it leaves out two slivers: times t below T_EPS, and the
                 prior term at t = 1 (section 7.2).
@@ -64,7 +65,8 @@ diffusion term).
   x, C A F B D E. The M at position 4 sees itself and the x slots before it, C A F B: the clean
   tokens and the true tokens to its left. It predicts D.
   The cached sampler along that order decodes 2, then 1 diffusion tokens, then 3 sequential
-  ones. Its KV cache records (letters name positions; the model draws its own tokens):
+  ones. Its KV cache records (letters name positions; the model draws its own tokens; "keeps"
+  lists the tokens that join the cache at that step, for good):
     step 1 feeds M3 M1       keeps -      decodes C3 A1 (diffusion)
     step 2 feeds C3 A1 M6    keeps C3 A1  decodes F6 (diffusion)
     step 3 feeds F6 M2       keeps F6     decodes B2 (sequential)
@@ -209,8 +211,9 @@ class KVCache:
     In each layer, update writes their keys and values there and hands back the keys and values
     of the first n_keys slots, which the attention reads. Slots [0, length) hold clean tokens for
     good; the others are provisional, and are overwritten when fed again. The buffers start at
-    zero, so that a slot the attention mask hides holds a finite number (a NaN would leak
-    through the softmax)."""
+    zero. The eager sampler reads only slots it has written, but the compiled one (compiled.py)
+    reads whole blocks of slots, some not written yet. The attention mask hides those, but a NaN
+    there would still leak through the softmax."""
 
     def __init__(self, n_layer, shape, dtype, device):  # shape: (B, nh, L, hd)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
@@ -477,7 +480,9 @@ def block_streams(diffusion, n_streams, generator=None):
     The diffusion positions, in ascending order, are dealt into S = n_streams streams (the
     number of non-empty diffusion steps): the r-th goes to stream r mod S. Each step decodes one
     stream, in random order, so no two tokens of a step are closer than S positions. The larger
-    streams go first; among streams of one size, each row draws which step decodes which.
+    streams go first; among streams of one size, each row draws which step decodes which. So
+    the block order keeps only the number of the schedule's steps, and gives them sizes as even
+    as they can be.
     For p0 < ... < p7 and S = 3 the streams are {p0, p3, p6}, {p1, p4, p7} and {p2, p5}: the
     first two are the big ones (8 mod 3 = 2 streams hold one position more), so the sizes are
     [3, 3, 2]. Each row decodes its two big streams first, in an order of its own, then
@@ -609,7 +614,8 @@ class EsoLM(nn.Module):
 
         attn_mask: None (without a cache) is causal over idx; a bool attention mask (True = may
         attend) broadcastable to (B, nh, n, keys); or a SequentialPattern. With a cache, the
-        tokens sit at its slots cache.slots (KVCache)."""
+        tokens sit at its slots cache.slots (KVCache), and the attention reads the first
+        attn_mask.size(-1) slots of the cache: the attention mask's columns are its keys."""
         cos = self.rope_cos[pos].unsqueeze(1)  # (B, 1, n, hd)
         sin = self.rope_sin[pos].unsqueeze(1)
         x = self.drop(self.wte(idx))
@@ -752,10 +758,12 @@ class EsoLM(nn.Module):
             E_{z_0} [ sum over masked l of  -log p(x_l | clean tokens of z_0, x at masked l' < l) ].
         Why two halves, [z_0 ; x] in decode order, and not a shift by one as in GPT? The sampler
         predicts the token at position l from a [MASK] token at position l, so training must do
-        the same. The later slots must read the true x_l, but the slot at l cannot hold it:
-        the prediction at l would then read the token it predicts. So the true tokens come from
-        a second half. The z slot of l sees itself and the x slots before it: the clean tokens,
-        and x at the masked positions left of l.
+        the same. (A shift by one would predict position l from the slot before it, whose token
+        sits at another position and does not say which position comes next; the [MASK] at l
+        carries l in its rotary embedding.) The later slots must read the true x_l, but the slot
+        at l cannot hold it: the prediction at l would then read the token it predicts. So the
+        true tokens come from a second half. The z slot of l sees itself and the x slots before
+        it: the clean tokens, and x at the masked positions left of l.
         dense=True: the plain path; else section 8's fast one, the same numbers
         (without dropout)."""
         B, L = x.shape
@@ -804,8 +812,9 @@ class EsoLM(nn.Module):
         forwards spent: plan, then decode.
 
         steps: T, the steps of the diffusion schedule. Each mask picks its step at random, so
-        some steps get several masks. Most steps hold one token once T is much larger than L,
-        and all of them once T is much larger than L^2 (the paper uses 1e6).
+        some steps get several masks. Once T is much larger than L, most diffusion tokens get a
+        step of their own; once it is much larger than L^2, almost surely every one does (the
+        paper uses T = 1e6).
         alpha_0: sampling-time alpha_0 (None = the model's). The model has no time input, so any
         runs, but it samples best near the alpha_0 it was trained at. A lower one leaves more to
         the sequential phase, which spends one NFE a token: so more NFE, unless T is already
@@ -1032,7 +1041,7 @@ class EsoLM(nn.Module):
         (Thm 3.1 and B.4).
 
         Which model it is about: the sampler that decodes one token per step (T much larger than
-        L). Its diffusion phase decodes a random subset of the positions, each position in it
+        L^2). Its diffusion phase decodes a random subset of the positions, each position in it
         with probability alpha_0, in random order. Its sequential phase decodes the rest, left to
         right. Each token is decoded alone: it sees the tokens decoded before it and its own
         [MASK], and no other mask. (The sampler puts a position in the subset with
@@ -1099,8 +1108,8 @@ class EsoLM(nn.Module):
 #
 # 7.2 What the NELBO leaves out, and how much.
 # The prior term at t = 1 is dropped. z_1 keeps each token with probability alpha_1 = EPS alpha_0.
-# Take a prior that keeps each position clean with that same probability alpha_1 and fills it
-# with a uniformly random token: against it, the term is alpha_1 log V nats per token (3.5e-4 at
+# Take a prior in which each position is, with that same probability alpha_1, a uniformly random
+# token, and otherwise a mask: against it, the term is alpha_1 log V nats per token (3.5e-4 at
 # train.py's alpha_0 = 0.0625 with V = 256 bytes). Against the sampler's all-mask start it is,
 # strictly, infinite, as it is in MDLM, whose schedule also keeps alpha_1 = EPS alpha_0. And t is
 # drawn uniformly from [T_EPS, 1), not [0, 1): the estimate is the integral over [T_EPS, 1],
@@ -1108,16 +1117,18 @@ class EsoLM(nn.Module):
 #
 # 7.3 The diffusion term is a bound, although its masks see masks.
 # In diffusion_nll the i-th mask in decode order sees the clean tokens and the i - 1 masks before
-# it. A sampler step that decodes several masks is like it, but there a mask sees only the masks
-# of its own step before it, not the masks left to later steps. Seeing the earlier masks does not
-# break the bound. The order comes from random keys u, drawn apart from z_t:
-# sigma = diffusion_order(masked, u). Fix u. A mask carries no token, only its position, so the
-# predictions at the masks are a function of z_t (given the fixed u): a denoiser f_u. MDLM's bound
-# holds for any denoiser. So for each u, the NELBO with f_u (the diffusion term plus the
-# sequential term) bounds -log p_u(x), where p_u is the model whose diffusion phase is MDLM's
-# reverse process run with f_u. The sequential rows draw keys of their own. The NELBO is a sum of
-# the two terms' expectations, so fixing both sets of keys gives the same argument. By Jensen,
-# the mean of these bounds over u bounds -log of the mean of p_u(x).
+# it. A sampler step that decodes several masks is like it, but not the same: there the masks a mask
+# sees are those of its own step. Here the masks sorted before it also include masks that a sampler
+# would decode at later steps. Seeing them does not break the bound. The order comes from random
+# keys u, drawn apart from z_t: sigma = diffusion_order(masked, u). Fix u. A mask carries no token,
+# only its position, so the predictions at the masks are a function of z_t (given the fixed u): a
+# denoiser f_u. MDLM's bound holds for any denoiser. So for each u, the NELBO with f_u (the
+# diffusion term plus the sequential term) bounds -log p_u(x), where p_u is the model whose
+# diffusion phase is MDLM's continuous-time reverse process run with f_u: it decodes one mask at a
+# time, from f_u's predictions on the z_t of that moment (a finite-T sampler is another model). The
+# sequential rows draw keys of their own. The NELBO is a sum of the two terms' expectations, so
+# fixing both sets of keys gives the same argument. By Jensen, the mean of these bounds over u
+# bounds -log of the mean of p_u(x).
 #
 # 7.4 Which model each number is about.
 # The NELBO bounds that mixture over u. In its diffusion phase a mask sees the masks sorted before
@@ -1125,7 +1136,9 @@ class EsoLM(nn.Module):
 # token per step. There each token sees the tokens decoded before it and its own [MASK], and no
 # other mask, and the clean tokens are sorted by when they were decoded. The two models share the
 # weights but not the law, so the two numbers need not agree. A sampler that decodes several
-# tokens a step draws from a third law.
+# tokens a step draws from a third law. And the NELBO's models start at time 1 from 7.2's prior,
+# which keeps a share alpha_1 of random tokens, not from all masks; what it computes is their bound
+# less the slivers of 7.2. The IW bound leaves out nothing: its model starts from all masks.
 
 
 # -----------------------------------------------------------------------------
@@ -1140,9 +1153,10 @@ class SequentialPattern:
 
     It feeds [x sorted ; the z slots from n_skip on], L + m tokens (m = L - n_skip), and computes
       x slot i -> x slots j <= i: SDPA's causal kernel (variant A: x_attn_mask, its prefix-LM);
-      z slot i -> x slots j < i, and itself: groups of GROUP z queries, each against the x slots
-                  before its last query and its own z keys (a size x size block of z-to-z
-                  scores, of which the attention mask keeps the diagonal).
+      z slot i -> x slots j < i, and itself: groups of GROUP z queries, each group against the
+                  x slots before its last z slot and its own z keys (a size x size block of
+                  z-to-z scores); the group's attention mask then cuts each query's x keys to
+                  those before it, and keeps the diagonal of the z-to-z block.
     The dense path lays out [z ; x]; this one puts x first, [x ; z], so that every group's x keys
     are a leading piece of the x half (x_sizes cuts it).
     Nothing attends to a z slot but itself, so leaving some out changes no other output: the z
