@@ -813,8 +813,8 @@ class EsoLM(nn.Module):
 
         steps: T, the steps of the diffusion schedule. Each mask picks its step at random, so
         some steps get several masks. Once T is much larger than L, most diffusion tokens get a
-        step of their own; once it is much larger than L^2, almost surely every one does (the
-        paper uses T = 1e6).
+        step of their own; once it is much larger than L^2, with probability close to 1 every one
+        does (the paper uses T = 1e6).
         alpha_0: sampling-time alpha_0 (None = the model's). The model has no time input, so any
         runs, but it samples best near the alpha_0 it was trained at. A lower one leaves more to
         the sequential phase, which spends one NFE a token: so more NFE, unless T is already
@@ -1111,19 +1111,19 @@ class EsoLM(nn.Module):
 # Take a prior in which each position is, with that same probability alpha_1, a uniformly random
 # token, and otherwise a mask: against it, the term is alpha_1 log V nats per token (3.5e-4 at
 # train.py's alpha_0 = 0.0625 with V = 256 bytes). Against the sampler's all-mask start it is,
-# strictly, infinite, as it is in MDLM, whose schedule also keeps alpha_1 = EPS alpha_0. And t is
-# drawn uniformly from [T_EPS, 1), not [0, 1): the estimate is the integral over [T_EPS, 1],
-# divided by 1 - T_EPS.
+# strictly, infinite, as it is in MDLM, whose schedule also keeps alpha_1 = EPS (its alpha_0 is 1).
+# And t is drawn uniformly from [T_EPS, 1), not [0, 1): the estimate is the integral over [T_EPS,
+# 1], divided by 1 - T_EPS.
 #
 # 7.3 The diffusion term is a bound, although its masks see masks.
 # In diffusion_nll the i-th mask in decode order sees the clean tokens and the i - 1 masks before
-# it. A sampler step that decodes several masks is like it, but not the same: there the masks a mask
-# sees are those of its own step. Here the masks sorted before it also include masks that a sampler
-# would decode at later steps. Seeing them does not break the bound. The order comes from random
-# keys u, drawn apart from z_t: sigma = diffusion_order(masked, u). Fix u. A mask carries no token,
-# only its position, so the predictions at the masks are a function of z_t (given the fixed u): a
-# denoiser f_u. MDLM's bound holds for any denoiser. So for each u, the NELBO with f_u (the
-# diffusion term plus the sequential term) bounds -log p_u(x), where p_u is the model whose
+# it. A sampler step that decodes several masks is like it, but not the same: there a mask sees only
+# the masks of its own step sorted before it. Here the masks sorted before it also include masks
+# that a sampler would decode at later steps. Seeing them does not break the bound. The order comes
+# from random keys u, drawn apart from z_t: sigma = diffusion_order(masked, u). Fix u. A mask
+# carries no token, only its position, so the predictions at the masks are a function of z_t (given
+# the fixed u): a denoiser f_u. MDLM's bound holds for any denoiser. So for each u, the NELBO with
+# f_u (the diffusion term plus the sequential term) bounds -log p_u(x), where p_u is the model whose
 # diffusion phase is MDLM's continuous-time reverse process run with f_u: it decodes one mask at a
 # time, from f_u's predictions on the z_t of that moment (a finite-T sampler is another model). The
 # sequential rows draw keys of their own. The NELBO is a sum of the two terms' expectations, so
@@ -1135,10 +1135,11 @@ class EsoLM(nn.Module):
 # it, and the clean tokens are sorted by u. EsoLM.likelihood bounds the sampler that decodes one
 # token per step. There each token sees the tokens decoded before it and its own [MASK], and no
 # other mask, and the clean tokens are sorted by when they were decoded. The two models share the
-# weights but not the law, so the two numbers need not agree. A sampler that decodes several
-# tokens a step draws from a third law. And the NELBO's models start at time 1 from 7.2's prior,
-# which keeps a share alpha_1 of random tokens, not from all masks; what it computes is their bound
-# less the slivers of 7.2. The IW bound leaves out nothing: its model starts from all masks.
+# weights but not the law, so the two numbers need not agree. A sampler that decodes several tokens
+# a step draws from a third law. And the NELBO's models start at time 1 from 7.2's prior, which
+# keeps a share alpha_1 of random tokens, not from all masks; what it computes is their bound
+# without the prior term, over t in [T_EPS, 1] and divided by 1 - T_EPS (7.2). The IW bound leaves
+# out nothing: its model starts from all masks.
 
 
 # -----------------------------------------------------------------------------
