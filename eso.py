@@ -35,8 +35,8 @@ Words. Each is defined here and used in this one sense.
   T, NFE        T is the number of steps of the diffusion schedule; empty steps cost nothing.
                 NFE is the number of transformer forwards a sampler spends.
   NELBO         negative evidence lower bound: an upper bound on -log p(x) (eq. 7), for a model
-                close to the sampler's (section 7.4). It is the
-                sum of two terms, described where they are computed (section 6). As computed
+                close to the sampler's (section 7.4). It is the sum of two terms, described
+                where they are computed (section 6). As computed
                 here and in MDLM's code it leaves out two slivers: times t below T_EPS, and the
                 prior term at t = 1 (section 7.2).
   kappa         the share of a batch's rows that estimate the diffusion term; the other rows
@@ -419,8 +419,8 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
 
     What it draws. Each of the n_masked masks joins the diffusion phase with probability p_mdm,
     about alpha_0 (see below). A mask that joins is decoded at one of the T steps, drawn uniformly
-    and independently of the other masks. The masks that do not join are left to
-    the sequential phase. The sizes count the masks of each step that has any, in step order.
+    and independently of the other masks. The masks that do not join are left to the sequential
+    phase. The sizes count the masks of each step that has any, in step order.
     sampling_order then picks which masks those are. The rows of a batch share the sizes.
 
     An example: n_masked = 4, steps T = 2, alpha_0 = 0.5. Each mask joins with probability about
@@ -723,7 +723,7 @@ class EsoLM(nn.Module):
         The term is MDLM's continuous-time bound on the diffusion phase (Sahoo et al. 2024):
             E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ].
         Like MDLM's code, it leaves out two slivers: the prior term at t = 1, and times below
-        T_EPS (section 7.2 says how small they are).
+        T_EPS (section 7.2).
 
         The transformer reads z_t in decode order under a plain causal mask: the i-th mask sees
         the clean tokens and the i - 1 masks before it. Section 7.3 shows that the bound holds
