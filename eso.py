@@ -36,9 +36,9 @@ Words. Each is defined here and used in this one sense.
                 NFE is the number of transformer forwards a sampler spends.
   NELBO         negative evidence lower bound: an upper bound on -log p(x) (eq. 7), for a model
                 close to the sampler's (section 7.4). It is the sum of two terms, described
-                where they are computed (section 6). As computed
-                here and in MDLM's code it leaves out two slivers: times t below T_EPS, and the
-                prior term at t = 1 (section 7.2).
+                where they are computed (section 6). As computed here and in MDLM's code, it
+                leaves out two slivers: times t below T_EPS, and the prior term at t = 1
+                (section 7.2).
   kappa         the share of a batch's rows that estimate the diffusion term; the other rows
                 estimate the sequential term.
   zero masking  the model never predicts [MASK]: its output layer has no [MASK] row.
@@ -1092,7 +1092,7 @@ class EsoLM(nn.Module):
 # 7.1 unmask_schedule draws the step sizes of Alg. 2.
 # Alg. 2 starts at time 1 with every position masked. It walks time down to 0 in T equal steps,
 # t_0 = 1 > t_1 > ... > t_T = 0. Its step k, from t_{k-1} to t_k, decodes each remaining mask
-# on its own with probability (alpha(t_k) - alpha(t_{k-1})) / (1 - alpha(t_{k-1})). The
+# independently with probability (alpha(t_k) - alpha(t_{k-1})) / (1 - alpha(t_{k-1})). The
 # schedule's alpha_1 = EPS alpha_0 is not quite 0, so the start is measured against
 # 1 - alpha_1, the share masked at time 1. Follow one mask:
 #   - it is still masked when step k begins with probability (1 - alpha(t_{k-1})) / (1 - alpha_1):
@@ -1101,7 +1101,7 @@ class EsoLM(nn.Module):
 #   - so step k decodes it with probability (alpha(t_k) - alpha(t_{k-1})) / (1 - alpha_1);
 #   - alpha is linear in t, so this difference is the same at every step: each step gets
 #     p_mdm / T, and the T steps together get p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1).
-# So each mask, on its own, joins the diffusion phase with probability p_mdm and is decoded at a
+# So each mask, independently, joins the diffusion phase with probability p_mdm and is decoded at a
 # step drawn uniformly from the T: what unmask_schedule draws. Its step j = 0..T-1 is Alg. 2's
 # step k = j + 1 (step 0 runs first, at time 1). The masks are exchangeable, so drawing the counts
 # there and the positions in sampling_order gives the chain's law.
@@ -1109,37 +1109,43 @@ class EsoLM(nn.Module):
 # 7.2 What the NELBO leaves out, and how much.
 # The prior term at t = 1 is dropped. z_1 keeps each token with probability alpha_1 = EPS alpha_0.
 # Take a prior in which each position is, with that same probability alpha_1, a uniformly random
-# token, and otherwise a mask: against it, the term is alpha_1 log V nats per token (3.5e-4 at
+# token, and otherwise a mask. Against it, the term is alpha_1 log V nats per token (3.5e-4 at
 # train.py's alpha_0 = 0.0625 with V = 256 bytes). Against the sampler's all-mask start it is,
-# strictly, infinite, as it is in MDLM, whose schedule also keeps alpha_1 = EPS (its alpha_0 is 1).
-# And t is drawn uniformly from [T_EPS, 1), not [0, 1): the estimate is the integral over [T_EPS,
-# 1], divided by 1 - T_EPS.
+# strictly, infinite. So it is in MDLM, whose schedule also keeps alpha_1 = EPS (its alpha_0 is 1).
+# And t is drawn uniformly from [T_EPS, 1), not [0, 1). So the estimate is the mean of the
+# diffusion term's integrand over [T_EPS, 1], where the NELBO wants its integral over [0, 1]. The
+# two differ by T_EPS times the gap between the integrand's mean below T_EPS and its mean above.
+# A mask is easier to predict the more clean tokens it sees, so the integrand is smallest near
+# t = 0, and the estimate errs upward, by at most a share T_EPS (0.1%) of the diffusion term.
 #
 # 7.3 The diffusion term is a bound, although its masks see masks.
 # In diffusion_nll the i-th mask in decode order sees the clean tokens and the i - 1 masks before
-# it. A sampler step that decodes several masks is like it, but not the same: there a mask sees only
-# the masks of its own step sorted before it. Here the masks sorted before it also include masks
-# that a sampler would decode at later steps. Seeing them does not break the bound. The order comes
-# from random keys u, drawn apart from z_t: sigma = diffusion_order(masked, u). Fix u. A mask
-# carries no token, only its position, so the predictions at the masks are a function of z_t (given
-# the fixed u): a denoiser f_u. MDLM's bound holds for any denoiser. So for each u, the NELBO with
-# f_u (the diffusion term plus the sequential term) bounds -log p_u(x), where p_u is the model whose
-# diffusion phase is MDLM's continuous-time reverse process run with f_u: it decodes one mask at a
-# time, from f_u's predictions on the z_t of that moment (a finite-T sampler is another model). The
-# sequential rows draw keys of their own. The NELBO is a sum of the two terms' expectations, so
-# fixing both sets of keys gives the same argument. By Jensen, the mean of these bounds over u
-# bounds -log of the mean of p_u(x).
+# it. A sampler would decode some of those masks at later steps: there a mask sees only the masks
+# of its own step that are sorted before it. Seeing more masks does not break the bound:
+#   - The order comes from random keys u, drawn apart from z_t: sigma = diffusion_order(masked, u).
+#   - Fix u. A mask carries no token, only its position. So the predictions at the masks are a
+#     function of z_t alone (given the fixed u): a denoiser f_u.
+#   - MDLM's bound holds for any denoiser. So for each u, the NELBO with f_u (the diffusion term
+#     plus the sequential term) bounds -log p_u(x).
+#   - p_u is the model whose diffusion phase is MDLM's continuous-time reverse process run with
+#     f_u. It decodes one mask at a time, from f_u's predictions on the z_t of that moment. (A
+#     sampler with finite T is another model.)
+#   - The sequential rows draw keys of their own. The NELBO is the sum of the two terms'
+#     expectations, so fixing both sets of keys gives the same argument.
+#   - By Jensen, the mean of these bounds over u bounds -log of the mean of p_u(x).
 #
 # 7.4 Which model each number is about.
-# The NELBO bounds that mixture over u. In its diffusion phase a mask sees the masks sorted before
-# it, and the clean tokens are sorted by u. EsoLM.likelihood bounds the sampler that decodes one
-# token per step. There each token sees the tokens decoded before it and its own [MASK], and no
-# other mask, and the clean tokens are sorted by when they were decoded. The two models share the
-# weights but not the law, so the two numbers need not agree. A sampler that decodes several tokens
-# a step draws from a third law. And the NELBO's models start at time 1 from 7.2's prior, which
-# keeps a share alpha_1 of random tokens, not from all masks; what it computes is their bound
-# without the prior term, over t in [T_EPS, 1] and divided by 1 - T_EPS (7.2). The IW bound leaves
-# out nothing: its model starts from all masks.
+#   - The NELBO bounds that mixture over u. In its diffusion phase a mask sees the masks sorted
+#     before it, and the clean tokens are sorted by u.
+#   - EsoLM.likelihood bounds the sampler that decodes one token per step. There each token sees
+#     the tokens decoded before it and its own [MASK], and no other mask. The clean tokens are
+#     sorted by when they were decoded.
+#   - The two models share the weights but not the law, so the two numbers need not agree. A
+#     sampler that decodes several tokens a step draws from a third law.
+#   - The NELBO's models start at time 1 from 7.2's prior, which keeps a share alpha_1 of random
+#     tokens, not from all masks. What the NELBO computes is their bound without the prior term,
+#     over t in [T_EPS, 1] and divided by 1 - T_EPS (7.2).
+#   - The IW bound leaves out nothing: its model starts from all masks.
 
 
 # -----------------------------------------------------------------------------
