@@ -37,8 +37,8 @@ Words. Each is defined here and used in this one sense.
   NELBO         negative evidence lower bound: an upper bound on -log p(x) (eq. 7), for a model
                 close to the sampler's (section 7.4). It is the sum of two terms, described
                 where they are computed (section 6). As computed here and in MDLM's code, it
-                leaves out two slivers: times t below T_EPS, and the prior term at t = 1
-                (section 7.2).
+                leaves out two slivers: it averages over t in [T_EPS, 1] where eq. 7 integrates
+                over [0, 1], and it drops the prior term at t = 1 (section 7.2).
   kappa         the share of a batch's rows that estimate the diffusion term; the other rows
                 estimate the sequential term.
   zero masking  the model never predicts [MASK]: its output layer has no [MASK] row.
@@ -64,9 +64,10 @@ diffusion term).
   The transformer reads two halves at the same positions: z_0 in decode order, C A F M M M, and
   x, C A F B D E. The M at position 4 sees itself and the x slots before it, C A F B: the clean
   tokens and the true tokens to its left. It predicts D.
-  The cached sampler along that order decodes 2, then 1 diffusion tokens, then 3 sequential
-  ones. Its KV cache records (letters name positions; the model draws its own tokens; "keeps"
-  lists the tokens that join the cache at that step, for good):
+  The cached sampler of variant B, along the sequential term's order (3, 1, 6, 2, 4, 5),
+  decodes 2, then 1 diffusion tokens, then 3 sequential ones. Its KV cache records (letters
+  name positions; the model draws its own tokens; "keeps" lists the tokens that join the cache
+  at that step, for good):
     step 1 feeds M3 M1       keeps -      decodes C3 A1 (diffusion)
     step 2 feeds C3 A1 M6    keeps C3 A1  decodes F6 (diffusion)
     step 3 feeds F6 M2       keeps F6     decodes B2 (sequential)
@@ -74,7 +75,8 @@ diffusion term).
     step 5 feeds D4 M5       keeps D4     decodes E5 (sequential)
   NFE = 5. Each chunk holds the tokens decoded at the step before, now clean, and the masks to
   decode now. The cache keeps a token's keys and values from the first chunk that feeds it clean:
-  "one step late". The last token decoded is never fed.
+  "one step late". The last token decoded is never fed. (Variant A caches less: section 6,
+  EsoLM.cached_step.)
 
 Read top to bottom: 1 config; 2 the transformer and its KV cache; 3 noise schedule and orders;
 4 attention patterns; 5 sampling pieces; 6 the model: loss, sampler, likelihood; 7 why it is
@@ -421,7 +423,8 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
     about alpha_0 (see below). A mask that joins is decoded at one of the T steps, drawn uniformly
     and independently of the other masks. The masks that do not join are left to the sequential
     phase. The sizes count the masks of each step that has any, in step order.
-    sampling_order then picks which masks those are. The rows of a batch share the sizes.
+    sampling_order then picks which masks those are. The rows of a batch share the sizes, so
+    they are not independent samples, though each row alone has Alg. 2's law.
 
     An example: n_masked = 4, steps T = 2, alpha_0 = 0.5. Each mask joins with probability about
     0.5. Say two masks join:
@@ -722,8 +725,8 @@ class EsoLM(nn.Module):
 
         The term is MDLM's continuous-time bound on the diffusion phase (Sahoo et al. 2024):
             E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ].
-        Like MDLM's code, it leaves out two slivers: the prior term at t = 1, and times below
-        T_EPS (section 7.2).
+        Like MDLM's code, it leaves out two slivers: it averages over t in [T_EPS, 1] where the
+        bound integrates over [0, 1], and it drops the prior term at t = 1 (section 7.2).
 
         The transformer reads z_t in decode order under a plain causal mask: the i-th mask sees
         the clean tokens and the i - 1 masks before it. Section 7.3 shows that the bound holds
@@ -1092,10 +1095,12 @@ class EsoLM(nn.Module):
 # 7.1 unmask_schedule draws the step sizes of Alg. 2.
 # Alg. 2 starts at time 1 with every position masked. It walks time down to 0 in T equal steps,
 # t_0 = 1 > t_1 > ... > t_T = 0. Its step k, from t_{k-1} to t_k, decodes each remaining mask
-# independently with probability (alpha(t_k) - alpha(t_{k-1})) / (1 - alpha(t_{k-1})). The
-# schedule's alpha_1 = EPS alpha_0 is not quite 0, so the start is measured against
-# 1 - alpha_1, the share masked at time 1. Follow one mask:
-#   - it is still masked when step k begins with probability (1 - alpha(t_{k-1})) / (1 - alpha_1):
+# independently with probability (alpha(t_k) - alpha(t_{k-1})) / (1 - alpha(t_{k-1})): the
+# chance, under the forward process, that a position masked at t_{k-1} is clean at t_k. The
+# schedule's alpha_1 = EPS alpha_0 is not quite 0, so at time 1 a position is masked with
+# probability 1 - alpha_1, not 1. The sampler's all-mask start conditions on it. Follow one mask:
+#   - given that it is masked at time 1, it is still masked when step k begins with probability
+#     (1 - alpha(t_{k-1})) / (1 - alpha_1):
 #     the product of the earlier steps' survival factors (1 - alpha(t_j)) / (1 - alpha(t_{j-1})),
 #     in which each numerator cancels the next denominator;
 #   - so step k decodes it with probability (alpha(t_k) - alpha(t_{k-1})) / (1 - alpha_1);
@@ -1115,8 +1120,12 @@ class EsoLM(nn.Module):
 # And t is drawn uniformly from [T_EPS, 1), not [0, 1). So the estimate is the mean of the
 # diffusion term's integrand over [T_EPS, 1], where the NELBO wants its integral over [0, 1]. The
 # two differ by T_EPS times the gap between the integrand's mean below T_EPS and its mean above.
-# A mask is easier to predict the more clean tokens it sees, so the integrand is smallest near
-# t = 0, and the estimate errs upward, by at most a share T_EPS (0.1%) of the diffusion term.
+# The integrand is the weight alpha_0 (1 - EPS) / (1 - alpha_t) times the loss summed over the
+# masks of z_t, of which there are L (1 - alpha_t) on average. So it is the constant
+# alpha_0 (1 - EPS) L times the mean loss at a mask. That loss falls as the mask sees more clean
+# tokens (for the true conditionals it must: conditioning lowers entropy on average; for a trained
+# model it is expected, not guaranteed). Then the integrand is smallest near t = 0, and the
+# estimate errs upward, by at most a share T_EPS (0.1%) of the diffusion term.
 #
 # 7.3 The diffusion term is a bound, although its masks see masks.
 # In diffusion_nll the i-th mask in decode order sees the clean tokens and the i - 1 masks before
@@ -1304,7 +1313,10 @@ def show_example():
             print_grid(
                 f"Eso-LM ({variant}), {term} sorted by sigma = {sigma_text}", labels, mask[0, 0]
             )
-    print("\nThe cached sampler along that order (2, then 1 diffusion, then 3 sequential tokens):")
+    print(
+        "\nThe cached sampler of variant B along the sequential term's order (2, then 1 diffusion,"
+        " then 3 sequential tokens):"
+    )
     show_sampler_steps(x, masked, u)
 
 
