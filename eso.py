@@ -725,6 +725,9 @@ class EsoLM(nn.Module):
 
         The term is MDLM's continuous-time bound on the diffusion phase (Sahoo et al. 2024):
             E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ].
+        Its scale: at every t the weight times the expected number of masks, L (1 - alpha_t), is
+        alpha_0 (1 - EPS) L. So the term weighs as about a share alpha_0 of the tokens, and the
+        sequential term (each token masked with probability 1 - alpha_0) as the rest.
         Like MDLM's code, it leaves out two slivers: it averages over t in [T_EPS, 1] where the
         bound integrates over [0, 1], and it drops the prior term at t = 1 (section 7.2).
 
@@ -817,7 +820,8 @@ class EsoLM(nn.Module):
         steps: T, the steps of the diffusion schedule. Each mask picks its step at random, so
         some steps get several masks. Once T is much larger than L, most diffusion tokens get a
         step of their own; once it is much larger than L^2, with probability close to 1 every one
-        does (the paper uses T = 1e6).
+        does (the birthday problem: n tokens on T steps all differ with probability about
+        exp(-n^2 / 2T)). The paper uses T = 1e6.
         alpha_0: sampling-time alpha_0 (None = the model's). The model has no time input, so any
         runs, but it samples best near the alpha_0 it was trained at. A lower one leaves more to
         the sequential phase, which spends one NFE a token: so more NFE, unless T is already
