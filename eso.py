@@ -25,9 +25,9 @@ Words. Each is defined here and used in this one sense.
                 alpha_t = alpha_0 (1 - (1 - EPS) t), with EPS = 1e-3. So z_0 keeps a share
                 alpha_0 of x, and z_1 keeps almost nothing. Training draws t uniformly from
                 [T_EPS, 1); sampling runs t from 1 down to 0.
-  alpha_0       in training, the share of clean tokens in z_0. In sampling, about the share of
-                the masked positions that the diffusion phase decodes; the sequential phase
-                decodes the rest.
+  alpha_0       in training, the expected share of clean tokens in z_0. In sampling, about the
+                share of the masked positions that the diffusion phase decodes; the sequential
+                phase decodes the rest.
   sigma         an order: sigma[b, i] is the position decoded i-th in row b of a batch.
   decode order  a sequence laid out by sigma, each token still at its original position (the
                 rotary embeddings carry it). The code calls it sorted.
@@ -947,8 +947,9 @@ class EsoLM(nn.Module):
         this step's k masks, causal in decode order. After it, the cache holds [0, done): the
         last step's tokens join it, their keys and values written by this forward, the first
         that feeds them clean. So a token's keys and values are kept one step late. This is
-        exact: a clean token's keys and values depend only on the tokens decoded before it,
-        which never change, and no later step reads a mask's.
+        exact: a clean token's keys and values depend only on the tokens at earlier slots (those
+        of earlier steps, and those of its own step sorted before it), which never change, and no
+        later step reads a mask's.
 
         Variant A differs by an attention mask: its clean block, the first min(done, n_clean0)
         slots, attends both ways. While it grows (the diffusion phase), its keys and values
@@ -1122,8 +1123,8 @@ class EsoLM(nn.Module):
 # train.py's alpha_0 = 0.0625 with V = 256 bytes). Against the sampler's all-mask start it is,
 # strictly, infinite. So it is in MDLM, whose schedule also keeps alpha_1 = EPS (its alpha_0 is 1).
 # And t is drawn uniformly from [T_EPS, 1), not [0, 1). So the estimate is the mean of the
-# diffusion term's integrand over [T_EPS, 1], where the NELBO wants its integral over [0, 1]. The
-# two differ by T_EPS times the gap between the integrand's mean below T_EPS and its mean above.
+# diffusion term's integrand over [T_EPS, 1], where the NELBO wants its integral over [0, 1]:
+#   estimate - integral = T_EPS (mean over [T_EPS, 1] - mean over [0, T_EPS]).
 # The integrand is the weight alpha_0 (1 - EPS) / (1 - alpha_t) times the loss summed over the
 # masks of z_t, of which there are L (1 - alpha_t) on average. So it is the constant
 # alpha_0 (1 - EPS) L times the mean loss at a mask. That loss falls as the mask sees more clean
@@ -1149,7 +1150,8 @@ class EsoLM(nn.Module):
 #
 # 7.4 Which model each number is about.
 #   - The NELBO bounds that mixture over u. In its diffusion phase a mask sees the masks sorted
-#     before it, and the clean tokens are sorted by u.
+#     before it, and the clean tokens are sorted by u. In its sequential phase the clean tokens
+#     of z_0 are sorted by the sequential rows' own keys.
 #   - EsoLM.likelihood bounds the sampler that decodes one token per step. There each token sees
 #     the tokens decoded before it and its own [MASK], and no other mask. The clean tokens are
 #     sorted by when they were decoded.
