@@ -215,7 +215,8 @@ class KVCache:
     good; the others are provisional, and are overwritten when fed again. The buffers start at
     zero. The eager sampler reads only slots it has written, but the compiled one (compiled.py)
     reads whole blocks of slots, some not written yet. The attention mask hides those, but a NaN
-    there would still leak through the softmax."""
+    there would still leak through: a hidden key's score, or a value times its zero weight, is
+    still NaN."""
 
     def __init__(self, n_layer, shape, dtype, device):  # shape: (B, nh, L, hd)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
@@ -363,9 +364,9 @@ def sequential_mask(x_attn_mask):
     the x half's own attention mask x_attn_mask (B or 1, 1, L, L), a prefix_lm_mask.
 
     The rules:
-      z slot i -> itself and x slots j < i (the clean tokens and the true tokens to its left,
-                  since sequential_order puts the clean tokens first, then the masks left to
-                  right);
+      z slot i -> itself and x slots j < i (for a mask: all the clean tokens and the true
+                  tokens to its left, since sequential_order puts the clean tokens first, then
+                  the masks left to right);
       x slot i -> as x_attn_mask (causal; variant A: plus its clean block);
       nothing attends to a z slot but itself.
     For variant B and L = 3 (1 = may attend; `python eso.py` prints the grids for L = 6):
@@ -455,10 +456,10 @@ def sampling_order(known, sizes, block_order=False, generator=None):
     and the diffusion step sizes (the schedule's, or with block_order the streams' of
     block_streams).
 
-    sigma lists three groups. First the known tokens, left to right: they are fed once, as the
-    first step's clean tokens. Then the diffusion positions: sum(sizes) of the masked positions,
-    a random subset of each row in random order, cut into steps by sizes. Then the sequential
-    positions, the other masked ones, left to right."""
+    sigma lists three groups. First the known tokens, left to right (variant B's cached sampler
+    feeds them once, as the first step's clean tokens). Then the diffusion positions: sum(sizes)
+    of the masked positions, a random subset of each row in random order, cut into steps by
+    sizes. Then the sequential positions, the other masked ones, left to right."""
     B, L = known.shape
     n_diffusion = sum(sizes)
     positions = torch.arange(L, device=known.device)
@@ -489,8 +490,8 @@ def block_streams(diffusion, n_streams, generator=None):
     For p0 < ... < p7 and S = 3 the streams are {p0, p3, p6}, {p1, p4, p7} and {p2, p5}: the
     first two are the big ones (8 mod 3 = 2 streams hold one position more), so the sizes are
     [3, 3, 2]. Each row decodes its two big streams first, in an order of its own, then
-    {p2, p5}. At alpha_0 = 1 with S dividing L, the steps decode the streams {r, r + S, ...},
-    r < S, as the authors' code does, each row in an order of its own."""
+    {p2, p5}. At alpha_0 = 1 the steps decode the streams {r, r + S, ...}, r < S, each row in an
+    order of its own; when S divides L, these are the authors' blocks."""
     B, n = diffusion.shape
     S = n_streams
     big = n % S  # streams 0..big-1 hold one position more than the others
@@ -765,8 +766,9 @@ class EsoLM(nn.Module):
         Why two halves, [z_0 ; x] in decode order, and not a shift by one as in GPT? The sampler
         predicts the token at position l from a [MASK] token at position l, so training must do
         the same. (A shift by one would predict position l from the slot before it, whose token
-        sits at another position and does not say which position comes next; the [MASK] at l
-        carries l in its rotary embedding.) The later slots must read the true x_l, but the slot
+        sits at another position. Which position comes next would then be left for the model to
+        infer, and in the diffusion and likelihood orders it is random. The [MASK] at l carries l
+        in its rotary embedding.) The later slots must read the true x_l, but the slot
         at l cannot hold it: the prediction at l would then read the token it predicts. So the
         true tokens come from a second half. The z slot of l sees itself and the x slots before
         it: the clean tokens, and x at the masked positions left of l.
@@ -882,8 +884,8 @@ class EsoLM(nn.Module):
         callback=None,
     ):
         """Decode the masks of canvas (B, L) in the order sigma (B, L) (Alg. 3): the known tokens
-        come first (fed as the first step's clean tokens), then diffusion steps of sizes[i]
-        tokens, then one token per step. Returns (tokens, nfe).
+        come first (in variant B, fed as the first step's clean tokens), then diffusion steps of
+        sizes[i] tokens, then one token per step. Returns (tokens, nfe).
 
         kv_cache=False is the uncached path, all L slots through the transformer at every step,
         clean then masked in decode order: the same tokens. callback(tokens, nfe): after every
@@ -1134,13 +1136,16 @@ class EsoLM(nn.Module):
 #
 # 7.3 The diffusion term is a bound, although its masks see masks.
 # In diffusion_nll the i-th mask in decode order sees the clean tokens and the i - 1 masks before
-# it. A sampler would decode some of those masks at later steps: there a mask sees only the masks
-# of its own step that are sorted before it. Seeing more masks does not break the bound:
+# it. A sampler along the same order differs: by the step that decodes the i-th mask, it has
+# decoded the masks sorted before it, so it sees them clean, all but those of its own step. Here
+# they are all still masks. Seeing masks where a sampler sees tokens does not break the bound:
 #   - The order comes from random keys u, drawn apart from z_t: sigma = diffusion_order(masked, u).
 #   - Fix u. A mask carries no token, only its position. So the predictions at the masks are a
 #     function of z_t alone (given the fixed u): a denoiser f_u.
-#   - MDLM's bound holds for any denoiser. So for each u, the NELBO with f_u (the diffusion term
-#     plus the sequential term) bounds -log p_u(x).
+#   - MDLM's bound holds for any denoiser: any map from z_t to distributions over the
+#     vocabulary at its masks, with no mass on [MASK] (zero masking); clean tokens are carried
+#     over as they are. So for each u, the NELBO with f_u (the diffusion term plus the
+#     sequential term) bounds -log p_u(x).
 #   - p_u is the model whose diffusion phase is MDLM's continuous-time reverse process run with
 #     f_u. It decodes one mask at a time, from f_u's predictions on the z_t of that moment. (A
 #     sampler with finite T is another model.)
