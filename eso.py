@@ -427,8 +427,8 @@ def unmask_schedule(n_masked, steps, alpha_0, generator, device):
     sampling_order then picks which masks those are. The rows of a batch share the sizes, so
     they are not independent samples, though each row alone has Alg. 2's law.
 
-    An example: n_masked = 4, steps T = 2, alpha_0 = 0.5. Each mask joins with probability about
-    0.5. Say two masks join:
+    An example: n_masked = 4, steps T = 2 (numbered 0 and 1; step 0 runs first), alpha_0 = 0.5.
+    Each mask joins with probability about 0.5. Say two masks join:
       both draw step 1          sizes [2]      one diffusion step of 2 tokens, then 2 sequential
       they draw steps 0 and 1   sizes [1, 1]   two diffusion steps of 1, then 2 sequential
     and if no mask joins, sizes is [] and the sequential phase decodes all 4.
@@ -491,7 +491,8 @@ def block_streams(diffusion, n_streams, generator=None):
     first two are the big ones (8 mod 3 = 2 streams hold one position more), so the sizes are
     [3, 3, 2]. Each row decodes its two big streams first, in an order of its own, then
     {p2, p5}. At alpha_0 = 1 the steps decode the streams {r, r + S, ...}, r < S, each row in an
-    order of its own; when S divides L, these are the authors' blocks."""
+    order of its own. These interleaved streams are what the authors call blocks (when S divides
+    L, their sets exactly)."""
     B, n = diffusion.shape
     S = n_streams
     big = n % S  # streams 0..big-1 hold one position more than the others
@@ -766,11 +767,12 @@ class EsoLM(nn.Module):
         Why two halves, [z_0 ; x] in decode order, and not a shift by one as in GPT? The sampler
         predicts the token at position l from a [MASK] token at position l, so training must do
         the same. (A shift by one would predict position l from the slot before it, whose token
-        sits at another position. Which position comes next would then be left for the model to
-        infer, and in the diffusion and likelihood orders it is random. The [MASK] at l carries l
-        in its rotary embedding.) The later slots must read the true x_l, but the slot
-        at l cannot hold it: the prediction at l would then read the token it predicts. So the
-        true tokens come from a second half. The z slot of l sees itself and the x slots before
+        sits at another position: the model would have to be told which position comes next.
+        One network serves every order, the random diffusion and likelihood orders too, so each
+        query must carry its own target position: the [MASK] at l carries l in its rotary
+        embedding.) The later slots must read the true x_l, but the slot at l cannot hold it:
+        the prediction at l would then read the token it predicts. So the true tokens come from
+        a second half. The z slot of l sees itself and the x slots before
         it: the clean tokens, and x at the masked positions left of l.
         dense=True: the plain path; else section 8's fast one, the same numbers
         (without dropout)."""
@@ -828,7 +830,8 @@ class EsoLM(nn.Module):
         runs, but it samples best near the alpha_0 it was trained at. A lower one leaves more to
         the sequential phase, which spends one NFE a token: so more NFE, unless T is already
         much larger than L.
-        temperature, top_p: at 1 and 1 the samples follow the model's own distribution.
+        temperature, top_p: at 1 and 1 the samples follow the sampler's own law at this T
+        (section 7.4).
         canvas: (num_samples or 1, L), known tokens kept exactly and the mask id elsewhere (a
         prompt, an infilling template), as many masks in every row.
         block_order: see block_streams. The rest: see decode.
@@ -949,9 +952,9 @@ class EsoLM(nn.Module):
         this step's k masks, causal in decode order. After it, the cache holds [0, done): the
         last step's tokens join it, their keys and values written by this forward, the first
         that feeds them clean. So a token's keys and values are kept one step late. This is
-        exact: a clean token's keys and values depend only on the tokens at earlier slots (those
-        of earlier steps, and those of its own step sorted before it), which never change, and no
-        later step reads a mask's.
+        exact: a clean token's keys and values depend only on itself and the tokens at earlier
+        slots (those of earlier steps, and those of its own step sorted before it), which never
+        change, and no later step reads a mask's.
 
         Variant A differs by an attention mask: its clean block, the first min(done, n_clean0)
         slots, attends both ways. While it grows (the diffusion phase), its keys and values
@@ -1133,6 +1136,9 @@ class EsoLM(nn.Module):
 # tokens (for the true conditionals it must: conditioning lowers entropy on average; for a trained
 # model it is expected, not guaranteed). Then the integrand is smallest near t = 0, and the
 # estimate errs upward, by at most a share T_EPS (0.1%) of the diffusion term.
+# The two slivers pull opposite ways. Dropping the prior term lowers the number by alpha_1 log V;
+# the time sliver raises it. So the computed NELBO is an upper bound up to alpha_1 log V nats per
+# token (3.5e-4 for train.py's default model, whose NELBO is about 1.45).
 #
 # 7.3 The diffusion term is a bound, although its masks see masks.
 # In diffusion_nll the i-th mask in decode order sees the clean tokens and the i - 1 masks before
