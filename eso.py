@@ -68,15 +68,15 @@ diffusion term).
   decodes 2, then 1 diffusion tokens, then 3 sequential ones. Its KV cache records (letters
   name positions; the model draws its own tokens; "keeps" lists the tokens that join the cache
   at that step, for good):
-    step 1 feeds M3 M1       keeps -      decodes C3 A1 (diffusion)
-    step 2 feeds C3 A1 M6    keeps C3 A1  decodes F6 (diffusion)
-    step 3 feeds F6 M2       keeps F6     decodes B2 (sequential)
-    step 4 feeds B2 M4       keeps B2     decodes D4 (sequential)
-    step 5 feeds D4 M5       keeps D4     decodes E5 (sequential)
+    step 1 feeds M3 M1        keeps -         decodes C3 A1 (diffusion)
+    step 2 feeds C3 A1 M6     keeps C3 A1     decodes F6 (diffusion)
+    step 3 feeds F6 M2        keeps F6        decodes B2 (sequential)
+    step 4 feeds B2 M4        keeps B2        decodes D4 (sequential)
+    step 5 feeds D4 M5        keeps D4        decodes E5 (sequential)
   NFE = 5. Each chunk holds the tokens decoded at the step before, now clean, and the masks to
   decode now. The cache keeps a token's keys and values from the first chunk that feeds it clean:
-  "one step late". The last token decoded is never fed. (Variant A caches less: section 6,
-  EsoLM.cached_step.)
+  "one step late". The last token decoded is never fed. (Variant A keeps nothing until its clean
+  block is whole: EsoLM.cached_step has its table.)
 
 Read top to bottom: 1 config; 2 the transformer and its KV cache; 3 noise schedule and orders;
 4 attention patterns; 5 sampling pieces; 6 the model: loss, sampler, likelihood; 7 why it is
@@ -970,9 +970,15 @@ class EsoLM(nn.Module):
         A's first sequential step is B's rule applied to an empty cache: cache.length = 0, so it
         feeds every slot, and keeps the clean block and all tokens decoded so far.
 
-        Variant A on the worked example (n_clean0 = 3): step 1 feeds slots [0, 2) and step 2
-        feeds [0, 3), keeping nothing; step 3, the first sequential one, feeds [0, 4) and keeps
-        [0, 3); step 4 feeds [3, 5), as B does.
+        Variant A on the worked example (n_clean0 = 3), as `python eso.py` prints it (B's table
+        is in the top docstring). Steps 1 and 2 feed the growing block and keep nothing; step 3,
+        the first sequential one, feeds every slot and keeps the whole block; from step 4 on, A
+        decodes as B:
+            step 1 feeds M3 M1        keeps -         decodes C3 A1 (diffusion)
+            step 2 feeds C3 A1 M6     keeps -         decodes F6 (diffusion)
+            step 3 feeds C3 A1 F6 M2  keeps C3 A1 F6  decodes B2 (sequential)
+            step 4 feeds B2 M4        keeps B2        decodes D4 (sequential)
+            step 5 feeds D4 M5        keeps D4        decodes E5 (sequential)
 
         The names below, on the worked example's step 3 (B): the cache holds slots 0, 1 (C3 A1),
         so start = cache.length = 2; done = 3 and k = 1. The step feeds slots [2, 4), F6 M2, sets
@@ -1301,7 +1307,7 @@ def print_grid(title, labels, mask):
 
 def show_example():
     """The docstring's worked example: the attention masks of variants A and B for x = ABCDEF,
-    z_0 = A_C__F, then the cached sampler's steps along that order."""
+    z_0 = A_C__F, then the cached sampler's steps along the sequential term's order, in B and A."""
     x = list("ABCDEF")
     masked = torch.tensor([[0, 1, 0, 1, 1, 0]], dtype=torch.bool)
     u = torch.tensor([[0.2, 0.9, 0.1, 0.3, 0.5, 0.4]])  # random keys giving the paper's orders
@@ -1334,14 +1340,21 @@ def show_example():
         "\nThe cached sampler of variant B along the sequential term's order (2, then 1 diffusion,"
         " then 3 sequential tokens):"
     )
-    show_sampler_steps(x, masked, u)
+    show_sampler_steps(x, masked, u, "B")
+    print(
+        "\nThe cached sampler of variant A along the same order (it keeps nothing until its clean"
+        " block is whole):"
+    )
+    show_sampler_steps(x, masked, u, "A")
 
 
-def show_sampler_steps(x, masked, u):
-    """Decode along the example's sequential order with a tiny random model, printing what each
-    step fed, what the cache keeps from then on, and what it decoded (the docstring's table)."""
+def show_sampler_steps(x, masked, u, variant):
+    """Decode along the example's sequential order with a tiny random model of `variant`,
+    printing what each step fed, what the cache keeps from then on, and what it decoded (the
+    tables of the docstring, for B, and of EsoLM.cached_step, for A)."""
     torch.manual_seed(0)
-    model = EsoLM(EsoConfig(block_size=6, vocab_size=6, n_layer=1, n_head=2, n_embd=16))
+    config = EsoConfig(block_size=6, vocab_size=6, n_layer=1, n_head=2, n_embd=16, variant=variant)
+    model = EsoLM(config)
     sizes = [2, 1]  # the diffusion steps; then one token per step
     order = sequential_order(masked, u)[0].tolist()
     cache = model.kv_cache(1)
@@ -1364,7 +1377,7 @@ def show_sampler_steps(x, masked, u):
         keeps = " ".join(tag(s, done) for s in range(kept_before, kept)) or "-"
         new = " ".join(x[order[s]] + str(order[s] + 1) for s in fed if s >= done)
         phase = "diffusion" if i < len(sizes) else "sequential"
-        print(f"    step {i + 1} feeds {feeds:<11} keeps {keeps:<6} decodes {new} ({phase})")
+        print(f"    step {i + 1} feeds {feeds:<11}  keeps {keeps:<8}  decodes {new} ({phase})")
         done = fed[-1] + 1
         kept_before = kept
     print(f"  NFE = {len(steps)}.")
