@@ -728,8 +728,9 @@ class EsoLM(nn.Module):
         The term is MDLM's continuous-time bound on the diffusion phase (Sahoo et al. 2024):
             E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ].
         Its scale: at every t the weight times the expected number of masks, L (1 - alpha_t), is
-        alpha_0 (1 - EPS) L. So the term weighs as about a share alpha_0 of the tokens, and the
-        sequential term (each token masked with probability 1 - alpha_0) as the rest.
+        alpha_0 (1 - EPS) L. So the term counts like alpha_0 L token losses, each the mean loss
+        at a mask; the sequential term, which masks each token with probability 1 - alpha_0,
+        counts the other (1 - alpha_0) L.
         Like MDLM's code, it leaves out two slivers: it averages over t in [T_EPS, 1] where the
         bound integrates over [0, 1], and it drops the prior term at t = 1 (section 7.2).
 
@@ -946,15 +947,16 @@ class EsoLM(nn.Module):
         decodes the slots [done, done + k), and decode adds k to done after it.
 
         Variant B decodes as an AR model with a cache does. cache.length counts the slots the
-        cache holds; each step sets it after its forward. Before the step, the cache holds
-        slots [0, cache.length): every token decoded before the last step. The step feeds the
-        slots from cache.length to done + k: the tokens the last step decoded, clean now, then
-        this step's k masks, causal in decode order. After it, the cache holds [0, done): the
-        last step's tokens join it, their keys and values written by this forward, the first
-        that feeds them clean. So a token's keys and values are kept one step late. This is
-        exact: a clean token's keys and values depend only on itself and the tokens at earlier
-        slots (those of earlier steps, and those of its own step sorted before it), which never
-        change, and no later step reads a mask's.
+        cache holds; each step sets it after its forward. Before the step, the cache holds slots
+        [0, cache.length): every token decoded before the last step (a prompt counts as decoded
+        at a step 0, so the first step feeds it). The step feeds the slots from cache.length to
+        done + k: the tokens the last step decoded, clean now, then this step's k masks, causal
+        in decode order. After it, the cache holds [0, done): the last step's tokens join it,
+        their keys and values written by this forward, the first that feeds them clean. So a
+        token's keys and values are kept one step late. This is exact: a clean token's keys and
+        values depend only on itself and the tokens at earlier slots (those of earlier steps,
+        and those of its own step sorted before it), which never change, and no later step reads
+        a mask's.
 
         Variant A differs by an attention mask: its clean block, the first min(done, n_clean0)
         slots, attends both ways. While it grows (the diffusion phase), its keys and values
@@ -1143,8 +1145,9 @@ class EsoLM(nn.Module):
 # model it is expected, not guaranteed). Then the integrand is smallest near t = 0, and the
 # estimate errs upward, by at most a share T_EPS (0.1%) of the diffusion term.
 # The two slivers pull opposite ways. Dropping the prior term lowers the number by alpha_1 log V;
-# the time sliver raises it. So the computed NELBO is an upper bound up to alpha_1 log V nats per
-# token (3.5e-4 for train.py's default model, whose NELBO is about 1.45).
+# the time sliver raises it (when that loss falls with more clean tokens, as above). So the
+# computed NELBO is then an upper bound up to alpha_1 log V nats per token (3.5e-4 for train.py's
+# default model, whose NELBO is about 1.45).
 #
 # 7.3 The diffusion term is a bound, although its masks see masks.
 # In diffusion_nll the i-th mask in decode order sees the clean tokens and the i - 1 masks before
@@ -1163,7 +1166,8 @@ class EsoLM(nn.Module):
 #     sampler with finite T is another model.)
 #   - The sequential rows draw keys of their own. The NELBO is the sum of the two terms'
 #     expectations, so fixing both sets of keys gives the same argument.
-#   - By Jensen, the mean of these bounds over u bounds -log of the mean of p_u(x).
+#   - By Jensen, the mean of these bounds over u bounds -log of the mean of p_u(x): the model
+#     bounded is that mixture over u, which 7.4 describes.
 #
 # 7.4 Which model each number is about.
 #   - The NELBO bounds that mixture over u. In its diffusion phase a mask sees the masks sorted
