@@ -1215,12 +1215,15 @@ class SequentialPattern:
         group_starts = range(0, L - n_skip, self.GROUP)
         self.z_sizes = [min(self.GROUP, L - n_skip - a) for a in group_starts]  # z slots per group
         # Slots are decode-order slots 0..L-1 (z slot s is token L + s - n_skip of the fed
-        # tensor). Each group c has a last z slot, and its queries see the x slots before it:
+        # tensor). An example: L = 6, n_skip = 2, GROUP = 2. The z slots 2..5 form two groups,
+        # (2, 3) and (4, 5). Group (2, 3) reads the x slots [0, 3) and its own z keys 2 and 3;
+        # group (4, 5) reads the x slots [0, 5) and its z keys 4 and 5. A group's attention mask
+        # then cuts each query's x keys to the strictly earlier ones: z slot 4 sees x [0, 4).
+        # Each group's last z slot (3 and 5 in the example); a group reads the x slots before it:
         last_slots = [n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)]
-        # the x slots, in pieces [0, last[0]), [last[0], last[1]), ..., [last[-1], L)
+        # The x half cut at the last slots, so that group c reads pieces 0..c: [0, 3), [3, 5)
+        # and [5, 6) in the example (the last piece is fed, but no group reads it).
         self.x_sizes = [e - s for s, e in zip([0] + last_slots, last_slots + [L])]
-        # e.g. L = 6, n_skip = 2, GROUP = 2: z groups (2, 3), (4, 5); last slots 3, 5;
-        # x pieces [0, 3), [3, 5), [5, 6); the last piece is fed but no group reads it
         # group c: its z queries against [x slots < last[c] ; its own z keys]
         self.group_attn_masks = []
         for size, last in zip(self.z_sizes, last_slots):
