@@ -970,7 +970,7 @@ class EsoLM(nn.Module):
           A, its first sequential step            slots [0, done + 1)              [0, done)
           A, from then on                         as B
         A's first sequential step is B's rule applied to an empty cache: cache.length = 0, so it
-        feeds every slot, and keeps the clean block and all tokens decoded so far.
+        feeds every slot, and keeps the clean block, which is every token decoded so far.
 
         Variant A on the worked example (n_clean0 = 3), as `python eso.py` prints it (B's table
         is in the top docstring). Steps 1 and 2 feed the growing block and keep nothing; step 3,
@@ -1122,8 +1122,9 @@ class EsoLM(nn.Module):
 #     the product of the earlier steps' survival factors (1 - alpha(t_j)) / (1 - alpha(t_{j-1})),
 #     in which each numerator cancels the next denominator;
 #   - so step k decodes it with probability (alpha(t_k) - alpha(t_{k-1})) / (1 - alpha_1);
-#   - alpha is linear in t, so this difference is the same at every step: each step gets
-#     p_mdm / T, and the T steps together get p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1).
+#   - alpha is linear in t and the steps are equal, so this difference is the same at every
+#     step: each step gets p_mdm / T, and the T steps together get
+#     p_mdm = (alpha_0 - alpha_1) / (1 - alpha_1).
 # So each mask, independently, joins the diffusion phase with probability p_mdm and is decoded at a
 # step drawn uniformly from the T: what unmask_schedule draws. Its step j = 0..T-1 is Alg. 2's
 # step k = j + 1 (step 0 runs first, at time 1). The masks are exchangeable, so drawing the counts
