@@ -75,8 +75,8 @@ diffusion term).
     step 5 feeds D4 M5        keeps D4        decodes E5 (sequential)
   NFE = 5. Each chunk holds the tokens decoded at the step before, now clean, and the masks to
   decode now. The cache keeps a token's keys and values from the first chunk that feeds it clean:
-  "one step late". The last token decoded is never fed. (Variant A keeps nothing until its clean
-  block is whole: EsoLM.cached_step has its table.)
+  "one step late". The last token decoded is never fed clean. (Variant A keeps nothing until its
+  clean block is whole: EsoLM.cached_step has its table.)
 
 Read top to bottom: 1 config; 2 the transformer and its KV cache; 3 noise schedule and orders;
 4 attention patterns; 5 sampling pieces; 6 the model: loss, sampler, likelihood; 7 why it is
@@ -378,7 +378,8 @@ def sequential_mask(x_attn_mask):
         x1    .  .  .   1  1  .
         x2    .  .  .   1  1  1
     The outputs of the z half at its masks are the predictions. Its clean slots only keep the
-    two halves the same length (section 8 drops them)."""
+    two halves the same length (section 8 skips those clean in every row, in whole groups of
+    128; the loss zeroes the others)."""
     L = x_attn_mask.size(-1)
     i = torch.arange(L, device=x_attn_mask.device)
     z_to_z = i[:, None] == i[None, :]  # (L, L): the diagonal
@@ -830,7 +831,7 @@ class EsoLM(nn.Module):
         alpha_0: sampling-time alpha_0 (None = the model's). The model has no time input, so any
         runs, but it samples best near the alpha_0 it was trained at. A lower one leaves more to
         the sequential phase, which spends one NFE a token: so more NFE, unless T is already
-        much larger than L.
+        so large that most diffusion tokens have a step of their own.
         temperature, top_p: at 1 and 1 the samples follow the sampler's own law at this T
         (section 7.4).
         canvas: (num_samples or 1, L), known tokens kept exactly and the mask id elsewhere (a
@@ -1302,7 +1303,8 @@ column per key, both labelled token + position (M = [MASK]); '█' = the row may
 column, '·' = it may not. A sampler step "feeds" a chunk, "keeps" the clean tokens whose keys and
 values the cache holds from then on, and "decodes" new tokens (C3 = the token at position 3).
 In the sequential term's grids, the z rows of clean tokens (C3 A1 F6) are computed but never
-scored: only the masks' rows predict, and section 8's fast path leaves the clean rows out."""
+scored: only the masks' rows predict. (Section 8's fast path skips the leading ones that are
+clean in every row of a batch, in whole groups of 128.)"""
 
 
 def print_grid(title, labels, mask):
