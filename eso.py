@@ -491,9 +491,9 @@ def block_streams(diffusion, n_streams, generator=None):
     For p0 < ... < p7 and S = 3 the streams are {p0, p3, p6}, {p1, p4, p7} and {p2, p5}: the
     first two are the big ones (8 mod 3 = 2 streams hold one position more), so the sizes are
     [3, 3, 2]. Each row decodes its two big streams first, in an order of its own, then
-    {p2, p5}. At alpha_0 = 1 the steps decode the streams {r, r + S, ...}, r < S, each row in an
-    order of its own. These interleaved streams are what the authors call blocks (when S divides
-    L, their sets exactly)."""
+    {p2, p5}. At alpha_0 = 1 with no prompt, the steps decode the streams {r, r + S, ...}, r < S,
+    each row in an order of its own. These interleaved streams are what the authors call blocks
+    (when S divides L, their sets exactly)."""
     B, n = diffusion.shape
     S = n_streams
     big = n % S  # streams 0..big-1 hold one position more than the others
@@ -730,7 +730,7 @@ class EsoLM(nn.Module):
             E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ].
         Its scale: at every t the weight times the expected number of masks, L (1 - alpha_t), is
         alpha_0 (1 - EPS) L. So the term counts like alpha_0 L token losses, each the mean loss
-        at a mask; the sequential term, which masks each token with probability 1 - alpha_0,
+        at a mask. The sequential term masks each token with probability 1 - alpha_0, so it
         counts the other (1 - alpha_0) L.
         Like MDLM's code, it leaves out two slivers: it averages over t in [T_EPS, 1] where the
         bound integrates over [0, 1], and it drops the prior term at t = 1 (section 7.2).
@@ -768,14 +768,14 @@ class EsoLM(nn.Module):
             E_{z_0} [ sum over masked l of  -log p(x_l | clean tokens of z_0, x at masked l' < l) ].
         Why two halves, [z_0 ; x] in decode order, and not a shift by one as in GPT? The sampler
         predicts the token at position l from a [MASK] token at position l, so training must do
-        the same. (A shift by one would predict position l from the slot before it, whose token
-        sits at another position: the model would have to be told which position comes next.
-        One network serves every order, the random diffusion and likelihood orders too, so each
+        the same. A shift by one would predict position l from the slot before it, whose token
+        sits at another position, so the model would have to be told which position comes next.
+        One network serves every order, the random diffusion and likelihood orders too. So each
         query must carry its own target position: the [MASK] at l carries l in its rotary
-        embedding.) The later slots must read the true x_l, but the slot at l cannot hold it:
-        the prediction at l would then read the token it predicts. So the true tokens come from
-        a second half. The z slot of l sees itself and the x slots before
-        it: the clean tokens, and x at the masked positions left of l.
+        embedding. The later slots must read the true x_l, but the slot at l cannot hold it: the
+        prediction at l would then read the token it predicts. So the true tokens come from a
+        second half. The z slot of l sees itself and the x slots before it: the clean tokens,
+        and x at the masked positions left of l.
         dense=True: the plain path; else section 8's fast one, the same numbers
         (without dropout)."""
         B, L = x.shape
@@ -974,9 +974,9 @@ class EsoLM(nn.Module):
         feeds every slot, and keeps the clean block, which is every token decoded so far.
 
         Variant A on the worked example (n_clean0 = 3), as `python eso.py` prints it (B's table
-        is in the top docstring). Steps 1 and 2 feed the growing block and keep nothing; step 3,
-        the first sequential one, feeds every slot and keeps the whole block; from step 4 on, A
-        decodes as B:
+        is in the top docstring). Steps 1 and 2 feed the block decoded so far (empty at step 1)
+        and their masks, and keep nothing. Step 3, the first sequential one, feeds every slot
+        and keeps the whole block. From step 4 on, A decodes as B:
             step 1 feeds M3 M1        keeps -         decodes C3 A1 (diffusion)
             step 2 feeds C3 A1 M6     keeps -         decodes F6 (diffusion)
             step 3 feeds C3 A1 F6 M2  keeps C3 A1 F6  decodes B2 (sequential)
@@ -1136,20 +1136,21 @@ class EsoLM(nn.Module):
 # Take a prior in which each position is, with that same probability alpha_1, a uniformly random
 # token, and otherwise a mask. Against it, the term is alpha_1 log V nats per token (3.5e-4 at
 # train.py's alpha_0 = 0.0625 with V = 256 bytes). Against the sampler's all-mask start it is,
-# strictly, infinite. So it is in MDLM, whose schedule also keeps alpha_1 = EPS (its alpha_0 is 1).
+# strictly, infinite. It is infinite in MDLM too, whose schedule also keeps alpha_1 = EPS (its
+# alpha_0 is 1).
 # And t is drawn uniformly from [T_EPS, 1), not [0, 1). So the estimate is the mean of the
 # diffusion term's integrand over [T_EPS, 1], where the NELBO wants its integral over [0, 1]:
 #   estimate - integral = T_EPS (mean over [T_EPS, 1] - mean over [0, T_EPS]).
 # The integrand is the weight alpha_0 (1 - EPS) / (1 - alpha_t) times the loss summed over the
 # masks of z_t, of which there are L (1 - alpha_t) on average. So it is the constant
 # alpha_0 (1 - EPS) L times the mean loss at a mask. That loss falls as the mask sees more clean
-# tokens (for the true conditionals it must: conditioning lowers entropy on average; for a trained
-# model it is expected, not guaranteed). Then the integrand is smallest near t = 0, and the
+# tokens. For the true conditionals it must, since conditioning lowers entropy on average. For a
+# trained model it is expected, not guaranteed. Then the integrand is smallest near t = 0, and the
 # estimate errs upward, by at most a share T_EPS (0.1%) of the diffusion term.
-# The two slivers pull opposite ways. Dropping the prior term lowers the number by alpha_1 log V;
-# the time sliver raises it (when that loss falls with more clean tokens, as above). So the
-# computed NELBO is then an upper bound up to alpha_1 log V nats per token (3.5e-4 for train.py's
-# default model, whose NELBO is about 1.45).
+# When that loss falls with more clean tokens, the two slivers pull opposite ways: dropping the
+# prior term lowers the number by alpha_1 log V, and the time sliver raises it. So the computed
+# NELBO is then an upper bound up to alpha_1 log V nats per token (3.5e-4 for train.py's default
+# model, whose NELBO is about 1.45).
 #
 # 7.3 The diffusion term is a bound, although its masks see masks.
 # In diffusion_nll the i-th mask in decode order sees the clean tokens and the i - 1 masks before
@@ -1175,9 +1176,10 @@ class EsoLM(nn.Module):
 #   - The NELBO bounds that mixture over u. In its diffusion phase a mask sees the masks sorted
 #     before it, and the clean tokens are sorted by u. In its sequential phase the clean tokens
 #     of z_0 are sorted by the sequential rows' own keys.
-#   - EsoLM.likelihood bounds the sampler that decodes one token per step. There each token sees
-#     the tokens decoded before it and its own [MASK], and no other mask. The clean tokens are
-#     sorted by when they were decoded.
+#   - EsoLM.likelihood bounds the sampler that decodes one token per step, with alpha_0 in place
+#     of p_mdm (unmask_schedule says how close they are). There each token sees the tokens
+#     decoded before it and its own [MASK], and no other mask. The clean tokens are sorted by
+#     when they were decoded.
 #   - The two models share the weights but not the law, so the two numbers need not agree. A
 #     sampler that decodes several tokens a step draws from a third law.
 #   - The NELBO's models start at time 1 from 7.2's prior, which keeps a share alpha_1 of random
@@ -1221,7 +1223,7 @@ class SequentialPattern:
         # (2, 3) and (4, 5). Group (2, 3) reads the x slots [0, 3) and its own z keys 2 and 3;
         # group (4, 5) reads the x slots [0, 5) and its z keys 4 and 5. A group's attention mask
         # then cuts each query's x keys to the strictly earlier ones: z slot 4 sees x [0, 4).
-        # Each group's last z slot (3 and 5 in the example); a group reads the x slots before it:
+        # Each group's last z slot (3 and 5 in the example): the group reads the x slots before it.
         last_slots = [n_skip + a - 1 for a in itertools.accumulate(self.z_sizes)]
         # The x half cut at the last slots, so that group c reads pieces 0..c: [0, 3), [3, 5)
         # and [5, 6) in the example (the last piece is fed, but no group reads it).
@@ -1346,14 +1348,11 @@ def show_example():
             print_grid(
                 f"Eso-LM ({variant}), {term} sorted by sigma = {sigma_text}", labels, mask[0, 0]
             )
-    print(
-        "\nThe cached sampler of variant B along the sequential term's order (2, then 1 diffusion,"
-        " then 3 sequential tokens):"
-    )
+    sigma_text = tuple(p + 1 for p in sequential_order(masked, u)[0].tolist())
+    print(f"\nThe cached sampler of variant B, along the sequential term's order {sigma_text}:")
     show_sampler_steps(x, masked, u, "B")
     print(
-        "\nThe cached sampler of variant A along the same order (it keeps nothing until its clean"
-        " block is whole):"
+        "\nThe cached sampler of variant A, the same order (nothing kept until the block is whole):"
     )
     show_sampler_steps(x, masked, u, "A")
 
