@@ -42,8 +42,8 @@ Words. Each is defined here and used in this one sense.
   kappa         the share of a batch's rows that estimate the diffusion term; the other rows
                 estimate the sequential term.
   zero masking  the model never predicts [MASK]: its output layer has no [MASK] row.
-  IW bound      an importance-weighted bound on -log p(x). It gets tighter as it averages over
-                more orders.
+  IW bound      an importance-weighted bound on -log p(x). It gets tighter, in expectation, as
+                it averages over more orders.
   canvas        the L tokens being sampled: known ones (a prompt) and masks.
   chunk         the tokens that one cached forward feeds.
 
