@@ -1348,24 +1348,24 @@ def show_example():
             print_grid(
                 f"Eso-LM ({variant}), {term} sorted by sigma = {sigma_text}", labels, mask[0, 0]
             )
-    sigma_text = tuple(p + 1 for p in sequential_order(masked, u)[0].tolist())
+    order = sequential_order(masked, u)[0].tolist()  # the sampler's sigma, 0-based
+    sigma_text = tuple(p + 1 for p in order)
     print(f"\nThe cached sampler of variant B, along the sequential term's order {sigma_text}:")
-    show_sampler_steps(x, masked, u, "B")
+    show_sampler_steps(x, order, "B")
     print(
         "\nThe cached sampler of variant A, the same order (nothing kept until the block is whole):"
     )
-    show_sampler_steps(x, masked, u, "A")
+    show_sampler_steps(x, order, "A")
 
 
-def show_sampler_steps(x, masked, u, variant):
-    """Decode along the example's sequential order with a tiny random model of `variant`,
+def show_sampler_steps(x, order, variant):
+    """Decode along the order (sigma[0] as a list) with a tiny random model of `variant`,
     printing what each step fed, what the cache keeps from then on, and what it decoded (the
     tables of the docstring, for B, and of EsoLM.cached_step, for A)."""
     torch.manual_seed(0)
     config = EsoConfig(block_size=6, vocab_size=6, n_layer=1, n_head=2, n_embd=16, variant=variant)
     model = EsoLM(config)
     sizes = [2, 1]  # the diffusion steps; then one token per step
-    order = sequential_order(masked, u)[0].tolist()
     cache = model.kv_cache(1)
     steps = []  # (slots fed, slots kept) per step
 
