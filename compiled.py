@@ -10,7 +10,8 @@ So this sampler widens each chunk to one of a few sizes (static_window) and keep
 whose buffers stay put between calls (CUDA graphs replay with the addresses they recorded).
 What it computes is the eager cached step's: a test compares their logits at every step. This is
 compile machinery, with state that lives as long as the sampler, so it sits beside eso.py (which
-holds the method), not in it; it runs EsoLM.decode_steps with a cache and a feed of its own.
+holds the method), not in it; it runs EsoLM.decode_steps with a step of its own, eso.CachedStep
+with its chunks fed through the compiled forward (CompiledStep).
 """
 
 import torch
@@ -77,7 +78,8 @@ class CompiledSampler:
         if not kv_cache:
             return self.model.decode(canvas, sigma, sizes, kv_cache=False, **kw)
         cache = self.kv_cache(canvas.size(0))
-        return self.model.decode_steps(canvas, sigma, sizes, cache, self.feed, **kw)
+        step = CompiledStep(self.model, cache, self.hidden, self.cuda_graphs)
+        return self.model.decode_steps(canvas, sigma, sizes, step, **kw)
 
     def kv_cache(self, batch):
         """The sampler's own KV cache (a new one when the batch, dtype or device changes): its
@@ -94,17 +96,26 @@ class CompiledSampler:
         self.cache = fresh
         return fresh
 
-    def feed(self, canvas, sigma, lo, hi, clean_block, cache):
-        """EsoLM.feed with static shapes: the widened window through the compiled forward, of
-        which the slots [lo, hi) are returned."""
+
+class CompiledStep(eso.CachedStep):
+    """eso.CachedStep whose chunks go through the compiled forward, widened to static shapes."""
+
+    def __init__(self, model, cache, hidden, cuda_graphs):
+        super().__init__(model, cache)
+        self.hidden = hidden  # EsoLM.hidden under torch.compile
+        self.cuda_graphs = cuda_graphs
+
+    def feed(self, canvas, sigma, lo, hi, clean_block):
+        """CachedStep.feed with static shapes: the widened window through the compiled forward,
+        of which the slots [lo, hi) are returned."""
         wide_lo, wide_hi, n_keys = static_window(lo, hi, canvas.size(1))
-        cache.slots = torch.arange(wide_lo, wide_hi, device=canvas.device)
-        attn_mask = eso.prefix_lm_mask(cache.slots, n_keys, clean_block)
+        self.cache.slots = torch.arange(wide_lo, wide_hi, device=canvas.device)
+        attn_mask = eso.prefix_lm_mask(self.cache.slots, n_keys, clean_block)
         torch._dynamo.maybe_mark_dynamic(attn_mask, 3)
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs have been read
         tokens = canvas[:, wide_lo:wide_hi]
         positions = sigma[:, wide_lo:wide_hi]
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            h = self.hidden(self.model, tokens, positions, attn_mask, cache)
+            h = self.hidden(self.model, tokens, positions, attn_mask, self.cache)
         return h[:, lo - wide_lo : hi - wide_lo]

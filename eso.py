@@ -76,12 +76,13 @@ diffusion term).
   NFE = 5. Each chunk holds the tokens decoded at the step before, now clean, and the masks to
   decode now. The cache keeps a token's keys and values from the first chunk that feeds it clean:
   "one step late". The last token decoded is never fed clean. (Variant A keeps nothing until its
-  clean block is whole: EsoLM.cached_step has its table.)
+  clean block is whole: section 8's CachedStep has its table.)
 
 Read top to bottom: 1 config; 2 the transformer and its KV cache; 3 noise schedule and orders;
 4 attention patterns; 5 sampling pieces; 6 the model: loss, sampler, likelihood; 7 why it is
-right: the arguments behind sections 5 and 6, which a first reading may skip; 8 making it fast
-(each fast path beside the plain one it equals, and a test binds them); 9 `python eso.py`.
+right: the arguments behind sections 5 and 6, which a first reading may skip; 8 making it fast:
+the sequential term's attention and the sampler's cached step, each beside the plain path it
+equals (a test binds them); 9 `python eso.py`.
 """
 
 import itertools
@@ -892,14 +893,14 @@ class EsoLM(nn.Module):
         come first (in variant B, fed as the first step's clean tokens), then diffusion steps of
         sizes[i] tokens, then one token per step. Returns (tokens, nfe).
 
-        kv_cache=False is the uncached path, all L slots through the transformer at every step,
-        clean then masked in decode order: the same tokens. callback(tokens, nfe): after every
-        step, with the canvas in position order."""
-        cache = None
+        kv_cache=True steps with a KV cache (section 8's CachedStep). kv_cache=False is the plain
+        path, all L slots through the transformer at every step (uncached_step): the same tokens.
+        callback(tokens, nfe): after every step, with the canvas in position order."""
+        step = self.uncached_step
         if kv_cache:
-            cache = self.kv_cache(canvas.size(0))
+            step = CachedStep(self, self.kv_cache(canvas.size(0)))
         return self.decode_steps(
-            canvas, sigma, sizes, cache, self.feed, temperature, top_p, generator, callback
+            canvas, sigma, sizes, step, temperature, top_p, generator, callback
         )
 
     @torch.no_grad()
@@ -908,31 +909,25 @@ class EsoLM(nn.Module):
         canvas,
         sigma,
         sizes,
-        cache,
-        feed,
+        step,
         temperature=1.0,
         top_p=1.0,
         generator=None,
         callback=None,
     ):
-        """decode's loop, given its KV cache (None: the uncached path) and the function that runs
-        a chunk of slots through it (EsoLM.feed). The compiled sampler (compiled.py) calls it with
-        a cache and a feed of its own."""
+        """decode's loop, given its step: step(canvas, sigma, done, k, n_clean0) returns the
+        hidden states (B, k, C) of the k masks that it decodes (uncached_step, or a CachedStep).
+        The compiled sampler (compiled.py) passes a step of its own."""
         L = self.config.block_size
         # every row holds as many masks (generate checks it), so row 0 counts for all
         n_known = int((canvas[0] != self.mask_id).sum())
         n_clean0 = n_known + sum(sizes)  # the clean tokens of z_0: known and diffusion tokens
         sizes = list(sizes) + [1] * (L - n_clean0)  # the sequential phase: one token per step
         canvas = canvas.gather(1, sigma)  # (B, L): canvas[b, i] = the token at position sigma[b, i]
-        if cache is not None:
-            cache.reset()
         done = n_known  # canvas[:, :done] is decoded
         nfe = 0
         for k in sizes:  # k = the number of tokens this step decodes
-            if cache is not None:
-                h = self.cached_step(canvas, sigma, done, k, n_clean0, cache, feed)
-            else:
-                h = self.uncached_step(canvas, sigma, done, k, n_clean0)
+            h = step(canvas, sigma, done, k, n_clean0)  # (B, k, C)
             canvas[:, done : done + k] = sample_tokens(
                 self.logits(h), temperature, top_p, generator
             )
@@ -942,72 +937,10 @@ class EsoLM(nn.Module):
                 callback(unpermute(canvas, sigma), nfe)
         return unpermute(canvas, sigma), nfe
 
-    def cached_step(self, canvas, sigma, done, k, n_clean0, cache, feed):
-        """One forward with the KV cache; returns the hidden states (B, k, C) of this step's k
-        masks. done counts the slots decoded before this step (canvas[:, :done]); this step
-        decodes the slots [done, done + k), and decode adds k to done after it.
-
-        Variant B decodes as an AR model with a cache does. cache.length counts the slots the
-        cache holds; each step sets it after its forward. Before the step, the cache holds slots
-        [0, cache.length): every token decoded before the last step (a prompt counts as decoded
-        at a step 0, so the first step feeds it). The step feeds the slots from cache.length to
-        done + k: the tokens the last step decoded, clean now, then this step's k masks, causal
-        in decode order. After it, the cache holds [0, done): the last step's tokens join it,
-        their keys and values written by this forward, the first that feeds them clean. So a
-        token's keys and values are kept one step late. This is exact: a clean token's keys and
-        values depend only on itself and the tokens at earlier slots (those of earlier steps,
-        and those of its own step sorted before it), which never change, and no later step reads
-        a mask's.
-
-        Variant A differs by an attention mask: its clean block, the first min(done, n_clean0)
-        slots, attends both ways. While it grows (the diffusion phase), its keys and values
-        change with every token that joins it, so each such step feeds the whole block and the
-        cache keeps nothing. From the first sequential step on, the block is whole: that step
-        keeps it (App. D.3), and A decodes as B.
-
-        What each step feeds, and what the cache holds after it:
-          B, every step                           slots [cache.length, done + k)   [0, done)
-          A, while done < n_clean0 (diffusion)    slots [0, done + k)              nothing
-          A, its first sequential step            slots [0, done + 1)              [0, done)
-          A, from then on                         as B
-        A's first sequential step is B's rule applied to an empty cache: cache.length = 0, so it
-        feeds every slot, and keeps the clean block, which is every token decoded so far.
-
-        Variant A on the worked example (n_clean0 = 3), as `python eso.py` prints it (B's table
-        is in the top docstring). Steps 1 and 2 feed the block decoded so far (empty at step 1)
-        and their masks, and keep nothing. Step 3, the first sequential one, feeds every slot
-        and keeps the whole block. From step 4 on, A decodes as B:
-            step 1 feeds M3 M1        keeps -         decodes C3 A1 (diffusion)
-            step 2 feeds C3 A1 M6     keeps -         decodes F6 (diffusion)
-            step 3 feeds C3 A1 F6 M2  keeps C3 A1 F6  decodes B2 (sequential)
-            step 4 feeds B2 M4        keeps B2        decodes D4 (sequential)
-            step 5 feeds D4 M5        keeps D4        decodes E5 (sequential)
-
-        The names below, on the worked example's step 3 (B): the cache holds slots 0, 1 (C3 A1),
-        so start = cache.length = 2; done = 3 and k = 1. The step feeds slots [2, 4), F6 M2, sets
-        keep = 3, and returns the hidden states from slot done on: h[:, done - start:], the M2."""
-        clean_block = 0  # slots that attend both ways (variant A)
-        keep = done  # after this step the cache holds slots [0, keep)
-        if self.config.variant == "A":
-            clean_block = min(done, n_clean0)
-            if done < n_clean0:
-                keep = 0
-        start = cache.length  # the first slot fed: the cache holds the ones before it
-        h = feed(canvas, sigma, start, done + k, clean_block, cache)  # (B, done + k - start, C)
-        cache.length = keep
-        return h[:, done - start :]  # (B, k, C): this step's masks, the last k of the slots fed
-
-    def feed(self, canvas, sigma, lo, hi, clean_block, cache):
-        """Hidden states (B, hi - lo, C) of the slots [lo, hi) of the decode-order canvas (B, L),
-        through the cache: they write their keys and values at their slots, and attend to the
-        slots [0, hi), causal in decode order, plus both ways within the first clean_block."""
-        cache.slots = torch.arange(lo, hi, device=canvas.device)
-        attn_mask = prefix_lm_mask(cache.slots, hi, clean_block)  # (1, 1, hi - lo, hi)
-        return self.hidden(canvas[:, lo:hi], sigma[:, lo:hi], attn_mask, cache)
-
     def uncached_step(self, canvas, sigma, done, k, n_clean0):
-        """The uncached path's step: all L slots of the decode-order canvas through the
-        transformer; returns the hidden states (B, k, C) of this step's k masks."""
+        """The plain path's step: all L slots of the decode-order canvas through the
+        transformer; returns the hidden states (B, k, C) of this step's k masks. (Section 8's
+        CachedStep feeds only the slots that changed, through a KV cache.)"""
         attn_mask = None  # B: plain causal
         if self.config.variant == "A":
             slots = torch.arange(canvas.size(1), device=canvas.device)
@@ -1189,9 +1122,13 @@ class EsoLM(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# 8. Making it fast. The fast path computes what the plain path above computes (the same
-# numbers, without dropout, which the two paths draw differently), and a test binds them. (The
-# compiled sampler, compile machinery with process-wide state, is in compiled.py.)
+# 8. Making it fast. Each fast path computes what a plain path above computes, and a test binds
+# the two:
+#   - SequentialPattern, the sequential term's attention, against sequential_mask (dense=True):
+#     the same numbers (without dropout, which the two paths draw differently);
+#   - CachedStep, the sampler's step with a KV cache, against EsoLM.uncached_step: the same
+#     tokens (the logits agree to float rounding).
+# (The compiled sampler, compile machinery with process-wide state, is in compiled.py.)
 
 
 class SequentialPattern:
@@ -1296,6 +1233,79 @@ def fast_sequential_logprobs(model, x, masked, sigma, n_skip=None):
     return F.pad(logp_x, (n_skip, 0))  # (B, L): 0 at the skipped slots
 
 
+class CachedStep:
+    """decode's step with the KV cache: called as EsoLM.uncached_step is, and it returns the
+    same hidden states (B, k, C) of this step's k masks, up to float rounding. done counts the
+    slots decoded before this step (canvas[:, :done]); this step decodes the slots
+    [done, done + k), and decode adds k to done after it. One CachedStep serves one decode: it
+    empties its cache when made.
+
+    Variant B decodes as an AR model with a cache does. cache.length counts the slots the cache
+    holds; each step sets it after its forward. Before the step, the cache holds slots
+    [0, cache.length): every token decoded before the last step (a prompt counts as decoded at a
+    step 0, so the first step feeds it). The step feeds the slots from cache.length to done + k:
+    the tokens the last step decoded, clean now, then this step's k masks, causal in decode
+    order. After it, the cache holds [0, done): the last step's tokens join it, their keys and
+    values written by this forward, the first that feeds them clean. So a token's keys and
+    values are kept one step late. This is exact: a clean token's keys and values depend only on
+    itself and the tokens at earlier slots (those of earlier steps, and those of its own step
+    sorted before it), which never change, and no later step reads a mask's.
+
+    Variant A differs by an attention mask: its clean block, the first min(done, n_clean0)
+    slots, attends both ways. While it grows (the diffusion phase), its keys and values change
+    with every token that joins it, so each such step feeds the whole block and the cache keeps
+    nothing. From the first sequential step on, the block is whole: that step keeps it
+    (App. D.3), and A decodes as B.
+
+    What each step feeds, and what the cache holds after it:
+      B, every step                           slots [cache.length, done + k)   [0, done)
+      A, while done < n_clean0 (diffusion)    slots [0, done + k)              nothing
+      A, its first sequential step            slots [0, done + 1)              [0, done)
+      A, from then on                         as B
+    A's first sequential step is B's rule applied to an empty cache: cache.length = 0, so it
+    feeds every slot, and keeps the clean block, which is every token decoded so far.
+
+    Variant A on the worked example (n_clean0 = 3), as `python eso.py` prints it (B's table is
+    in the top docstring). Steps 1 and 2 feed the block decoded so far (empty at step 1) and
+    their masks, and keep nothing. Step 3, the first sequential one, feeds every slot and keeps
+    the whole block. From step 4 on, A decodes as B:
+        step 1 feeds M3 M1        keeps -         decodes C3 A1 (diffusion)
+        step 2 feeds C3 A1 M6     keeps -         decodes F6 (diffusion)
+        step 3 feeds C3 A1 F6 M2  keeps C3 A1 F6  decodes B2 (sequential)
+        step 4 feeds B2 M4        keeps B2        decodes D4 (sequential)
+        step 5 feeds D4 M5        keeps D4        decodes E5 (sequential)
+
+    The names below, on the worked example's step 3 (B): the cache holds slots 0, 1 (C3 A1),
+    so start = cache.length = 2; done = 3 and k = 1. The step feeds slots [2, 4), F6 M2, sets
+    keep = 3, and returns the hidden states from slot done on: h[:, done - start:], the M2."""
+
+    def __init__(self, model, cache):
+        self.model = model
+        self.cache = cache  # a KVCache (EsoLM.kv_cache)
+        cache.reset()
+
+    def __call__(self, canvas, sigma, done, k, n_clean0):
+        clean_block = 0  # slots that attend both ways (variant A)
+        keep = done  # after this step the cache holds slots [0, keep)
+        if self.model.config.variant == "A":
+            clean_block = min(done, n_clean0)
+            if done < n_clean0:
+                keep = 0
+        start = self.cache.length  # the first slot fed: the cache holds the ones before it
+        h = self.feed(canvas, sigma, start, done + k, clean_block)  # (B, done + k - start, C)
+        self.cache.length = keep
+        return h[:, done - start :]  # (B, k, C): this step's masks, the last k of the slots fed
+
+    def feed(self, canvas, sigma, lo, hi, clean_block):
+        """Hidden states (B, hi - lo, C) of the slots [lo, hi) of the decode-order canvas (B, L),
+        through the cache: they write their keys and values at their slots, and attend to the
+        slots [0, hi), causal in decode order, plus both ways within the first clean_block. (The
+        compiled sampler overrides this.)"""
+        self.cache.slots = torch.arange(lo, hi, device=canvas.device)
+        attn_mask = prefix_lm_mask(self.cache.slots, hi, clean_block)  # (1, 1, hi - lo, hi)
+        return self.model.hidden(canvas[:, lo:hi], sigma[:, lo:hi], attn_mask, self.cache)
+
+
 # -----------------------------------------------------------------------------
 # 9. `python eso.py`: the worked example of the docstring, from the functions above
 
@@ -1361,19 +1371,19 @@ def show_example():
 def show_sampler_steps(x, order, variant):
     """Decode along the order (sigma[0] as a list) with a tiny random model of `variant`,
     printing what each step fed, what the cache keeps from then on, and what it decoded (the
-    tables of the docstring, for B, and of EsoLM.cached_step, for A)."""
+    tables of the docstring, for B, and of CachedStep, for A)."""
     torch.manual_seed(0)
     config = EsoConfig(block_size=6, vocab_size=6, n_layer=1, n_head=2, n_embd=16, variant=variant)
     model = EsoLM(config)
     sizes = [2, 1]  # the diffusion steps; then one token per step
-    cache = model.kv_cache(1)
+    step = CachedStep(model, model.kv_cache(1))
     steps = []  # (slots fed, slots kept) per step
 
     def record(tokens, nfe):
-        steps.append((cache.slots.tolist(), cache.length))
+        steps.append((step.cache.slots.tolist(), step.cache.length))
 
     canvas = torch.full((1, 6), model.mask_id)
-    model.decode_steps(canvas, torch.tensor([order]), sizes, cache, model.feed, callback=record)
+    model.decode_steps(canvas, torch.tensor([order]), sizes, step, callback=record)
 
     def tag(slot, done):  # a slot >= done held a [MASK] when it was fed
         token = "M" if slot >= done else x[order[slot]]
