@@ -24,7 +24,8 @@ Words. Each is defined here and used in this one sense.
   t, z_t        diffusion time, in [0, 1]. z_t keeps each token of x with probability
                 alpha_t = alpha_0 (1 - (1 - EPS) t), with EPS = 1e-3. So z_0 keeps a share
                 alpha_0 of x, and z_1 keeps almost nothing. Training draws t uniformly from
-                [T_EPS, 1); sampling runs t from 1 down to 0.
+                [T_EPS, 1) (stratified across a batch: sample_t); sampling runs t from 1 down
+                to 0.
   alpha_0       in training, the expected share of clean tokens in z_0. In sampling, about the
                 share of the masked positions that the diffusion phase decodes; the sequential
                 phase decodes the rest.
@@ -833,8 +834,9 @@ class EsoLM(nn.Module):
         runs, but it samples best near the alpha_0 it was trained at. A lower one leaves more to
         the sequential phase, which spends one NFE a token: so more NFE, unless T is already
         so large that most diffusion tokens have a step of their own.
-        temperature, top_p: at 1 and 1 the samples follow the sampler's own law at this T
-        (section 7.4).
+        temperature, top_p: at 1 and 1 each row follows the sampler's own law at this T
+        (section 7.4). The rows of one call share the step sizes (unmask_schedule), so they are
+        not independent of each other; separate calls are.
         canvas: (num_samples or 1, L), known tokens kept exactly and the mask id elsewhere (a
         prompt, an infilling template), as many masks in every row.
         block_order: see block_streams. The rest: see decode.
@@ -1072,7 +1074,8 @@ class EsoLM(nn.Module):
 # strictly, infinite. It is infinite in MDLM too, whose schedule also keeps alpha_1 = EPS (its
 # alpha_0 is 1).
 # And t is drawn uniformly from [T_EPS, 1), not [0, 1). So the estimate is the mean of the
-# diffusion term's integrand over [T_EPS, 1], where the NELBO wants its integral over [0, 1]:
+# diffusion term's integrand over [T_EPS, 1] (its integral there, divided by 1 - T_EPS), where the
+# NELBO wants its integral over [0, 1]:
 #   estimate - integral = T_EPS (mean over [T_EPS, 1] - mean over [0, T_EPS]).
 # The integrand is the weight alpha_0 (1 - EPS) / (1 - alpha_t) times the loss summed over the
 # masks of z_t, of which there are L (1 - alpha_t) on average. So it is the constant
@@ -1248,8 +1251,9 @@ class CachedStep:
     order. After it, the cache holds [0, done): the last step's tokens join it, their keys and
     values written by this forward, the first that feeds them clean. So a token's keys and
     values are kept one step late. This is exact: a clean token's keys and values depend only on
-    itself and the tokens at earlier slots (those of earlier steps, and those of its own step
-    sorted before it), which never change, and no later step reads a mask's.
+    itself and the tokens at earlier slots (those decoded at earlier steps, and those decoded at
+    the same step as it and sorted before it), which never change, and no later step reads a
+    mask's.
 
     Variant A differs by an attention mask: its clean block, the first min(done, n_clean0)
     slots, attends both ways. While it grows (the diffusion phase), its keys and values change
