@@ -730,6 +730,11 @@ class EsoLM(nn.Module):
 
         The term is MDLM's continuous-time bound on the diffusion phase (Sahoo et al. 2024):
             E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ].
+        What it bounds: eq. 7 splits -log p(x) into two parts, with z_0 drawn from q(z_0 | x), the
+        forward process at t = 0:
+            -log p(x) <= E_{z_0} [ -log p(x | z_0) ] + KL( q(z_0 | x) || p(z_0) ).
+        The sequential term is the first part, exactly. This term bounds the second: how far the
+        diffusion phase's law of z_0 is from the forward process's. So no token is scored twice.
         Its scale: at every t the weight times the expected number of masks, L (1 - alpha_t), is
         alpha_0 (1 - EPS) L. So the term counts like alpha_0 L token losses, each the mean loss
         at a mask. The sequential term masks each token with probability 1 - alpha_0, so it
