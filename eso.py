@@ -82,8 +82,8 @@ diffusion term).
 Read top to bottom: 1 config; 2 the transformer and its KV cache; 3 noise schedule and orders;
 4 attention patterns; 5 sampling pieces; 6 the model: loss, sampler, likelihood; 7 why it is
 right: the arguments behind sections 5 and 6, which a first reading may skip; 8 making it fast:
-the sequential term's attention and the sampler's cached step, each beside the plain path it
-equals (a test binds them); 9 `python eso.py`.
+the sequential term's attention and the sampler's cached step, each computing what a plain path
+above computes (a test binds each pair); 9 `python eso.py`.
 """
 
 import itertools
@@ -733,8 +733,9 @@ class EsoLM(nn.Module):
         What it bounds: eq. 7 splits -log p(x) into two parts, with z_0 drawn from q(z_0 | x), the
         forward process at t = 0:
             -log p(x) <= E_{z_0} [ -log p(x | z_0) ] + KL( q(z_0 | x) || p(z_0) ).
-        The sequential term is the first part, exactly. This term bounds the second: how far the
-        diffusion phase's law of z_0 is from the forward process's. So no token is scored twice.
+        The sequential term is the first part, exactly. This term, with the prior term at t = 1,
+        bounds the second: how far the diffusion phase's law of z_0 is from the forward
+        process's. So no token is scored twice.
         Its scale: at every t the weight times the expected number of masks, L (1 - alpha_t), is
         alpha_0 (1 - EPS) L. So the term counts like alpha_0 L token losses, each the mean loss
         at a mask. The sequential term masks each token with probability 1 - alpha_0, so it
@@ -947,7 +948,7 @@ class EsoLM(nn.Module):
     def uncached_step(self, canvas, sigma, done, k, n_clean0):
         """The plain path's step: all L slots of the decode-order canvas through the
         transformer; returns the hidden states (B, k, C) of this step's k masks. (Section 8's
-        CachedStep feeds only the slots that changed, through a KV cache.)"""
+        CachedStep feeds only the slots its KV cache lacks.)"""
         attn_mask = None  # B: plain causal
         if self.config.variant == "A":
             slots = torch.arange(canvas.size(1), device=canvas.device)
