@@ -700,8 +700,9 @@ class EsoLM(nn.Module):
         The first rows (as many as draws.t holds) estimate the diffusion term, the rest the
         sequential term. Each part is a sum over masked tokens divided by all tokens of its rows,
         and the loss is their sum: an estimate of the per-token NELBO (with loss_type elbo, which
-        validation always uses). dense=True: the sequential term's plain path (section 8 holds
-        the fast one)."""
+        validation always uses). It is unbiased over the data, not per sequence: each row gives
+        one term only. dense=True: the sequential term's plain path (section 8 holds the fast
+        one)."""
         B = x.size(0)
         n_diff = draws.t.size(0)
         zero = x.new_zeros((), dtype=torch.float32)
