@@ -29,7 +29,10 @@ Words. Each is defined here and used in this one sense.
   alpha_0       in training, the expected share of clean tokens in z_0. In sampling, about the
                 share of the masked positions that the diffusion phase decodes; the sequential
                 phase decodes the rest.
-  sigma         an order: sigma[b, i] is the position decoded i-th in row b of a batch.
+  sigma         an order: sigma[b, i] is the position placed i-th in row b of a batch. In
+                sampling, the position decoded i-th. In the loss, the layout that a sampler
+                along sigma would see; the model that the diffusion term bounds decodes in
+                another order (section 7.3).
   decode order  a sequence laid out by sigma, each token still at its original position (the
                 rotary embeddings carry it). The code calls it sorted.
   slot          an index in decode order; "before" means at an earlier slot.
@@ -841,9 +844,10 @@ class EsoLM(nn.Module):
         runs, but it samples best near the alpha_0 it was trained at. A lower one leaves more to
         the sequential phase, which spends one NFE a token: so more NFE, unless T is already
         so large that most diffusion tokens have a step of their own.
-        temperature, top_p: at 1 and 1 each row follows the sampler's own law at this T
-        (section 7.4). The rows of one call share the step sizes (unmask_schedule), so they are
-        not independent of each other; separate calls are.
+        temperature, top_p: at 1 and 1 each row follows the sampler's own law at this T, which
+        is neither the NELBO's model nor the likelihood's (section 7.4). The rows of one call
+        share the step sizes (unmask_schedule), so they are not independent of each other;
+        separate calls are.
         canvas: (num_samples or 1, L), known tokens kept exactly and the mask id elsewhere (a
         prompt, an infilling template), as many masks in every row.
         block_order: see block_streams. The rest: see decode.
@@ -1092,8 +1096,8 @@ class EsoLM(nn.Module):
 # estimate errs upward, by at most a share T_EPS (0.1%) of the diffusion term.
 # When that loss falls with more clean tokens, the two slivers pull opposite ways: dropping the
 # prior term lowers the number by alpha_1 log V, and the time sliver raises it. So the computed
-# NELBO is then an upper bound up to alpha_1 log V nats per token (3.5e-4 for train.py's default
-# model, whose NELBO is about 1.45).
+# NELBO plus alpha_1 log V nats per token is then an upper bound on -log p(x) (3.5e-4 for
+# train.py's default model, whose NELBO is about 1.45).
 #
 # 7.3 The diffusion term is a bound, although its masks see masks.
 # In diffusion_nll the i-th mask in decode order sees the clean tokens and the i - 1 masks before
