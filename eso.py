@@ -30,9 +30,9 @@ Words. Each is defined here and used in this one sense.
                 share of the masked positions that the diffusion phase decodes; the sequential
                 phase decodes the rest.
   sigma         an order: sigma[b, i] is the position placed i-th in row b of a batch. In
-                sampling, the position decoded i-th. In the loss, the layout that a sampler
-                along sigma would see; the model that the diffusion term bounds decodes in
-                another order (section 7.3).
+                sampling, the position decoded i-th. In the loss, the position that the
+                transformer reads i-th (section 7.3 says how this order relates to the model
+                that the loss bounds).
   decode order  a sequence laid out by sigma, each token still at its original position (the
                 rotary embeddings carry it). The code calls it sorted.
   slot          an index in decode order; "before" means at an earlier slot.
@@ -217,13 +217,12 @@ class KVCache:
     Before a forward, the caller sets `slots` (a 1-D tensor): the slots of the tokens it feeds.
     In each layer, update writes their keys and values there and hands back the keys and values
     of the first n_keys slots, which the attention reads. Slots [0, length) hold clean tokens for
-    good; the others are provisional, and are overwritten when fed again. The buffers start at
-    zero. The eager sampler reads only slots it has written, but the compiled one (compiled.py)
-    reads whole blocks of slots, some not written yet. The attention mask hides those, but a NaN
-    there would still leak through: a hidden key's score, or a value times its zero weight, is
-    still NaN."""
+    good; the others are provisional, and are overwritten when fed again."""
 
     def __init__(self, n_layer, shape, dtype, device):  # shape: (B, nh, L, hd)
+        # Zeros, not torch.empty: the compiled sampler (compiled.py) reads whole blocks of slots,
+        # some not written yet. The attention mask hides them, but a NaN there would leak through
+        # (a NaN value times its zero weight is still NaN).
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.length = 0
@@ -487,18 +486,16 @@ def block_streams(diffusion, n_streams, generator=None):
     """The authors' block ("subcontext", App. E.10) order, made to work for any L, alpha_0,
     prompt and T: (the diffusion positions (B, n) in the order decoded, the step sizes).
 
-    The diffusion positions, in ascending order, are dealt into S = n_streams streams (the
-    number of non-empty diffusion steps): the r-th goes to stream r mod S. Each step decodes one
-    stream, in random order, so no two tokens of a step are closer than S positions. The larger
-    streams go first; among streams of one size, each row draws which step decodes which. So
-    the block order keeps only the number of the schedule's steps, and gives them sizes as even
-    as they can be.
-    For p0 < ... < p7 and S = 3 the streams are {p0, p3, p6}, {p1, p4, p7} and {p2, p5}: the
-    first two are the big ones (8 mod 3 = 2 streams hold one position more), so the sizes are
-    [3, 3, 2]. Each row decodes its two big streams first, in an order of its own, then
-    {p2, p5}. At alpha_0 = 1 with no prompt, the steps decode the streams {r, r + S, ...}, r < S,
-    each row in an order of its own. These interleaved streams are what the authors call blocks
-    (when S divides L, their sets exactly)."""
+    It keeps one thing of the schedule: S = n_streams, its number of non-empty diffusion steps.
+    The diffusion positions, in ascending order, are dealt into S streams like cards: the r-th
+    goes to stream r mod S. Each step decodes one stream, in random order. So no two tokens of a
+    step are closer than S positions, and the sizes are as even as they can be. The larger
+    streams go first. Among streams of one size, each row draws which step decodes which.
+    An example: p0 < ... < p7 and S = 3 give the streams {p0, p3, p6}, {p1, p4, p7} and
+    {p2, p5}, so the sizes are [3, 3, 2]. Each row decodes the two big streams first, in an order
+    of its own, then {p2, p5}.
+    At alpha_0 = 1 with no prompt, the streams are {r, r + S, ...} for r < S: what the authors
+    call blocks (their sets exactly, when S divides L)."""
     B, n = diffusion.shape
     S = n_streams
     big = n % S  # streams 0..big-1 hold one position more than the others
@@ -734,23 +731,12 @@ class EsoLM(nn.Module):
 
         The term is MDLM's continuous-time bound on the diffusion phase (Sahoo et al. 2024):
             E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ].
-        What it bounds: eq. 7 splits -log p(x) into two parts, with z_0 drawn from q(z_0 | x), the
-        forward process at t = 0:
-            -log p(x) <= E_{z_0} [ -log p(x | z_0) ] + KL( q(z_0 | x) || p(z_0) ).
-        The sequential term is the first part, exactly. This term, with the prior term at t = 1,
-        bounds the second: how far the diffusion phase's law of z_0 is from the forward
-        process's. So no token is scored twice.
-        Its scale: at every t the weight times the expected number of masks, L (1 - alpha_t), is
-        alpha_0 (1 - EPS) L. So the term counts like alpha_0 L token losses, each the mean loss
-        at a mask. The sequential term masks each token with probability 1 - alpha_0, so it
-        counts the other (1 - alpha_0) L.
-        Like MDLM's code, it leaves out two slivers: it averages over t in [T_EPS, 1] where the
-        bound integrates over [0, 1], and it drops the prior term at t = 1 (section 7.2).
-
-        The transformer reads z_t in decode order under a plain causal mask: the i-th mask sees
-        the clean tokens and the i - 1 masks before it. Section 7.3 shows that the bound holds
-        all the same, and section 7.4 names the model it bounds: close to the sampler's, not the
-        same one."""
+        alpha'_t = -alpha_0 (1 - EPS), so a mask's weight is alpha_0 (1 - EPS) / (1 - alpha_t).
+        The transformer reads z_t in decode order under a plain causal mask (variant A: the clean
+        block attends both ways), so the i-th mask sees the clean tokens and the i - 1 masks
+        before it.
+        Section 7.3 says what the term bounds, and why it is a bound although its masks see
+        masks. Section 7.2 says what it leaves out, as MDLM's code does."""
         B, L = x.shape
         z = torch.where(masked, self.mask_id, x)
         # (B, L) each, in decode order
@@ -1006,18 +992,11 @@ class EsoLM(nn.Module):
     @torch.no_grad()
     def likelihood(self, x, num_orders, generator=None, dense=False):
         """The importance-weighted (IW) bound on the NLL of x (B, L), in nats per token
-        (Thm 3.1 and B.4).
-
-        Which model it is about: the sampler that decodes one token per step (T much larger than
+        (Thm 3.1 and B.4), of the sampler that decodes one token per step (T much larger than
         L^2). Its diffusion phase decodes a random subset of the positions, each position in it
         with probability alpha_0, in random order. Its sequential phase decodes the rest, left to
-        right. Each token is decoded alone: it sees the tokens decoded before it and its own
-        [MASK], and no other mask. (The sampler puts a position in the subset with
-        unmask_schedule's p_mdm, a hair below alpha_0; this bound uses alpha_0. A sampler that
-        decodes several tokens a step draws from another law.)
-
-        The training NELBO bounds a nearby but different model that shares the weights, so the
-        two numbers need not agree (section 7.4).
+        right. The training NELBO bounds a nearby model that shares the weights, so the two
+        numbers need not agree (section 7.4).
 
         One order in one forward. Fix an order sigma. Then
         p(x | sigma) = prod_l p(x_sigma(l) | x_sigma(<l)), and one forward of both halves through
@@ -1099,7 +1078,16 @@ class EsoLM(nn.Module):
 # NELBO plus alpha_1 log V nats per token is then an upper bound on -log p(x) (3.5e-4 for
 # train.py's default model, whose NELBO is about 1.45).
 #
-# 7.3 The diffusion term is a bound, although its masks see masks.
+# 7.3 What the diffusion term bounds, and why it is a bound although its masks see masks.
+# Eq. 7 splits -log p(x) in two, with z_0 drawn from q(z_0 | x), the forward process at t = 0:
+#   -log p(x) <= E_{z_0} [ -log p(x | z_0) ] + KL( q(z_0 | x) || p(z_0) ).
+# The sequential term is the first part, exactly. The diffusion term, with the prior term at
+# t = 1, bounds the second: how far the diffusion phase's law of z_0 is from the forward
+# process's. So no token is scored twice.
+# Their sizes: the diffusion term counts like alpha_0 L token losses, each the mean loss at a
+# mask, since its weight times the expected number of masks is alpha_0 (1 - EPS) L at every t
+# (7.2). The sequential term masks each token with probability 1 - alpha_0, so it counts the
+# other (1 - alpha_0) L.
 # In diffusion_nll the i-th mask in decode order sees the clean tokens and the i - 1 masks before
 # it. A sampler along the same order differs: by the step that decodes the i-th mask, it has
 # decoded the masks sorted before it, so it sees them clean, all but those of its own step. Here
