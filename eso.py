@@ -802,7 +802,7 @@ class EsoLM(nn.Module):
         logp = F.log_softmax(self.logits(h), dim=-1)  # (B, L, V)
         return logp.gather(-1, x_sorted[:, :, None]).squeeze(-1)
 
-    # Sampling (Alg. 3) ------------------------------------------------------------------------
+    # Sampling (Alg. 3; the diffusion phase's step sizes are Alg. 2's, from unmask_schedule) ----
     @torch.no_grad()
     def generate(
         self,
@@ -1069,21 +1069,29 @@ class EsoLM(nn.Module):
 #   estimate - integral = T_EPS (mean over [T_EPS, 1] - mean over [0, T_EPS]).
 # The integrand is the weight alpha_0 (1 - EPS) / (1 - alpha_t) times the loss summed over the
 # masks of z_t, of which there are L (1 - alpha_t) on average. So it is the constant
-# alpha_0 (1 - EPS) L times the mean loss at a mask. That loss falls as the mask sees more clean
-# tokens. For the true conditionals it must, since conditioning lowers entropy on average. For a
-# trained model it is expected, not guaranteed. Then the integrand is smallest near t = 0, and the
-# estimate errs upward, by at most a share T_EPS (0.1%) of the diffusion term.
-# When that loss falls with more clean tokens, the two slivers pull opposite ways: dropping the
-# prior term lowers the number by alpha_1 log V, and the time sliver raises it. So the computed
-# NELBO plus alpha_1 log V nats per token is then an upper bound on -log p(x) (3.5e-4 for
-# train.py's default model, whose NELBO is about 1.45).
+# alpha_0 (1 - EPS) L times the mean loss at a mask. The mean over [0, T_EPS] is not negative, so
+# for any model the estimate exceeds the integral by at most a share T_EPS (0.1%) of itself.
+# It falls below the integral only if the loss at a mask is larger near t = 0, where the masks
+# see more clean tokens. For the true conditionals it cannot be, since conditioning lowers
+# entropy on average. For a trained model that is expected, not guaranteed.
+# When the loss at a mask falls with more clean tokens, the two slivers pull opposite ways: dropping
+# the prior term lowers the number by alpha_1 log V, and the time sliver raises it. So the computed
+# NELBO plus alpha_1 log V nats per token is then an upper bound on -log p(x) (3.5e-4 for train.py's
+# default model, whose NELBO is about 1.45).
 #
 # 7.3 What the diffusion term bounds, and why it is a bound although its masks see masks.
 # Eq. 7 splits -log p(x) in two, with z_0 drawn from q(z_0 | x), the forward process at t = 0:
 #   -log p(x) <= E_{z_0} [ -log p(x | z_0) ] + KL( q(z_0 | x) || p(z_0) ).
 # The sequential term is the first part, exactly. The diffusion term, with the prior term at
 # t = 1, bounds the second: how far the diffusion phase's law of z_0 is from the forward
-# process's. So no token is scored twice.
+# process's. Why it bounds it:
+#   - Both laws of z_0 are the ends of chains that start at z_1. The KL between the laws of the
+#     ends is at most the KL between the laws of the whole paths.
+#   - The path KL is the prior term, KL(q(z_1 | x) || p(z_1)), plus each reverse step's expected
+#     KL(q(z_s | z_t, x) || p(z_s | z_t)).
+#   - In continuous time the sum of the steps' KLs is MDLM's integral: the diffusion term.
+# So the two terms do not overlap. The sequential term scores the tokens that z_0 masks, given
+# z_0; the diffusion term scores z_0 itself: its clean tokens, and which positions it masks.
 # Their sizes: the diffusion term counts like alpha_0 L token losses, each the mean loss at a
 # mask, since its weight times the expected number of masks is alpha_0 (1 - EPS) L at every t
 # (7.2). The sequential term masks each token with probability 1 - alpha_0, so it counts the
