@@ -39,10 +39,11 @@ Words. Each is defined here and used in this one sense.
   T, NFE        T is the number of steps of the diffusion schedule; empty steps cost nothing.
                 NFE is the number of transformer forwards a sampler spends.
   NELBO         negative evidence lower bound: an upper bound on -log p(x) (eq. 7), for a model
-                close to the sampler's (section 7.4). It is the sum of two terms, described
-                where they are computed (section 6). As computed here and in MDLM's code, it
-                leaves out two slivers: it averages over t in [T_EPS, 1] where eq. 7 integrates
-                over [0, 1], and it drops the prior term at t = 1 (section 7.2).
+                that shares the sampler's weights but not quite its law (section 7.4). It is the
+                sum of two terms, described where they are computed (section 6). As computed
+                here and in MDLM's code, it leaves out two slivers: it averages over t in
+                [T_EPS, 1] where eq. 7 integrates over [0, 1], and it drops the prior term at
+                t = 1 (section 7.2).
   kappa         the share of a batch's rows that estimate the diffusion term; the other rows
                 estimate the sequential term.
   zero masking  the model never predicts [MASK]: its output layer has no [MASK] row.
@@ -1060,7 +1061,9 @@ class EsoLM(nn.Module):
 # The prior term at t = 1 is dropped. z_1 keeps each token with probability alpha_1 = EPS alpha_0.
 # Take a prior in which each position is, with that same probability alpha_1, a uniformly random
 # token, and otherwise a mask. Against it, the term is alpha_1 log V nats per token (3.5e-4 at
-# train.py's alpha_0 = 0.0625 with V = 256 bytes). Against the sampler's all-mask start it is,
+# train.py's alpha_0 = 0.0625 with V = 256 bytes): at each position, z_1 holds x's token with
+# probability alpha_1 where the prior puts alpha_1 / V on it, which gives alpha_1 log V, and the
+# masks' probabilities agree, which gives 0. Against the sampler's all-mask start it is,
 # strictly, infinite. It is infinite in MDLM too, whose schedule also keeps alpha_1 = EPS (its
 # alpha_0 is 1).
 # And t is drawn uniformly from [T_EPS, 1), not [0, 1). So the estimate is the mean of the
@@ -1069,15 +1072,16 @@ class EsoLM(nn.Module):
 #   estimate - integral = T_EPS (mean over [T_EPS, 1] - mean over [0, T_EPS]).
 # The integrand is the weight alpha_0 (1 - EPS) / (1 - alpha_t) times the loss summed over the
 # masks of z_t, of which there are L (1 - alpha_t) on average. So it is the constant
-# alpha_0 (1 - EPS) L times the mean loss at a mask. The mean over [0, T_EPS] is not negative, so
+# alpha_0 (1 - EPS) L times the mean loss at a mask (the expected loss summed over the masks,
+# divided by their expected number). The mean over [0, T_EPS] is not negative, so
 # for any model the estimate exceeds the integral by at most a share T_EPS (0.1%) of itself.
 # It falls below the integral only if the loss at a mask is larger near t = 0, where the masks
 # see more clean tokens. For the true conditionals it cannot be, since conditioning lowers
 # entropy on average. For a trained model that is expected, not guaranteed.
 # When the loss at a mask falls with more clean tokens, the two slivers pull opposite ways: dropping
 # the prior term lowers the number by alpha_1 log V, and the time sliver raises it. So the computed
-# NELBO plus alpha_1 log V nats per token is then an upper bound on -log p(x) (3.5e-4 for train.py's
-# default model, whose NELBO is about 1.45).
+# NELBO, in expectation over its draws, plus alpha_1 log V nats per token is then an upper bound on
+# -log p(x) (3.5e-4 for train.py's default model, whose NELBO is about 1.45).
 #
 # 7.3 What the diffusion term bounds, and why it is a bound although its masks see masks.
 # Eq. 7 splits -log p(x) in two, with z_0 drawn from q(z_0 | x), the forward process at t = 0:
@@ -1091,7 +1095,9 @@ class EsoLM(nn.Module):
 #     KL(q(z_s | z_t, x) || p(z_s | z_t)).
 #   - In continuous time the sum of the steps' KLs is MDLM's integral: the diffusion term.
 # So the two terms do not overlap. The sequential term scores the tokens that z_0 masks, given
-# z_0; the diffusion term scores z_0 itself: its clean tokens, and which positions it masks.
+# z_0. The diffusion term scores z_0's clean tokens. Which positions stay masked costs it
+# nothing: the reverse process unmasks at the forward process's rates, so each step's KL is the
+# chance of unmasking a position times -log p(x_l) (MDLM's integrand).
 # Their sizes: the diffusion term counts like alpha_0 L token losses, each the mean loss at a
 # mask, since its weight times the expected number of masks is alpha_0 (1 - EPS) L at every t
 # (7.2). The sequential term masks each token with probability 1 - alpha_0, so it counts the
@@ -1324,7 +1330,8 @@ LEGEND = """\
 How to read it: each grid is an attention mask in decode order, one row per query and one
 column per key, both labelled token + position (M = [MASK]); '█' = the row may attend to the
 column, '·' = it may not. A sampler step "feeds" a chunk, "keeps" the clean tokens whose keys and
-values the cache holds from then on, and "decodes" new tokens (C3 = the token at position 3).
+values the cache holds from then on, and "decodes" new tokens. C3 is the token decoded at position
+3: the letters name positions (x's tokens), and the tiny random model draws tokens of its own.
 In the sequential term's grids, the z rows of clean tokens (C3 A1 F6) are computed but never
 scored: only the masks' rows predict. (Section 8's fast path skips the leading ones that are
 clean in every row of a batch, in whole groups of 128.)"""
