@@ -336,6 +336,7 @@ def sequential_order(in_sequential_phase, u):
     L = in_sequential_phase.size(1)
     ascending = torch.arange(L, device=in_sequential_phase.device) / L  # keys in [0, 1)
     keys = torch.where(in_sequential_phase, ascending, u)
+    # diffusion_order puts the marked positions last; their keys l / L sort them left to right
     return diffusion_order(in_sequential_phase, keys)
 
 
