@@ -1077,12 +1077,14 @@ class EsoLM(nn.Module):
 # divided by their expected number). The mean over [0, T_EPS] is not negative, so
 # for any model the estimate exceeds the integral by at most a share T_EPS (0.1%) of itself.
 # It falls below the integral only if the loss at a mask is larger near t = 0, where the masks
-# see more clean tokens. For the true conditionals it cannot be, since conditioning lowers
-# entropy on average. For a trained model that is expected, not guaranteed.
-# When the loss at a mask falls with more clean tokens, the two slivers pull opposite ways: dropping
-# the prior term lowers the number by alpha_1 log V, and the time sliver raises it. So the computed
-# NELBO, in expectation over its draws, plus alpha_1 log V nats per token is then an upper bound on
-# -log p(x) (3.5e-4 for train.py's default model, whose NELBO is about 1.45).
+# see more clean tokens. For the true conditionals it cannot be, since seeing more tokens lowers
+# the expected entropy (H(X | Y, Z) <= H(X | Y)). For a trained model that is expected, not
+# guaranteed.
+# When the loss at a mask falls with more clean tokens, the time sliver only raises the number.
+# Then adding back the dropped prior term, alpha_1 log V nats per token, gives at least the full
+# NELBO. So the computed NELBO, in expectation over its draws, plus alpha_1 log V is an upper
+# bound on -log p(x), for the model that starts from this prior, not from all masks (alpha_1 log V
+# is 3.5e-4 for train.py's default model, whose NELBO is about 1.45).
 #
 # 7.3 What the diffusion term bounds, and why it is a bound although its masks see masks.
 # Eq. 7 splits -log p(x) in two, with z_0 drawn from q(z_0 | x), the forward process at t = 0:
@@ -1095,10 +1097,11 @@ class EsoLM(nn.Module):
 #   - The path KL is the prior term, KL(q(z_1 | x) || p(z_1)), plus each reverse step's expected
 #     KL(q(z_s | z_t, x) || p(z_s | z_t)).
 #   - In continuous time the sum of the steps' KLs is MDLM's integral: the diffusion term.
-# So the two terms do not overlap. The sequential term scores the tokens that z_0 masks, given
-# z_0. The diffusion term scores z_0's clean tokens. Which positions stay masked costs it
-# nothing: the reverse process unmasks at the forward process's rates, so each step's KL is the
-# chance of unmasking a position times -log p(x_l) (MDLM's integrand).
+# So the two terms do not overlap. The sequential term scores the tokens that z_0 masks, given z_0.
+# The diffusion term scores the tokens that the diffusion phase writes, the clean tokens of z_0,
+# each as it unmasks. Which positions stay masked costs it nothing: the reverse process unmasks at
+# the forward process's rates, so each step's KL is the chance of unmasking a position times
+# -log p(x_l) (MDLM's integrand).
 # Their sizes: the diffusion term counts like alpha_0 L token losses, each the mean loss at a
 # mask, since its weight times the expected number of masks is alpha_0 (1 - EPS) L at every t
 # (7.2). The sequential term masks each token with probability 1 - alpha_0, so it counts the
@@ -1333,7 +1336,7 @@ column per key, both labelled token + position (M = [MASK]); '█' = the row may
 column, '·' = it may not. A sampler step "feeds" a chunk, "keeps" the clean tokens whose keys and
 values the cache holds from then on, and "decodes" new tokens. C3 is the token decoded at position
 3: the letters name positions (x's tokens), and the tiny random model draws tokens of its own.
-In the sequential term's grids, the z rows of clean tokens (C3 A1 F6) are computed but never
+In the sequential term's grids, the z rows of clean tokens (A1, C3, F6) are computed but never
 scored: only the masks' rows predict. (Section 8's fast path skips the leading ones that are
 clean in every row of a batch, in whole groups of 128.)"""
 
