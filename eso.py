@@ -702,8 +702,9 @@ class EsoLM(nn.Module):
         The first rows (as many as draws.t holds) estimate the diffusion term, the rest the
         sequential term. Each part is a sum over masked tokens divided by all tokens of its rows,
         and the loss is their sum: an estimate of the per-token NELBO (with loss_type elbo, which
-        validation always uses). It is unbiased over the data, not per sequence: each row gives
-        one term only. dense=True: the sequential term's plain path (section 8 holds the fast
+        validation always uses). Each row gives one term only, so one row's loss is no estimate
+        of its own sequence's NELBO; the batch's loss estimates the NELBO averaged over the data,
+        without bias. dense=True: the sequential term's plain path (section 8 holds the fast
         one)."""
         B = x.size(0)
         n_diff = draws.t.size(0)
@@ -1076,7 +1077,8 @@ class EsoLM(nn.Module):
 # alpha_0 (1 - EPS) L times the mean loss at a mask (the expected loss summed over the masks,
 # divided by their expected number). The mean over [0, T_EPS] is not negative, so
 # for any model the estimate exceeds the integral by at most a share T_EPS (0.1%) of itself.
-# It falls below the integral only if the loss at a mask is larger near t = 0, where the masks
+# It falls below the integral only if the integrand's mean over [0, T_EPS] exceeds its mean over
+# [T_EPS, 1]: if the loss at a mask is larger, on average, at the times near 0, where the masks
 # see more clean tokens. For the true conditionals it cannot be, since seeing more tokens lowers
 # the expected entropy (H(X | Y, Z) <= H(X | Y)). For a trained model that is expected, not
 # guaranteed.
