@@ -736,8 +736,8 @@ class EsoLM(nn.Module):
             E_{t, z_t} [ sum over masked l of  -alpha'_t / (1 - alpha_t) * -log p(x_l | z_t) ].
         alpha'_t = -alpha_0 (1 - EPS), so a mask's weight is alpha_0 (1 - EPS) / (1 - alpha_t).
         The transformer reads z_t in decode order under a plain causal mask (variant A: the clean
-        block attends both ways), so the i-th mask sees the clean tokens and the i - 1 masks
-        before it.
+        block attends both ways), so the i-th mask sees itself, the clean tokens and the i - 1
+        masks before it.
         Section 7.3 says what the term bounds, and why it is a bound although its masks see
         masks. Section 7.2 says what it leaves out, as MDLM's code does."""
         B, L = x.shape
@@ -997,9 +997,10 @@ class EsoLM(nn.Module):
         """The importance-weighted (IW) bound on the NLL of x (B, L), in nats per token
         (Thm 3.1 and B.4), of the sampler that decodes one token per step (T much larger than
         L^2). Its diffusion phase decodes a random subset of the positions, each position in it
-        with probability alpha_0, in random order. Its sequential phase decodes the rest, left to
-        right. The training NELBO bounds a nearby model that shares the weights, so the two
-        numbers need not agree (section 7.4).
+        with probability alpha_0, in random order. (The sampler itself uses unmask_schedule's
+        p_mdm, a hair below alpha_0.) Its sequential phase decodes the rest, left to right. The
+        training NELBO bounds a nearby model that shares the weights, so the two numbers need not
+        agree (section 7.4).
 
         One order in one forward. Fix an order sigma. Then
         p(x | sigma) = prod_l p(x_sigma(l) | x_sigma(<l)), and one forward of both halves through
@@ -1101,15 +1102,15 @@ class EsoLM(nn.Module):
 #   - In continuous time the sum of the steps' KLs is MDLM's integral: the diffusion term.
 # So the two terms do not overlap. The sequential term scores the tokens that z_0 masks, given z_0.
 # The diffusion term scores the tokens that the diffusion phase writes, the clean tokens of z_0,
-# each as it unmasks. Which positions stay masked costs it nothing: the reverse process unmasks at
-# the forward process's rates, so each step's KL is the chance of unmasking a position times
-# -log p(x_l) (MDLM's integrand).
+# each as it unmasks. Which positions stay masked costs it nothing: with zero masking and clean
+# tokens carried over, the reverse process unmasks at the forward process's rates, so each step's
+# KL is the chance of unmasking a position times -log p(x_l) (MDLM's integrand).
 # Their sizes: the diffusion term counts like alpha_0 L token losses, each the mean loss at a
 # mask, since its weight times the expected number of masks is alpha_0 (1 - EPS) L at every t
 # (7.2). The sequential term masks each token with probability 1 - alpha_0, so it counts the
 # other (1 - alpha_0) L.
-# In diffusion_nll the i-th mask in decode order sees the clean tokens and the i - 1 masks before
-# it. A sampler along the same order differs: by the step that decodes the i-th mask, it has
+# In diffusion_nll the i-th mask in decode order sees itself, the clean tokens and the i - 1 masks
+# before it. A sampler along the same order differs: by the step that decodes the i-th mask, it has
 # decoded the masks sorted before it, so it sees them clean, all but those of its own step. Here
 # they are all still masks. Seeing masks where a sampler sees tokens does not break the bound:
 #   - The order comes from random keys u, drawn apart from z_t: sigma = diffusion_order(masked, u).
@@ -1117,8 +1118,9 @@ class EsoLM(nn.Module):
 #     function of z_t alone (given the fixed u): a denoiser f_u.
 #   - MDLM's bound holds for any denoiser: any map from z_t to distributions over the
 #     vocabulary at its masks, with no mass on [MASK] (zero masking); clean tokens are carried
-#     over as they are. So for each u, the NELBO with f_u (the diffusion term plus the
-#     sequential term) bounds -log p_u(x).
+#     over as they are. The path-KL argument above uses nothing else of the denoiser. So for
+#     each u, the NELBO with f_u (the diffusion term plus the sequential term) bounds
+#     -log p_u(x).
 #   - p_u is the model whose diffusion phase is MDLM's continuous-time reverse process run with
 #     f_u. It decodes one mask at a time, from f_u's predictions on the z_t of that moment. (A
 #     sampler with finite T is another model.)
