@@ -7,7 +7,7 @@ below are the paper's.
 
 One causal transformer is an autoregressive language model (alpha_0 = 0), a masked diffusion
 language model (alpha_0 = 1), or anything between. It is trained with one loss and sampled with
-one KV cache.
+a KV cache, which in variant B (below) serves both phases.
 
 Words. Each is defined here and used in this one sense.
   x             a clean sequence of L tokens, at positions 0..L-1 (1..L in the examples).
@@ -38,12 +38,16 @@ Words. Each is defined here and used in this one sense.
   slot          an index in decode order; "before" means at an earlier slot.
   T, NFE        T is the number of steps of the diffusion schedule; empty steps cost nothing.
                 NFE is the number of transformer forwards a sampler spends.
-  NELBO         negative evidence lower bound: an upper bound on -log p(x) (eq. 7), for a model
-                that shares the sampler's weights but not quite its law (section 7.4). It is the
-                sum of two terms, described where they are computed (section 6). As computed
-                here and in MDLM's code, it leaves out two slivers: it averages over t in
+  NELBO         negative evidence lower bound: eq. 7, an upper bound on -log p(x). It is the
+                sum of two terms, described where they are computed (section 6). Three models
+                share the weights, and each number is about one of them (section 7.4): the
+                NELBO bounds a mixture over orders in which a mask sees the masks sorted before
+                it; EsoLM.likelihood bounds the sampler that decodes one token per step; a
+                sampler that decodes several tokens a step draws from a third law. As computed
+                here and in MDLM's code, the NELBO leaves out two slivers: it averages over t in
                 [T_EPS, 1] where eq. 7 integrates over [0, 1], and it drops the prior term at
-                t = 1 (section 7.2).
+                t = 1. So the number computed is a bound only with alpha_1 log V added back, and
+                under a condition on the model (section 7.2).
   kappa         the share of a batch's rows that estimate the diffusion term; the other rows
                 estimate the sequential term.
   zero masking  the model never predicts [MASK]: its output layer has no [MASK] row.
@@ -1059,6 +1063,10 @@ class EsoLM(nn.Module):
 # step drawn uniformly from the T: what unmask_schedule draws. Its step j = 0..T-1 is Alg. 2's
 # step k = j + 1 (step 0 runs first, at time 1). The masks are exchangeable, so drawing the counts
 # there and the positions in sampling_order gives the chain's law.
+# The order within a step is uniformly random too (sampling_order shuffles it). It does not change
+# which positions a step decodes, but it changes the predictions, since a step's masks see the
+# masks sorted before them: that is why a sampler with several tokens a step has a law of its own
+# (7.4).
 #
 # 7.2 What the NELBO leaves out, and how much.
 # The prior term at t = 1 is dropped. z_1 keeps each token with probability alpha_1 = EPS alpha_0.
@@ -1083,11 +1091,12 @@ class EsoLM(nn.Module):
 # see more clean tokens. For the true conditionals it cannot be, since seeing more tokens lowers
 # the expected entropy (H(X | Y, Z) <= H(X | Y)). For a trained model that is expected, not
 # guaranteed.
-# When the loss at a mask falls with more clean tokens, the time sliver only raises the number.
-# Then adding back the dropped prior term, alpha_1 log V nats per token, gives at least the full
-# NELBO. So the computed NELBO, in expectation over its draws, plus alpha_1 log V is an upper
-# bound on -log p(x), for the model that starts from this prior, not from all masks (alpha_1 log V
-# is 3.5e-4 for train.py's default model, whose NELBO is about 1.45).
+# So the bound below rests on a condition of the model: that the loss at a mask falls with more
+# clean tokens (expected, not guaranteed). Under it, the time sliver only raises the number, and
+# adding back the dropped prior term, alpha_1 log V nats per token, gives at least the full NELBO.
+# So the computed NELBO, in expectation over its draws, plus alpha_1 log V is an upper bound on
+# -log p(x), for the model that starts from this prior, not from all masks (alpha_1 log V is
+# 3.5e-4 for train.py's default model, whose NELBO is about 1.45).
 #
 # 7.3 What the diffusion term bounds, and why it is a bound although its masks see masks.
 # Eq. 7 splits -log p(x) in two, with z_0 drawn from q(z_0 | x), the forward process at t = 0:
