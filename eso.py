@@ -1091,11 +1091,11 @@ class EsoLM(nn.Module):
 # see more clean tokens. For the true conditionals it cannot be, since seeing more tokens lowers
 # the expected entropy (H(X | Y, Z) <= H(X | Y)). For a trained model that is expected, not
 # guaranteed.
-# So the bound below rests on a condition of the model: that the loss at a mask falls with more
-# clean tokens (expected, not guaranteed). Under it, the time sliver only raises the number, and
-# adding back the dropped prior term, alpha_1 log V nats per token, gives at least the full NELBO.
-# So the computed NELBO, in expectation over its draws, plus alpha_1 log V is an upper bound on
-# -log p(x), for the model that starts from this prior, not from all masks (alpha_1 log V is
+# So the bound that follows rests on a condition of the model: that the loss at a mask falls with
+# more clean tokens (expected, not guaranteed). Under it, the time sliver only raises the number,
+# and adding back the dropped prior term, alpha_1 log V nats per token, gives at least the full
+# NELBO. So the computed NELBO, in expectation over its draws, plus alpha_1 log V is an upper bound
+# on -log p(x), for the model that starts from this prior, not from all masks (alpha_1 log V is
 # 3.5e-4 for train.py's default model, whose NELBO is about 1.45).
 #
 # 7.3 What the diffusion term bounds, and why it is a bound although its masks see masks.
